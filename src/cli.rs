@@ -1,0 +1,176 @@
+//! Command-line interface: clap definitions and the subcommands' bodies (complete, inspect).
+//! Errors here are anyhow with context; the library below stays typed. Nothing imports this module.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+
+use foresight::complete::location::{byte_offset, parse_file_location};
+use foresight::complete::{CompletionParams, Engine, Mode, PromptBudget};
+use foresight::decode::SamplingParams;
+use foresight::model::weights::{load_dir, param_counts, read_config};
+
+#[derive(Parser, Debug)]
+#[command(name = "foresight", version, about = "Local code completion with a multi-token-prediction model and self-speculative decoding")]
+pub struct Cli {
+    /// Write logs to this file instead of stderr (filter with FORESIGHT_LOG, e.g. "foresight=debug").
+    #[arg(long, global = true)]
+    pub log_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Complete the code at FILE:LINE:COL (1-based; columns count characters) and print the completion.
+    Complete(CompleteArgs),
+    /// Print a model directory's config, parameter counts and special tokens.
+    Inspect {
+        /// Model directory (config.json, model.safetensors, tokenizer.json).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CompleteArgs {
+    /// FILE:LINE:COL, 1-based; COL may be one past the line's last character.
+    pub location: String,
+    /// Model directory [default: models/default].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// plain: one token per forward; spec: drafts from the MTP heads; lookup: drafts from n-gram matches.
+    #[arg(long, default_value = "spec")]
+    pub mode: Mode,
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Print statistics (tokens/forward, ms) to stderr.
+    #[arg(long)]
+    pub stats: bool,
+    /// Token budget for the text before the cursor.
+    #[arg(long, default_value_t = 1024)]
+    pub prefix_tokens: usize,
+    /// Token budget for the text after the cursor.
+    #[arg(long, default_value_t = 256)]
+    pub suffix_tokens: usize,
+    /// 0 decodes greedily.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `models/default` in the working directory, else in the source tree this binary was built from.
+pub fn default_model_dir() -> Option<PathBuf> {
+    let candidates = [PathBuf::from("models/default"), Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default")];
+    candidates.into_iter().find(|p| p.join("config.json").is_file())
+}
+
+fn resolve_model_dir(arg: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = arg {
+        return Ok(dir.to_path_buf());
+    }
+    default_model_dir().with_context(|| {
+        "no model given and none found at models/default.\n\
+         Get one of these:\n  \
+         - pass --model DIR, a directory with config.json, model.safetensors and tokenizer.json \
+         (a Foresight model, or a Hugging Face Llama/Qwen2 checkpoint);\n  \
+         - run from a Foresight checkout that ships models/default."
+            .to_string()
+    })
+}
+
+/// Reads a source file for completion, refusing what is not usable text.
+fn read_source(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.is_empty() {
+        bail!("{} is empty: there is nothing to complete from", path.display());
+    }
+    if bytes.contains(&0) {
+        bail!("{} looks like a binary file (it contains NUL bytes); refusing to complete it", path.display());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!("{} is not UTF-8 text (invalid byte at offset {}); refusing to complete it", path.display(), e.utf8_error().valid_up_to())
+    })
+}
+
+pub fn complete(args: CompleteArgs) -> Result<()> {
+    let Some((file, line, col)) = parse_file_location(&args.location) else {
+        bail!("expected FILE:LINE:COL (1-based), got {:?}", args.location);
+    };
+    let text = read_source(Path::new(file))?;
+    let cursor = byte_offset(&text, line, col).with_context(|| format!("{file}:{line}:{col}"))?;
+    let dir = resolve_model_dir(args.model.as_deref())?;
+    let loaded = load_dir(&dir, &Device::Cpu, DType::F32).with_context(|| format!("cannot load model {}", dir.display()))?;
+    let capacity = args.prefix_tokens + args.suffix_tokens + args.max_tokens + 16;
+    let mut engine = Engine::new(loaded, capacity);
+    let params = CompletionParams {
+        mode: args.mode,
+        max_tokens: args.max_tokens,
+        budget: PromptBudget { prefix_tokens: args.prefix_tokens, suffix_tokens: args.suffix_tokens },
+        sampling: (args.temperature > 0.0).then_some(SamplingParams { temperature: args.temperature, top_p: args.top_p, seed: args.seed }),
+        ..Default::default()
+    };
+    let completion = engine.complete(&text, cursor, &params).context("completion failed")?;
+    println!("{}", completion.text);
+    if args.stats {
+        let s = &completion.stats;
+        let rates: Vec<String> = s.acceptance_rates().iter().map(|r| format!("{r:.2}")).collect();
+        eprintln!(
+            "mode={:?} tokens={} forwards={} tokens/forward={:.2} prompt_tokens={} prefill_ms={:.1} decode_ms={:.1} total_ms={:.1} ms/token={:.2} acceptance=[{}] stop={:?}",
+            args.mode,
+            s.tokens,
+            s.forwards,
+            s.tokens_per_forward(),
+            s.prompt_tokens,
+            s.prefill_ms,
+            s.decode_ms,
+            s.total_ms + completion.prompt_ms,
+            s.ms_per_token(),
+            rates.join(", "),
+            completion.stop
+        );
+    }
+    Ok(())
+}
+
+pub fn inspect(dir: &Path) -> Result<()> {
+    let cfg = read_config(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let loaded = load_dir(dir, &Device::Cpu, DType::F32).with_context(|| format!("cannot load model {}", dir.display()))?;
+    let counts = param_counts(&cfg);
+    println!("model: {}", dir.display());
+    println!("config:\n{}", serde_json::to_string_pretty(&cfg)?);
+    println!("architecture: {:?}, heads (n_future_tokens): {}, trunk layers: {}", cfg.architecture()?, cfg.n_heads(), cfg.n_trunk_layers());
+    println!("parameters:");
+    let m = |n: usize| format!("{n} ({:.2}M)", n as f64 / 1e6);
+    println!("  trunk:      {}", m(counts.trunk));
+    println!("  heads:      {}", m(counts.heads));
+    println!("  embeddings: {}{}", m(counts.embeddings), if cfg.tie_word_embeddings { " (tied)" } else { "" });
+    println!("  total:      {}", m(counts.total()));
+    let tok = &loaded.tokenizer;
+    let name = |id: u32| tok.id_to_token(id).unwrap_or_else(|| "?".into());
+    println!("tokenizer: {} tokens", tok.get_vocab_size(true));
+    let sp = &loaded.special;
+    if let Some(bos) = sp.bos {
+        println!("  bos: {bos} {:?}", name(bos));
+    }
+    for id in &sp.eos {
+        println!("  eos: {id} {:?}", name(*id));
+    }
+    match sp.fim {
+        Some(f) => println!(
+            "  fim: prefix {} {:?}, suffix {} {:?}, middle {} {:?}",
+            f.prefix,
+            name(f.prefix),
+            f.suffix,
+            name(f.suffix),
+            f.middle,
+            name(f.middle)
+        ),
+        None => println!("  fim: none (completions use the prefix only)"),
+    }
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! The completion pipeline on plain data: document text and cursor → FIM prompt → decode →
+//! cleaned text. Owns a loaded model and its KV cache. No LSP types, no files.
+
+pub mod location;
+pub mod postprocess;
+pub mod prompt;
+
+use std::time::Instant;
+
+use tokenizers::Tokenizer;
+
+use crate::decode::{self, Control, DraftSource, GenerateParams, GenerationStats, HeadDrafts, NoDrafts, PromptLookup, StopReason};
+use crate::model::{LoadedModel, ModelCache, Result};
+pub use prompt::{FimOrder, PromptBudget};
+
+/// How tokens are produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// One token per forward pass.
+    Plain,
+    /// Self-speculative: drafts from the MTP heads, verified by head 1.
+    #[default]
+    Spec,
+    /// Speculative with prompt-lookup drafts (works for n=1 models too).
+    Lookup,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "plain" => Ok(Mode::Plain),
+            "spec" => Ok(Mode::Spec),
+            "lookup" => Ok(Mode::Lookup),
+            other => Err(format!("unknown mode {other:?}: use plain, spec or lookup")),
+        }
+    }
+}
+
+/// Settings of one completion.
+#[derive(Debug, Clone)]
+pub struct CompletionParams {
+    pub mode: Mode,
+    pub max_tokens: usize,
+    pub budget: PromptBudget,
+    pub order: FimOrder,
+    /// Extra stop strings (for example "\n" for single-line completions).
+    pub stop_strings: Vec<String>,
+    pub sampling: Option<decode::SamplingParams>,
+    pub max_draft_len: usize,
+}
+
+impl Default for CompletionParams {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Spec,
+            max_tokens: 64,
+            budget: PromptBudget::default(),
+            order: FimOrder::Spm,
+            stop_strings: Vec::new(),
+            sampling: None,
+            max_draft_len: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub stop: StopReason,
+    pub stats: GenerationStats,
+    /// Prompt building time, not included in `stats`.
+    pub prompt_ms: f64,
+}
+
+/// A loaded model plus the KV caches it keeps between completions.
+pub struct Engine {
+    loaded: LoadedModel,
+    /// Tokenizer that encodes special-token names in user text as plain text.
+    text_tokenizer: Tokenizer,
+    plain_cache: Option<ModelCache>,
+    spec_cache: Option<ModelCache>,
+    cache_capacity: usize,
+}
+
+impl Engine {
+    pub fn new(loaded: LoadedModel, cache_capacity: usize) -> Self {
+        let mut text_tokenizer = loaded.tokenizer.clone();
+        text_tokenizer.set_encode_special_tokens(true);
+        Self { loaded, text_tokenizer, plain_cache: None, spec_cache: None, cache_capacity }
+    }
+
+    pub fn loaded(&self) -> &LoadedModel {
+        &self.loaded
+    }
+
+    /// Completes `text` at byte offset `cursor`.
+    pub fn complete(&mut self, text: &str, cursor: usize, params: &CompletionParams) -> Result<Completion> {
+        let t0 = Instant::now();
+        let prompt = prompt::build_prompt(&self.text_tokenizer, &self.loaded.special, text, cursor, params.budget, params.order);
+        let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let model = &self.loaded.model;
+        let (cache_slot, n_heads, mut drafter): (_, _, Box<dyn DraftSource>) = match params.mode {
+            Mode::Plain => (&mut self.plain_cache, 1, Box::new(NoDrafts)),
+            Mode::Spec if model.n_heads() > 1 => (&mut self.spec_cache, model.n_heads(), Box::new(HeadDrafts)),
+            Mode::Spec | Mode::Lookup => (&mut self.plain_cache, 1, Box::new(PromptLookup::default())),
+        };
+        if cache_slot.is_none() {
+            *cache_slot = Some(model.new_cache(self.cache_capacity, n_heads)?);
+        }
+        let cache = cache_slot.as_mut().expect("cache was just created");
+        let room = cache.capacity().saturating_sub(params.max_tokens + 1);
+        let ids = &prompt.ids[prompt.ids.len().saturating_sub(room)..];
+        let gen_params = GenerateParams {
+            max_tokens: params.max_tokens,
+            sampling: params.sampling,
+            stop_tokens: self.loaded.special.stop_tokens(),
+            max_draft_len: params.max_draft_len,
+        };
+        let control = Control { stop_strings: Some((&self.loaded.tokenizer, &params.stop_strings)), ..Default::default() };
+        let generation = decode::generate(model, cache, ids, &gen_params, drafter.as_mut(), &control)?;
+        let raw = decode::Detokenize::detokenize(&self.loaded.tokenizer, &generation.tokens);
+        Ok(Completion {
+            text: postprocess::clean_completion(&raw, &generation.stop),
+            tokens: generation.tokens,
+            stop: generation.stop,
+            stats: generation.stats,
+            prompt_ms,
+        })
+    }
+}

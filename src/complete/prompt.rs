@@ -1,0 +1,200 @@
+//! Fill-in-the-middle prompts: the prefix and suffix around the cursor, each clipped to a token
+//! budget at line boundaries, framed with the model's FIM tokens in PSM or SPM order.
+//! Plain data in, token ids out; no model, no LSP.
+
+use tokenizers::Tokenizer;
+
+use crate::model::{FimTokens, SpecialTokens};
+
+/// Token budgets for the text before and after the cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptBudget {
+    pub prefix_tokens: usize,
+    pub suffix_tokens: usize,
+}
+
+impl Default for PromptBudget {
+    fn default() -> Self {
+        Self { prefix_tokens: 1024, suffix_tokens: 256 }
+    }
+}
+
+/// Where the suffix goes. SPM (`<fim_prefix><fim_suffix>suffix<fim_middle>prefix`) keeps the
+/// growing prefix last, so the cached KV prefix survives typing; PSM is
+/// `<fim_prefix>prefix<fim_suffix>suffix<fim_middle>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FimOrder {
+    Psm,
+    #[default]
+    Spm,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    pub ids: Vec<u32>,
+    /// Byte range of the document the prompt covers.
+    pub prefix_start: usize,
+    pub suffix_end: usize,
+}
+
+/// How many of `counts` (tokens per line, nearest line first) fit in `budget`. The first line
+/// always counts as kept, even alone over budget (the caller then clips inside it).
+pub fn lines_within_budget(counts: impl IntoIterator<Item = usize>, budget: usize) -> usize {
+    let mut used = 0;
+    let mut kept = 0;
+    for (i, n) in counts.into_iter().enumerate() {
+        if i > 0 && used + n > budget {
+            break;
+        }
+        used += n;
+        kept += 1;
+    }
+    kept
+}
+
+fn encode(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
+    if text.is_empty() {
+        return Vec::new();
+    }
+    tokenizer.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default()
+}
+
+/// Byte offset where the clipped prefix starts: whole lines back from the cursor within budget.
+fn clip_prefix(tokenizer: &Tokenizer, prefix: &str, budget: usize) -> usize {
+    // Line starts from the cursor backwards: the partial cursor line first.
+    let mut starts: Vec<usize> = prefix.match_indices('\n').map(|(i, _)| i + 1).collect();
+    starts.insert(0, 0);
+    starts.reverse();
+    let mut ends = vec![prefix.len()];
+    ends.extend(starts.iter().take(starts.len() - 1).copied());
+    let counts = starts.iter().zip(&ends).map(|(&s, &e)| encode(tokenizer, &prefix[s..e]).len());
+    let kept = lines_within_budget(counts, budget);
+    starts[kept - 1]
+}
+
+/// Byte offset where the clipped suffix ends: whole lines forward from the cursor within budget.
+fn clip_suffix(tokenizer: &Tokenizer, suffix: &str, budget: usize) -> usize {
+    if budget == 0 {
+        return 0;
+    }
+    let mut ends: Vec<usize> = suffix.match_indices('\n').map(|(i, _)| i + 1).collect();
+    if ends.last() != Some(&suffix.len()) {
+        ends.push(suffix.len());
+    }
+    let mut starts = vec![0];
+    starts.extend(ends.iter().take(ends.len().saturating_sub(1)).copied());
+    let counts = starts.iter().zip(&ends).map(|(&s, &e)| encode(tokenizer, &suffix[s..e]).len());
+    let kept = lines_within_budget(counts, budget);
+    ends.get(kept - 1).copied().unwrap_or(0)
+}
+
+/// Builds the prompt for a completion at byte `cursor` of `text`. `tokenizer` must treat special
+/// token names in user text as plain text (see `Engine`), so a file cannot inject FIM markers.
+pub fn build_prompt(
+    tokenizer: &Tokenizer,
+    special: &SpecialTokens,
+    text: &str,
+    cursor: usize,
+    budget: PromptBudget,
+    order: FimOrder,
+) -> Prompt {
+    let (prefix, suffix) = text.split_at(cursor);
+    let prefix_start = clip_prefix(tokenizer, prefix, budget.prefix_tokens);
+    let mut prefix_ids = encode(tokenizer, &prefix[prefix_start..]);
+    if prefix_ids.len() > budget.prefix_tokens {
+        // One line longer than the whole budget: keep its last tokens.
+        prefix_ids.drain(..prefix_ids.len() - budget.prefix_tokens);
+    }
+    let mut ids: Vec<u32> = special.bos.into_iter().collect();
+    let suffix_end = match special.fim {
+        None => {
+            ids.extend(prefix_ids);
+            cursor
+        }
+        Some(FimTokens { prefix: p, suffix: s, middle: m }) => {
+            let suffix_len = clip_suffix(tokenizer, suffix, budget.suffix_tokens);
+            let mut suffix_ids = encode(tokenizer, &suffix[..suffix_len]);
+            suffix_ids.truncate(budget.suffix_tokens);
+            match order {
+                FimOrder::Psm => {
+                    ids.push(p);
+                    ids.extend(prefix_ids);
+                    ids.push(s);
+                    ids.extend(suffix_ids);
+                    ids.push(m);
+                }
+                FimOrder::Spm => {
+                    ids.extend([p, s]);
+                    ids.extend(suffix_ids);
+                    ids.push(m);
+                    ids.extend(prefix_ids);
+                }
+            }
+            cursor + suffix_len
+        }
+    };
+    Prompt { ids, prefix_start, suffix_end }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tokenizer::byte_level_tokenizer;
+
+    #[test]
+    fn lines_within_budget_table() {
+        let cases: [(&[usize], usize, usize); 5] =
+            [(&[3, 3, 3], 6, 2), (&[3, 3, 3], 9, 3), (&[10, 1], 5, 1), (&[0, 0, 5], 4, 2), (&[], 4, 0)];
+        for (counts, budget, want) in cases {
+            assert_eq!(lines_within_budget(counts.iter().copied(), budget), want, "{counts:?} {budget}");
+        }
+    }
+
+    fn special() -> SpecialTokens {
+        SpecialTokens { bos: None, eos: vec![256], fim: Some(FimTokens { prefix: 257, suffix: 258, middle: 259 }) }
+    }
+
+    #[test]
+    fn spm_and_psm_layouts() {
+        let tok = byte_level_tokenizer();
+        let text = "ab\ncd|ef\ngh";
+        let cursor = text.find('|').unwrap();
+        let big = PromptBudget { prefix_tokens: 100, suffix_tokens: 100 };
+        let bytes = |s: &str| s.bytes().map(u32::from).collect::<Vec<_>>();
+        let spm = build_prompt(&tok, &special(), text, cursor, big, FimOrder::Spm);
+        let want: Vec<u32> = [vec![257, 258], bytes("|ef\ngh"), vec![259], bytes("ab\ncd")].concat();
+        assert_eq!(spm.ids, want);
+        let psm = build_prompt(&tok, &special(), text, cursor, big, FimOrder::Psm);
+        let want: Vec<u32> = [vec![257], bytes("ab\ncd"), vec![258], bytes("|ef\ngh"), vec![259]].concat();
+        assert_eq!(psm.ids, want);
+    }
+
+    #[test]
+    fn clipping_happens_at_line_boundaries() {
+        let tok = byte_level_tokenizer();
+        let text = "111\n222\n33|4\n555\n666";
+        let cursor = text.find('|').unwrap();
+        // Prefix lines from the cursor: "33" (2), "222\n" (4), "111\n" (4). Budget 7 keeps two.
+        // Suffix lines: "|4\n" (3), "555\n" (4), "666" (3). Budget 7 keeps two.
+        let p = build_prompt(&tok, &special(), text, cursor, PromptBudget { prefix_tokens: 7, suffix_tokens: 7 }, FimOrder::Psm);
+        assert_eq!(&text[p.prefix_start..cursor], "222\n33");
+        assert_eq!(&text[cursor..p.suffix_end], "|4\n555\n");
+    }
+
+    #[test]
+    fn an_overlong_cursor_line_keeps_its_last_tokens() {
+        let tok = byte_level_tokenizer();
+        let text = "abcdefghij";
+        let p = build_prompt(&tok, &special(), text, 10, PromptBudget { prefix_tokens: 4, suffix_tokens: 0 }, FimOrder::Spm);
+        let bytes = |s: &str| s.bytes().map(u32::from).collect::<Vec<_>>();
+        assert_eq!(p.ids, [vec![257, 258, 259], bytes("ghij")].concat());
+    }
+
+    #[test]
+    fn without_fim_tokens_the_prompt_is_the_prefix() {
+        let tok = byte_level_tokenizer();
+        let special = SpecialTokens { bos: Some(1), eos: vec![], fim: None };
+        let p = build_prompt(&tok, &special, "xy|z", 2, PromptBudget::default(), FimOrder::Spm);
+        assert_eq!(p.ids, vec![1, b'x' as u32, b'y' as u32]);
+    }
+}

@@ -1,0 +1,221 @@
+//! The generation loop: prefill with KV-cache reuse, then rounds of [pending token + draft] through
+//! one forward pass, verified by head 1 (greedy or speculative sampling), with every cache rolled
+//! back to the accepted length. Plain decoding is the same loop with no drafts.
+//! Not here: prompts and text post-processing (`complete`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::model::{Logits, ModelCache, MtpModel, Result};
+
+use super::accept::{accept_greedy, acceptance_probability, residual};
+use super::draft::{DraftRequest, DraftSource};
+use super::sampling::{argmax, probs, sample, SamplingParams};
+use super::stats::GenerationStats;
+use super::stop::{find_stop_string, Detokenize};
+
+/// What to generate and when to stop.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    /// `None` (or temperature 0) decodes greedily.
+    pub sampling: Option<SamplingParams>,
+    /// Token ids that end generation (EOS, FIM markers); the stop token is not returned.
+    pub stop_tokens: Vec<u32>,
+    /// Most draft tokens verified per forward pass.
+    pub max_draft_len: usize,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self { max_tokens: 64, sampling: None, stop_tokens: Vec::new(), max_draft_len: 8 }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum StopReason {
+    MaxTokens,
+    StopToken(u32),
+    /// A stop string begins at this byte offset of the decoded generated text.
+    StopString(usize),
+    Cancelled,
+    Deadline,
+    /// The KV cache is full.
+    ContextFull,
+}
+
+/// Optional controls checked between forward passes.
+#[derive(Default)]
+pub struct Control<'a> {
+    pub cancel: Option<&'a AtomicBool>,
+    pub deadline: Option<Instant>,
+    pub stop_strings: Option<(&'a dyn Detokenize, &'a [String])>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub stop: StopReason,
+    pub stats: GenerationStats,
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Length of the longest common prefix of two token sequences.
+pub fn common_prefix_len(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// How much of the cache to keep for `prompt`: the common prefix, but at least one prompt token
+/// must be fed so the forward pass yields logits.
+pub fn reuse_len(cached: &[u32], prompt: &[u32]) -> usize {
+    common_prefix_len(cached, prompt).min(prompt.len().saturating_sub(1))
+}
+
+/// Generates from `prompt`, reusing whatever prefix of it `cache` already holds. With greedy
+/// decoding the tokens equal plain greedy decoding's whatever `drafter` proposes.
+pub fn generate(
+    model: &MtpModel,
+    cache: &mut ModelCache,
+    prompt: &[u32],
+    params: &GenerateParams,
+    drafter: &mut dyn DraftSource,
+    control: &Control,
+) -> Result<Generation> {
+    let start = Instant::now();
+    let sampling = params.sampling.filter(|s| !s.is_greedy());
+    let mut rng = ChaCha8Rng::seed_from_u64(sampling.map_or(0, |s| s.seed));
+    let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
+    let mut tokens: Vec<u32> = Vec::new();
+    if prompt.is_empty() || params.max_tokens == 0 {
+        return Ok(Generation { tokens, stop: StopReason::MaxTokens, stats });
+    }
+
+    let keep = reuse_len(cache.tokens(), prompt);
+    cache.truncate(keep);
+    stats.reused_tokens = keep;
+    let out = model.forward(cache, &prompt[keep..], Logits::Last)?;
+    stats.forwards += 1;
+    let last_row = out.logits.squeeze(0)?.to_vec1::<f32>()?;
+    let pick = |row: &[f32], rng: &mut ChaCha8Rng| match &sampling {
+        None => argmax(row),
+        Some(s) => sample(&probs(row, s.temperature, s.top_p), rng),
+    };
+    let mut pending = pick(&last_row, &mut rng);
+    let uses_heads = drafter.uses_heads() && cache.n_heads() > 1;
+    let mut head_logits = if uses_heads { model.extra_head_logits(&out, prompt.len() - keep - 1)? } else { Vec::new() };
+    stats.prefill_ms = ms_since(start);
+
+    let mut context: Vec<u32> = prompt.to_vec();
+    let stop = 'outer: loop {
+        // `pending` is chosen but not yet in the cache.
+        if params.stop_tokens.contains(&pending) {
+            break StopReason::StopToken(pending);
+        }
+        tokens.push(pending);
+        context.push(pending);
+        if let Some((detok, stops)) = control.stop_strings {
+            if let Some(at) = find_stop_string(&detok.detokenize(&tokens), stops) {
+                break StopReason::StopString(at);
+            }
+        }
+        if tokens.len() >= params.max_tokens {
+            break StopReason::MaxTokens;
+        }
+        if control.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            break StopReason::Cancelled;
+        }
+        if control.deadline.is_some_and(|d| Instant::now() >= d) {
+            break StopReason::Deadline;
+        }
+        let room = cache.capacity().saturating_sub(cache.len());
+        if room == 0 {
+            break StopReason::ContextFull;
+        }
+        let max_len = params.max_draft_len.min(params.max_tokens - tokens.len() - 1).min(room - 1);
+        let draft = if max_len > 0 {
+            let req = DraftRequest { context: &context, head_logits: &head_logits, max_len, sampling: sampling.as_ref() };
+            let mut d = drafter.propose(&req, &mut rng);
+            d.tokens.truncate(max_len);
+            d
+        } else {
+            Default::default()
+        };
+
+        let mut chunk = Vec::with_capacity(1 + draft.tokens.len());
+        chunk.push(pending);
+        chunk.extend_from_slice(&draft.tokens);
+        let out = model.forward(cache, &chunk, Logits::All)?;
+        stats.forwards += 1;
+        stats.decode_forwards += 1;
+        let rows = out.logits.to_vec2::<f32>()?;
+        let (n_accepted, next) = match &sampling {
+            None => {
+                let targets: Vec<u32> = rows.iter().map(|r| argmax(r)).collect();
+                let k = accept_greedy(&draft.tokens, &targets);
+                (k, targets[k])
+            }
+            Some(s) => verify_sampled(&rows, &draft.tokens, &draft.dists, s, &mut rng),
+        };
+        stats.record_round(draft.tokens.len(), n_accepted);
+        stats.decode_tokens += n_accepted + 1;
+        // Keep the pending token and the accepted drafts; forget the rejected ones.
+        cache.truncate(cache.len() - (draft.tokens.len() - n_accepted));
+        if uses_heads {
+            head_logits = model.extra_head_logits(&out, n_accepted)?;
+        }
+        for &t in &draft.tokens[..n_accepted] {
+            if params.stop_tokens.contains(&t) {
+                break 'outer StopReason::StopToken(t);
+            }
+            tokens.push(t);
+            context.push(t);
+        }
+        pending = next;
+    };
+    stats.tokens = tokens.len();
+    stats.total_ms = ms_since(start);
+    stats.decode_ms = stats.total_ms - stats.prefill_ms;
+    Ok(Generation { tokens, stop, stats })
+}
+
+/// Speculative sampling over one verified chunk: accept each draft with probability
+/// min(1, p/q); at the first rejection draw from the residual; if all pass, draw the bonus token
+/// from the last row. Returns (accepted drafts, next token).
+fn verify_sampled(rows: &[Vec<f32>], drafts: &[u32], dists: &[Vec<f32>], s: &SamplingParams, rng: &mut ChaCha8Rng) -> (usize, u32) {
+    for (j, &d) in drafts.iter().enumerate() {
+        let p = probs(&rows[j], s.temperature, s.top_p);
+        let q = dists.get(j).map(Vec::as_slice);
+        let u: f32 = rng.random();
+        if u >= acceptance_probability(&p, q, d) {
+            return (j, sample(&residual(&p, q, d), rng));
+        }
+    }
+    let p = probs(&rows[drafts.len()], s.temperature, s.top_p);
+    (drafts.len(), sample(&p, rng))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuse_len_table() {
+        let cases: [(&[u32], &[u32], usize); 5] = [
+            (&[], &[1, 2], 0),
+            (&[1, 2, 3], &[1, 2, 3, 4], 3),
+            (&[1, 2, 3], &[1, 2, 3], 2), // identical prompt: re-feed the last token
+            (&[1, 9, 3], &[1, 2, 3], 1),
+            (&[1, 2, 3, 4], &[1, 2], 1),
+        ];
+        for (cached, prompt, want) in cases {
+            assert_eq!(reuse_len(cached, prompt), want, "{cached:?} / {prompt:?}");
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Foresight: a local code-completion engine built around a multi-token-prediction model and
+//! self-speculative decoding. This crate root only wires the modules together.
+
+pub mod complete;
+pub mod decode;
+pub mod model;

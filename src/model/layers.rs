@@ -1,0 +1,177 @@
+//! The transformer blocks: RMSNorm, grouped-query attention with RoPE and a KV cache, SwiGLU MLP,
+//! and the decoder layer that combines them. Field names follow the Hugging Face tensor names.
+//! Not here: embeddings, heads and the final projection (`mtp.rs`).
+
+use candle_core::{DType, Module, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+
+use super::config::ModelConfig;
+use super::error::Result;
+use super::kv_cache::KvCache;
+use super::rope::Rope;
+
+/// Which kernels a forward pass uses. Several fused candle kernels silently drop gradients,
+/// so training must use the plain-op forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// Fused kernels: fast inference, no gradients.
+    Fused,
+    /// Plain differentiable ops: training.
+    Differentiable,
+}
+
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.0))?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        Ok(match kernels {
+            Kernels::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?,
+            Kernels::Differentiable => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32)?,
+        })
+    }
+}
+
+fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    Ok(if bias { candle_nn::linear(in_dim, out_dim, vb)? } else { candle_nn::linear_no_bias(in_dim, out_dim, vb)? })
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn load(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: linear(d, f, false, vb.pp("gate_proj"))?,
+            up_proj: linear(d, f, false, vb.pp("up_proj"))?,
+            down_proj: linear(f, d, false, vb.pp("down_proj"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x)?.silu()?;
+        let up = self.up_proj.forward(x)?;
+        Ok(self.down_proj.forward(&(gate * up)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    pub fn load(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, h, kv, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
+        Ok(Self {
+            q_proj: linear(d, h * hd, cfg.qkv_bias(), vb.pp("q_proj"))?,
+            k_proj: linear(d, kv * hd, cfg.qkv_bias(), vb.pp("k_proj"))?,
+            v_proj: linear(d, kv * hd, cfg.qkv_bias(), vb.pp("v_proj"))?,
+            o_proj: linear(h * hd, d, cfg.o_bias(), vb.pp("o_proj"))?,
+            n_heads: h,
+            n_kv_heads: kv,
+            head_dim: hd,
+        })
+    }
+
+    /// `x`: `(b, t, hidden)` at positions `offset..offset+t`. With a cache (b must be 1), the new
+    /// keys and values are appended and attention covers every cached position.
+    pub fn forward(&self, x: &Tensor, offset: usize, rope: &Rope, cache: Option<&mut KvCache>, kernels: Kernels) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let differentiable = kernels == Kernels::Differentiable;
+        let q = self.q_proj.forward(x)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
+        let k = self.k_proj.forward(x)?.reshape((b, t, kv, hd))?.transpose(1, 2)?;
+        let v = self.v_proj.forward(x)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = rope.apply(&q, offset, differentiable)?;
+        let k = rope.apply(&k, offset, differentiable)?;
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        };
+        let n_keys = k.dim(2)?;
+        // Grouped-query attention without copying keys: fold each kv head's query group into rows.
+        let group = h / kv;
+        let q = q.contiguous()?.reshape((b, kv, group * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = if t > 1 {
+            let mask = causal_mask(t, n_keys, offset, scores.dtype(), scores.device())?;
+            scores.reshape((b, kv, group, t, n_keys))?.broadcast_add(&mask)?.reshape((b, kv, group * t, n_keys))?
+        } else {
+            scores
+        };
+        let probs = match kernels {
+            Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
+            Kernels::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let out = probs.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+        Ok(self.o_proj.forward(&out)?)
+    }
+}
+
+/// Additive mask `(t, n_keys)`: query `i` (at position `offset + i`) sees keys `0..=offset + i`.
+pub fn causal_mask(t: usize, n_keys: usize, offset: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..n_keys).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, n_keys), device)?.to_dtype(dtype)?)
+}
+
+/// One pre-norm transformer layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    pub fn load(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            input_layernorm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            self_attn: Attention::load(cfg, vb.pp("self_attn"))?,
+            post_attention_layernorm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            mlp: Mlp::load(cfg, vb.pp("mlp"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, offset: usize, rope: &Rope, cache: Option<&mut KvCache>, kernels: Kernels) -> Result<Tensor> {
+        let attn = self.self_attn.forward(&self.input_layernorm.forward(x, kernels)?, offset, rope, cache, kernels)?;
+        let x = (x + attn)?;
+        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x, kernels)?)?;
+        Ok((x + mlp)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causal_mask_table() {
+        // t=2 new queries at offset 1 over 3 keys: row 0 sees keys 0..=1, row 1 sees 0..=2.
+        let m = causal_mask(2, 3, 1, DType::F32, &candle_core::Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(m[0], vec![0.0, 0.0, f32::NEG_INFINITY]);
+        assert_eq!(m[1], vec![0.0, 0.0, 0.0]);
+    }
+}

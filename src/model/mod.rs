@@ -1,0 +1,19 @@
+//! The MTP transformer in candle: config, blocks, heads, KV caches, the directory format, and a
+//! deterministic tiny model for tests. Imports candle and tokenizers only; knows nothing of decoding.
+
+pub mod config;
+pub mod error;
+pub mod kv_cache;
+pub mod layers;
+pub mod mtp;
+pub mod rope;
+pub mod tiny;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::ModelConfig;
+pub use error::{ModelError, Result};
+pub use layers::Kernels;
+pub use mtp::{ForwardOutput, Logits, ModelCache, MtpModel};
+pub use tokenizer::{FimTokens, SpecialTokens};
+pub use weights::{load_dir, save_dir, LoadedModel};

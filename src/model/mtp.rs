@@ -1,0 +1,275 @@
+//! The multi-token-prediction model: embeddings, shared trunk, n head layers, one final norm and
+//! one unembedding (Gloeckle et al. 2024), plus `ModelCache`, the per-sequence KV state.
+//! Not here: choosing tokens (`decode`), files on disk (`weights.rs`).
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder};
+
+use super::config::ModelConfig;
+use super::error::{ModelError, Result};
+use super::kv_cache::KvCache;
+use super::layers::{DecoderLayer, Kernels, RmsNorm};
+use super::rope::Rope;
+
+/// RoPE tables are built for at most this many positions, whatever `max_position_embeddings` says.
+pub const MAX_ROPE_POSITIONS: usize = 32_768;
+
+/// Hugging Face name of the layer that is head `head_idx` (0 = head 1 = `layers[L-1]`).
+pub fn head_layer_prefix(cfg: &ModelConfig, head_idx: usize) -> String {
+    if head_idx == 0 {
+        format!("model.layers.{}", cfg.num_hidden_layers - 1)
+    } else {
+        format!("model.extra_heads.{}", head_idx - 1)
+    }
+}
+
+/// Which head-1 logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// One row per new token (verification needs them all).
+    All,
+    /// Only the last new token (prefill).
+    Last,
+}
+
+/// What one forward pass over a chunk of new tokens gives back.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    /// Head-1 logits, f32, shape `(rows, vocab)`: every new position, or the last one (see [`Logits`]).
+    pub logits: Tensor,
+    /// Output of each extra head (heads 2..=n the cache runs), shape `(t, hidden)`, before the final
+    /// norm. Project a row with [`MtpModel::extra_head_logits`] only where a draft is needed.
+    pub extra_hidden: Vec<Tensor>,
+}
+
+/// KV caches of one sequence (every trunk layer and every head layer in use) and its tokens.
+#[derive(Debug, Clone)]
+pub struct ModelCache {
+    layers: Vec<KvCache>,
+    n_trunk: usize,
+    tokens: Vec<u32>,
+}
+
+impl ModelCache {
+    /// Positions currently cached.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.layers[0].capacity()
+    }
+
+    /// The token ids whose keys and values are cached, in order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Heads this cache runs (1 = head 1 only, plain decoding).
+    pub fn n_heads(&self) -> usize {
+        self.layers.len() - self.n_trunk
+    }
+
+    /// Keeps positions `0..keep_len` in every layer. O(1) per layer.
+    pub fn truncate(&mut self, keep_len: usize) {
+        for layer in &mut self.layers {
+            layer.truncate(keep_len);
+        }
+        self.tokens.truncate(keep_len);
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MtpModel {
+    config: ModelConfig,
+    embed_tokens: Embedding,
+    trunk: Vec<DecoderLayer>,
+    /// `heads[0]` is head 1 (`layers[L-1]`); `heads[j]` is `extra_heads[j-1]`.
+    heads: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    kernels: Kernels,
+    device: Device,
+    dtype: DType,
+}
+
+impl MtpModel {
+    /// Builds the model from a `VarBuilder` holding Hugging Face tensor names (plus `model.extra_heads.*`).
+    pub fn load(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let cfg = config;
+        let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("model.embed_tokens"))?;
+        let trunk = (0..cfg.n_trunk_layers())
+            .map(|i| DecoderLayer::load(cfg, vb.pp(format!("model.layers.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let heads = (0..cfg.n_heads())
+            .map(|h| DecoderLayer::load(cfg, vb.pp(head_layer_prefix(cfg, h))))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("model.norm"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed_tokens.embeddings().clone(), None)
+        } else {
+            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+        };
+        let rope_positions = cfg.max_position_embeddings.min(MAX_ROPE_POSITIONS);
+        let rope = Rope::new(cfg.head_dim(), rope_positions, cfg.rope_theta, cfg.rope_interleaved, vb.dtype(), vb.device())?;
+        Ok(Self {
+            config: cfg.clone(),
+            embed_tokens,
+            trunk,
+            heads,
+            norm,
+            lm_head,
+            rope,
+            kernels: Kernels::Fused,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of heads (n in the paper).
+    pub fn n_heads(&self) -> usize {
+        self.heads.len()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    /// Longest sequence a cache may hold (the RoPE table length).
+    pub fn max_positions(&self) -> usize {
+        self.rope.max_positions()
+    }
+
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    /// A cache for `capacity` positions that runs heads `1..=n_heads_used` (clamped to what exists).
+    pub fn new_cache(&self, capacity: usize, n_heads_used: usize) -> Result<ModelCache> {
+        let capacity = capacity.min(self.max_positions()).max(1);
+        let n_heads_used = n_heads_used.clamp(1, self.n_heads());
+        let (kv, hd) = (self.config.n_kv_heads(), self.config.head_dim());
+        let layers = (0..self.trunk.len() + n_heads_used)
+            .map(|_| KvCache::new(kv, hd, capacity, self.dtype, &self.device))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ModelCache { layers, n_trunk: self.trunk.len(), tokens: Vec::new() })
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        match tokens.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+            Some(&id) => Err(ModelError::TokenOutOfRange { id, vocab_size: self.config.vocab_size }),
+            None => Ok(()),
+        }
+    }
+
+    /// Feeds `tokens` at positions `cache.len()..`, appending to every cached layer, and returns
+    /// head-1 logits plus the extra heads' hidden states for the new positions.
+    pub fn forward(&self, cache: &mut ModelCache, tokens: &[u32], logits: Logits) -> Result<ForwardOutput> {
+        if tokens.is_empty() {
+            return Err(ModelError::InvalidConfig { reason: "forward needs at least one token".into() });
+        }
+        self.check_tokens(tokens)?;
+        let offset = cache.len();
+        let needed = offset + tokens.len();
+        if needed > cache.capacity() {
+            return Err(ModelError::CacheFull { capacity: cache.capacity(), needed });
+        }
+        let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let mut z = self.embed_tokens.forward(&ids)?;
+        let (trunk_caches, head_caches) = cache.layers.split_at_mut(cache.n_trunk);
+        for (layer, kv) in self.trunk.iter().zip(trunk_caches.iter_mut()) {
+            z = layer.forward(&z, offset, &self.rope, Some(kv), self.kernels)?;
+        }
+        let mut outs = Vec::with_capacity(head_caches.len());
+        for (layer, kv) in self.heads.iter().zip(head_caches.iter_mut()) {
+            outs.push(layer.forward(&z, offset, &self.rope, Some(kv), self.kernels)?.squeeze(0)?);
+        }
+        cache.tokens.extend_from_slice(tokens);
+        let head1 = outs.remove(0);
+        let head1 = match logits {
+            Logits::All => head1,
+            Logits::Last => head1.narrow(0, tokens.len() - 1, 1)?,
+        };
+        Ok(ForwardOutput { logits: self.project(&head1)?, extra_hidden: outs })
+    }
+
+    /// Final norm and unembedding of hidden states `(..., hidden)`, as f32 logits `(..., vocab)`.
+    pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
+        let normed = self.norm.forward(hidden, self.kernels)?;
+        Ok(self.lm_head.forward(&normed)?.to_dtype(DType::F32)?)
+    }
+
+    /// Logits of every extra head at row `pos` of a forward's output, as one `(n_extra, vocab)` matmul.
+    pub fn extra_head_logits(&self, out: &ForwardOutput, pos: usize) -> Result<Vec<Vec<f32>>> {
+        if out.extra_hidden.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = out.extra_hidden.iter().map(|h| h.narrow(0, pos, 1)).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(self.project(&Tensor::cat(&rows, 0)?)?.to_vec2::<f32>()?)
+    }
+
+    /// Training: the trunk over a batch of token ids `(b, t)` without a cache; returns `(b, t, hidden)`.
+    pub fn forward_trunk(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut z = self.embed_tokens.forward(ids)?;
+        for layer in &self.trunk {
+            z = layer.forward(&z, 0, &self.rope, None, self.kernels)?;
+        }
+        Ok(z)
+    }
+
+    /// Training: head `head_idx` (0 = next token) on trunk output `z`; returns logits `(b, t, vocab)`.
+    pub fn forward_head(&self, head_idx: usize, z: &Tensor) -> Result<Tensor> {
+        let h = self.heads[head_idx].forward(z, 0, &self.rope, None, self.kernels)?;
+        let normed = self.norm.forward(&h, self.kernels)?;
+        Ok(self.lm_head.forward(&normed)?)
+    }
+
+    /// Every weight under its Hugging Face name (tied `lm_head` is not repeated).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.embeddings().clone())];
+        let mut push_layer = |prefix: String, layer: &DecoderLayer| {
+            let a = &layer.self_attn;
+            for (name, lin) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj)] {
+                out.push((format!("{prefix}.self_attn.{name}.weight"), lin.weight().clone()));
+                if let Some(b) = lin.bias() {
+                    out.push((format!("{prefix}.self_attn.{name}.bias"), b.clone()));
+                }
+            }
+            let m = &layer.mlp;
+            for (name, lin) in [("gate_proj", &m.gate_proj), ("up_proj", &m.up_proj), ("down_proj", &m.down_proj)] {
+                out.push((format!("{prefix}.mlp.{name}.weight"), lin.weight().clone()));
+            }
+            out.push((format!("{prefix}.input_layernorm.weight"), layer.input_layernorm.weight.clone()));
+            out.push((format!("{prefix}.post_attention_layernorm.weight"), layer.post_attention_layernorm.weight.clone()));
+        };
+        for (i, layer) in self.trunk.iter().enumerate() {
+            push_layer(format!("model.layers.{i}"), layer);
+        }
+        for (h, layer) in self.heads.iter().enumerate() {
+            push_layer(head_layer_prefix(&self.config, h), layer);
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.weight.clone()));
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), self.lm_head.weight().clone()));
+        }
+        out
+    }
+}

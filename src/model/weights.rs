@@ -1,0 +1,254 @@
+//! The model directory format on disk: `config.json`, `model.safetensors` (single file or sharded
+//! with `model.safetensors.index.json`) and `tokenizer.json`. Loading validates every tensor name and
+//! shape before building the model; saving writes files atomically. Not here: the math (`mtp.rs`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use rand::{Rng, SeedableRng};
+use tokenizers::Tokenizer;
+
+use super::config::ModelConfig;
+use super::error::{ModelError, Result};
+use super::mtp::{head_layer_prefix, MtpModel};
+use super::tokenizer::{load_tokenizer, SpecialTokens};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// Every tensor `config` implies, with its shape, in a stable order.
+pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (q, kv) = (cfg.num_attention_heads * cfg.head_dim(), cfg.n_kv_heads() * cfg.head_dim());
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d])];
+    let layer = |prefix: &str, out: &mut Vec<(String, Vec<usize>)>| {
+        for (name, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+            out.push((format!("{prefix}.self_attn.{name}.weight"), vec![rows, d]));
+            if cfg.qkv_bias() {
+                out.push((format!("{prefix}.self_attn.{name}.bias"), vec![rows]));
+            }
+        }
+        out.push((format!("{prefix}.self_attn.o_proj.weight"), vec![d, q]));
+        if cfg.o_bias() {
+            out.push((format!("{prefix}.self_attn.o_proj.bias"), vec![d]));
+        }
+        out.push((format!("{prefix}.mlp.gate_proj.weight"), vec![f, d]));
+        out.push((format!("{prefix}.mlp.up_proj.weight"), vec![f, d]));
+        out.push((format!("{prefix}.mlp.down_proj.weight"), vec![d, f]));
+        out.push((format!("{prefix}.input_layernorm.weight"), vec![d]));
+        out.push((format!("{prefix}.post_attention_layernorm.weight"), vec![d]));
+    };
+    for i in 0..cfg.n_trunk_layers() {
+        layer(&format!("model.layers.{i}"), &mut out);
+    }
+    for h in 0..cfg.n_heads() {
+        layer(&head_layer_prefix(cfg, h), &mut out);
+    }
+    out.push(("model.norm.weight".to_string(), vec![d]));
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![v, d]));
+    }
+    out
+}
+
+/// Parameter counts split the way `inspect` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ParamCounts {
+    /// Trunk layers `layers[..L-1]`.
+    pub trunk: usize,
+    /// Head layers (head 1 and the extra heads) plus the shared final norm.
+    pub heads: usize,
+    /// Token embedding and, when untied, the unembedding.
+    pub embeddings: usize,
+}
+
+impl ParamCounts {
+    pub fn total(&self) -> usize {
+        self.trunk + self.heads + self.embeddings
+    }
+}
+
+pub fn param_counts(cfg: &ModelConfig) -> ParamCounts {
+    let trunk_prefixes: Vec<String> = (0..cfg.n_trunk_layers()).map(|i| format!("model.layers.{i}.")).collect();
+    let mut counts = ParamCounts::default();
+    for (name, shape) in expected_tensors(cfg) {
+        let n: usize = shape.iter().product();
+        if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+            counts.embeddings += n;
+        } else if trunk_prefixes.iter().any(|p| name.starts_with(p)) {
+            counts.trunk += n;
+        } else {
+            counts.heads += n;
+        }
+    }
+    counts
+}
+
+/// A standard-normal sample from a seeded generator (Box-Muller), so weights are reproducible.
+fn normal(rng: &mut rand_chacha::ChaCha8Rng) -> f32 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random::<f64>();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+/// Seeded random weights for `cfg`: matrices and biases ~ N(0, std²), norm weights 1.
+/// The same seed gives the same weights on every machine.
+pub fn init_weights(cfg: &ModelConfig, seed: u64, std: f32, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut out = HashMap::new();
+    for (name, shape) in expected_tensors(cfg) {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = if name.ends_with("layernorm.weight") || name == "model.norm.weight" {
+            vec![1.0; n]
+        } else {
+            (0..n).map(|_| normal(&mut rng) * std).collect()
+        };
+        out.insert(name, Tensor::from_vec(data, shape, device)?);
+    }
+    Ok(out)
+}
+
+/// Builds a model from named tensors after checking each against `cfg`.
+pub fn model_from_tensors(cfg: &ModelConfig, tensors: HashMap<String, Tensor>, dtype: DType, device: &Device) -> Result<MtpModel> {
+    cfg.validate()?;
+    check_tensor_names(cfg, tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())))?;
+    MtpModel::load(cfg, VarBuilder::from_tensors(tensors, dtype, device))
+}
+
+/// Missing tensors, wrong shapes and layers the config does not know about, as typed errors.
+fn check_tensor_names(cfg: &ModelConfig, present: impl Iterator<Item = (String, Vec<usize>)>) -> Result<()> {
+    let present: HashMap<String, Vec<usize>> = present.collect();
+    for (name, shape) in expected_tensors(cfg) {
+        match present.get(&name) {
+            None => return Err(ModelError::MissingTensor { name }),
+            Some(found) if *found != shape => {
+                return Err(ModelError::ShapeMismatch { name, expected: shape, found: found.clone() })
+            }
+            Some(_) => {}
+        }
+    }
+    let layer_index = |name: &str, prefix: &str| -> Option<usize> { name.strip_prefix(prefix)?.split('.').next()?.parse().ok() };
+    let unexpected: BTreeSet<String> = present
+        .keys()
+        .filter(|name| {
+            layer_index(name, "model.layers.").is_some_and(|i| i >= cfg.num_hidden_layers)
+                || layer_index(name, "model.extra_heads.").is_some_and(|j| j + 1 >= cfg.n_heads())
+        })
+        .cloned()
+        .collect();
+    if !unexpected.is_empty() {
+        return Err(ModelError::UnexpectedTensors { names: unexpected.into_iter().take(8).collect() });
+    }
+    Ok(())
+}
+
+/// A model directory loaded into memory.
+pub struct LoadedModel {
+    pub dir: PathBuf,
+    pub model: MtpModel,
+    pub tokenizer: Tokenizer,
+    pub special: SpecialTokens,
+}
+
+fn require_file(dir: &Path, file: &str, hint: &'static str) -> Result<PathBuf> {
+    let path = dir.join(file);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(ModelError::MissingFile { dir: dir.to_path_buf(), file: file.to_string(), hint })
+    }
+}
+
+pub fn read_config(dir: &Path) -> Result<ModelConfig> {
+    let path = require_file(dir, CONFIG_FILE, "every model directory needs its config")?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+    let cfg: ModelConfig = serde_json::from_str(&text).map_err(|source| ModelError::BadConfig { path, source })?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The safetensors files of a directory: the single file, or every shard named in the index.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join(WEIGHTS_FILE);
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = require_file(dir, WEIGHTS_INDEX_FILE, "expected model.safetensors or a sharded model.safetensors.index.json")
+        .map_err(|_| ModelError::MissingFile {
+            dir: dir.to_path_buf(),
+            file: WEIGHTS_FILE.into(),
+            hint: "expected model.safetensors or a sharded model.safetensors.index.json",
+        })?;
+    let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io { path: index.clone(), source })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| ModelError::BadConfig { path: index.clone(), source })?;
+    let files: BTreeSet<String> = json["weight_map"]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    if files.is_empty() {
+        return Err(ModelError::InvalidConfig { reason: format!("{}: no weight_map entries", index.display()) });
+    }
+    files.into_iter().map(|f| require_file(dir, &f, "a shard named in model.safetensors.index.json")).collect()
+}
+
+/// Loads `dir` onto `device` in `dtype`, checking config, every tensor, and the tokenizer.
+pub fn load_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    if !dir.is_dir() {
+        return Err(ModelError::NoDirectory(dir.to_path_buf()));
+    }
+    let cfg = read_config(dir)?;
+    let files = weight_files(dir)?;
+    let tokenizer_path = require_file(dir, TOKENIZER_FILE, "the model's tokenizer (Hugging Face tokenizers JSON)")?;
+    // SAFETY: the files are memory-mapped read-only; a concurrent writer could change them under us,
+    // which is the documented hazard of mmap and acceptable for model files.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
+        .map_err(|source| ModelError::BadWeights { path: files[0].clone(), source })?;
+    let views = st.tensors();
+    check_tensor_names(&cfg, views.iter().map(|(name, view)| (name.clone(), view.shape().to_vec())))?;
+    let mut tensors = HashMap::new();
+    for (name, _) in expected_tensors(&cfg) {
+        let t = st.load(&name, device).map_err(|source| ModelError::BadWeights { path: files[0].clone(), source })?;
+        tensors.insert(name, t.to_dtype(dtype)?);
+    }
+    let tokenizer = load_tokenizer(&tokenizer_path)?;
+    let tokenizer_vocab = tokenizer.get_vocab_size(true);
+    if tokenizer_vocab > cfg.vocab_size {
+        return Err(ModelError::VocabMismatch { tokenizer: tokenizer_vocab, config: cfg.vocab_size });
+    }
+    let special = SpecialTokens::detect(&tokenizer, &cfg);
+    let model = MtpModel::load(&cfg, VarBuilder::from_tensors(tensors, dtype, device))?;
+    Ok(LoadedModel { dir: dir.to_path_buf(), model, tokenizer, special })
+}
+
+/// Writes `path` through a temporary file and a rename, so a crash never leaves half a file.
+pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
+}
+
+/// Saves `model` and `tokenizer` as a model directory (created if needed), each file atomically.
+pub fn save_dir(model: &MtpModel, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+    let tensors: HashMap<String, Tensor> = model
+        .named_tensors()
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_device(&Device::Cpu)?)))
+        .collect::<candle_core::Result<_>>()?;
+    write_atomic(&dir.join(WEIGHTS_FILE), |tmp| Ok(candle_core::safetensors::save(&tensors, tmp)?))?;
+    let config = serde_json::to_string_pretty(model.config()).expect("config serializes");
+    write_atomic(&dir.join(CONFIG_FILE), |tmp| {
+        std::fs::write(tmp, config).map_err(|source| ModelError::Io { path: tmp.to_path_buf(), source })
+    })?;
+    write_atomic(&dir.join(TOKENIZER_FILE), |tmp| {
+        tokenizer.save(tmp, false).map_err(|e| ModelError::BadTokenizer { path: tmp.to_path_buf(), reason: e.to_string() })
+    })?;
+    // A stale single-file or sharded index would shadow or contradict what we just wrote.
+    let _ = std::fs::remove_file(dir.join(WEIGHTS_INDEX_FILE));
+    Ok(())
+}
