@@ -1,0 +1,83 @@
+//! KV-cache correctness: truncating and re-feeding gives the logits of a fresh full forward, and
+//! the training path (no cache, differentiable kernels) agrees with the cached inference path.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{max_abs_diff, tiny};
+use foresight::model::{Kernels, Logits};
+
+const TOL: f32 = 1e-4;
+
+#[test]
+fn prefill_truncate_refeed_matches_fresh_forward() {
+    let model = tiny();
+    let seq: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 256).collect();
+    let fresh = model.forward(&mut model.new_cache(64, 4).unwrap(), &seq, Logits::All).unwrap();
+
+    for (keep, chunks) in [(0usize, vec![40usize]), (17, vec![23]), (17, vec![5, 1, 17]), (39, vec![1]), (1, vec![13, 26])] {
+        let mut cache = model.new_cache(128, 4).unwrap();
+        // Fill with a different continuation first, so stale entries would show up if truncation leaked.
+        let mut other = seq[..keep].to_vec();
+        other.extend((0..30).map(|i| (i * 5 + 3) % 256));
+        model.forward(&mut cache, &other, Logits::All).unwrap();
+        cache.truncate(keep);
+        assert_eq!(cache.len(), keep);
+        assert_eq!(cache.tokens(), &seq[..keep]);
+        let mut pos = keep;
+        for n in chunks {
+            let out = model.forward(&mut cache, &seq[pos..pos + n], Logits::All).unwrap();
+            let want = fresh.logits.narrow(0, pos, n).unwrap();
+            let diff = max_abs_diff(&out.logits, &want);
+            assert!(diff < TOL, "keep {keep}, chunk at {pos}+{n}: {diff}");
+            for (h, hidden) in out.extra_hidden.iter().enumerate() {
+                // Compare as logits: hidden states are large before the final norm.
+                let got = model.project(hidden).unwrap();
+                let want = model.project(&fresh.extra_hidden[h].narrow(0, pos, n).unwrap()).unwrap();
+                let diff = max_abs_diff(&got, &want);
+                assert!(diff < TOL, "extra head {h}: {diff}");
+            }
+            pos += n;
+        }
+    }
+}
+
+#[test]
+fn last_only_logits_equal_the_last_row() {
+    let model = tiny();
+    let seq: Vec<u32> = (100..120).collect();
+    let all = model.forward(&mut model.new_cache(64, 1).unwrap(), &seq, Logits::All).unwrap();
+    let last = model.forward(&mut model.new_cache(64, 1).unwrap(), &seq, Logits::Last).unwrap();
+    assert!(max_abs_diff(&last.logits, &all.logits.narrow(0, 19, 1).unwrap()) < TOL);
+}
+
+#[test]
+fn training_path_matches_cached_inference_for_every_head() {
+    let mut model = tiny();
+    let seq: Vec<u32> = (0..24).map(|i| (i * 13 + 1) % 256).collect();
+    let out = model.forward(&mut model.new_cache(64, 4).unwrap(), &seq, Logits::All).unwrap();
+    model.set_kernels(Kernels::Differentiable);
+    let ids = Tensor::new(seq.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let z = model.forward_trunk(&ids).unwrap();
+    let head1 = model.forward_head(0, &z).unwrap().squeeze(0).unwrap();
+    assert!(max_abs_diff(&head1, &out.logits) < TOL);
+    for h in 1..model.n_heads() {
+        let train = model.forward_head(h, &z).unwrap().squeeze(0).unwrap();
+        for pos in [0usize, 11, 23] {
+            let infer = model.extra_head_logits(&out, pos).unwrap();
+            let row = train.narrow(0, pos, 1).unwrap().squeeze(0).unwrap();
+            let want = Tensor::new(infer[h - 1].as_slice(), &Device::Cpu).unwrap();
+            assert!(max_abs_diff(&row, &want) < TOL, "head {h} pos {pos}");
+        }
+    }
+}
+
+#[test]
+fn a_full_cache_is_a_typed_error_not_a_panic() {
+    let model = tiny();
+    let mut cache = model.new_cache(8, 1).unwrap();
+    let err = model.forward(&mut cache, &[1; 9], Logits::Last).unwrap_err();
+    assert!(matches!(err, foresight::model::ModelError::CacheFull { capacity: 8, needed: 9 }), "{err}");
+    let err = model.forward(&mut cache, &[300], Logits::Last).unwrap_err();
+    assert!(matches!(err, foresight::model::ModelError::TokenOutOfRange { id: 300, .. }), "{err}");
+}
