@@ -1,0 +1,133 @@
+//! The model directory format: save then load gives identical logits (single file and sharded),
+//! and each kind of malformed directory gives its own clear, typed error.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use foresight::model::tiny::TinySpec;
+use foresight::model::tokenizer::byte_level_tokenizer;
+use foresight::model::weights::{init_weights, load_dir, model_from_tensors, save_dir};
+use foresight::model::{Logits, ModelError, MtpModel};
+
+const SEQ: &[u32] = &[5, 80, 81, 82, 10, 32, 32, 120];
+
+fn logits(model: &MtpModel) -> Vec<Vec<f32>> {
+    let out = model.forward(&mut model.new_cache(32, 4).unwrap(), SEQ, Logits::All).unwrap();
+    let mut rows = out.logits.to_vec2::<f32>().unwrap();
+    rows.extend(model.extra_head_logits(&out, SEQ.len() - 1).unwrap());
+    rows
+}
+
+fn write_tiny(dir: &Path) -> TinySpec {
+    let spec = TinySpec::default();
+    spec.write_dir(dir).unwrap();
+    spec
+}
+
+fn load_err(dir: &Path) -> ModelError {
+    match load_dir(dir, &Device::Cpu, DType::F32) {
+        Ok(_) => panic!("{} loaded but should not", dir.display()),
+        Err(e) => e,
+    }
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+#[test]
+fn save_then_load_gives_identical_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_tiny(tmp.path());
+    let loaded = load_dir(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(logits(&loaded.model), logits(&spec.model().unwrap()));
+    assert_eq!(loaded.model.n_heads(), 4);
+    assert_eq!(loaded.special.eos, vec![256]);
+    assert_eq!(loaded.special.fim.map(|f| (f.prefix, f.suffix, f.middle)), Some((257, 258, 259)));
+    // Saving the loaded model again reproduces the same files' content.
+    let again = tempfile::tempdir().unwrap();
+    save_dir(&loaded.model, &loaded.tokenizer, again.path()).unwrap();
+    let reloaded = load_dir(again.path(), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(logits(&reloaded.model), logits(&loaded.model));
+}
+
+#[test]
+fn sharded_weights_load_through_the_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_tiny(tmp.path());
+    let all = candle_core::safetensors::load(tmp.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    std::fs::remove_file(tmp.path().join("model.safetensors")).unwrap();
+    let (mut a, mut b) = (HashMap::new(), HashMap::new());
+    let mut weight_map = serde_json::Map::new();
+    for (i, (name, t)) in all.into_iter().enumerate() {
+        let file = if i % 2 == 0 { "model-00001-of-00002.safetensors" } else { "model-00002-of-00002.safetensors" };
+        weight_map.insert(name.clone(), file.into());
+        if i % 2 == 0 { a.insert(name, t) } else { b.insert(name, t) };
+    }
+    candle_core::safetensors::save(&a, tmp.path().join("model-00001-of-00002.safetensors")).unwrap();
+    candle_core::safetensors::save(&b, tmp.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let loaded = load_dir(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(logits(&loaded.model), logits(&spec.model().unwrap()));
+}
+
+#[test]
+fn each_malformed_directory_has_its_own_error() {
+    let nowhere = Path::new("/nonexistent/foresight-model");
+    assert!(matches!(load_err(nowhere), ModelError::NoDirectory(_)));
+
+    type Breaker = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Breaker, fn(&ModelError) -> bool, &str)> = vec![
+        ("no config", Box::new(|d| std::fs::remove_file(d.join("config.json")).unwrap()),
+            |e| matches!(e, ModelError::MissingFile { file, .. } if file == "config.json"), "config.json"),
+        ("no weights", Box::new(|d| std::fs::remove_file(d.join("model.safetensors")).unwrap()),
+            |e| matches!(e, ModelError::MissingFile { file, .. } if file == "model.safetensors"), "model.safetensors"),
+        ("no tokenizer", Box::new(|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap()),
+            |e| matches!(e, ModelError::MissingFile { file, .. } if file == "tokenizer.json"), "tokenizer.json"),
+        ("config not JSON", Box::new(|d| std::fs::write(d.join("config.json"), "{ nope").unwrap()),
+            |e| matches!(e, ModelError::BadConfig { .. }), "config.json"),
+        ("unknown architecture", Box::new(|d| edit_config(d, |v| v["model_type"] = "gpt2".into())),
+            |e| matches!(e, ModelError::UnknownArchitecture { found } if found == "gpt2"), "gpt2"),
+        ("invalid config", Box::new(|d| edit_config(d, |v| v["num_key_value_heads"] = 3.into())),
+            |e| matches!(e, ModelError::InvalidConfig { .. }), "num_key_value_heads"),
+        ("wrong shapes", Box::new(|d| edit_config(d, |v| v["intermediate_size"] = 96.into())),
+            |e| matches!(e, ModelError::ShapeMismatch { expected, found, .. } if expected[0] == 96 && found[0] == 128), "[96, 64]"),
+        ("fewer heads than weights", Box::new(|d| edit_config(d, |v| v["n_future_tokens"] = 2.into())),
+            |e| matches!(e, ModelError::UnexpectedTensors { names } if names.iter().all(|n| n.starts_with("model.extra_heads."))), "n_future_tokens"),
+        ("more heads than weights", Box::new(|d| edit_config(d, |v| v["n_future_tokens"] = 5.into())),
+            |e| matches!(e, ModelError::MissingTensor { name } if name.starts_with("model.extra_heads.3.")), "model.extra_heads.3"),
+        ("corrupt weights", Box::new(|d| std::fs::write(d.join("model.safetensors"), b"garbage bytes, not safetensors").unwrap()),
+            |e| matches!(e, ModelError::BadWeights { .. }), "model.safetensors"),
+        ("corrupt tokenizer", Box::new(|d| std::fs::write(d.join("tokenizer.json"), "[]").unwrap()),
+            |e| matches!(e, ModelError::BadTokenizer { .. }), "tokenizer.json"),
+    ];
+    for (name, break_it, is_expected, needle) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        write_tiny(tmp.path());
+        break_it(tmp.path());
+        let err = load_err(tmp.path());
+        assert!(is_expected(&err), "{name}: got {err:?}");
+        assert!(err.to_string().contains(needle), "{name}: message {err} should mention {needle}");
+    }
+}
+
+#[test]
+fn a_tokenizer_from_another_model_is_refused() {
+    // Weights and config agree on a 200-token vocabulary, but the tokenizer has 260 tokens.
+    let mut cfg = TinySpec::default().config();
+    cfg.vocab_size = 200;
+    let tensors: HashMap<String, Tensor> = init_weights(&cfg, 1, 0.1, &Device::Cpu).unwrap();
+    let model = model_from_tensors(&cfg, tensors, DType::F32, &Device::Cpu).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    save_dir(&model, &byte_level_tokenizer(), tmp.path()).unwrap();
+    let err = load_err(tmp.path());
+    assert!(matches!(err, ModelError::VocabMismatch { tokenizer: 260, config: 200 }), "{err:?}");
+    assert!(err.to_string().contains("260") && err.to_string().contains("200"));
+}
