@@ -1,0 +1,122 @@
+//! The `foresight` binary end to end: `complete` on a real file with the tiny model (plain and
+//! speculative print the same completion), its refusals, and `inspect`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use foresight::model::tiny::TinySpec;
+use foresight::model::weights::param_counts;
+
+fn foresight(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_foresight")).args(args).env_remove("FORESIGHT_LOG").output().unwrap()
+}
+
+fn model_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    TinySpec::default().write_dir(dir.path()).unwrap();
+    dir
+}
+
+const SOURCE: &str = "fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n\nfn main() {\n    let total = \n}\n";
+
+fn write_source(dir: &Path, name: &str, content: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn complete_prints_the_same_completion_in_plain_and_spec_mode() {
+    let model = model_dir();
+    let src = tempfile::tempdir().unwrap();
+    let file = write_source(src.path(), "main.rs", SOURCE.as_bytes());
+    let loc = format!("{file}:6:17");
+    let m = model.path().to_str().unwrap();
+    let plain = foresight(&["complete", &loc, "--model", m, "--mode", "plain", "--max-tokens", "24", "--stats"]);
+    let spec = foresight(&["complete", &loc, "--model", m, "--mode", "spec", "--max-tokens", "24", "--stats"]);
+    let lookup = foresight(&["complete", &loc, "--model", m, "--mode", "lookup", "--max-tokens", "24"]);
+    for out in [&plain, &spec, &lookup] {
+        assert!(out.status.success(), "{}", stderr(out));
+    }
+    assert_eq!(spec.stdout, plain.stdout);
+    assert_eq!(lookup.stdout, plain.stdout);
+    assert!(!plain.stdout.is_empty());
+    // Statistics go to stderr, never stdout.
+    assert!(stderr(&plain).contains("tokens/forward=1.00"), "{}", stderr(&plain));
+    assert!(stderr(&spec).contains("tokens/forward="));
+    assert!(!String::from_utf8_lossy(&spec.stdout).contains("tokens/forward"));
+}
+
+#[test]
+fn complete_refuses_bad_input_with_a_message() {
+    let model = model_dir();
+    let m = model.path().to_str().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let good = write_source(src.path(), "good.rs", SOURCE.as_bytes());
+    let empty = write_source(src.path(), "empty.rs", b"");
+    let binary = write_source(src.path(), "blob.bin", &[0x7f, b'E', b'L', b'F', 0, 1, 2, 3]);
+    let latin1 = write_source(src.path(), "latin1.txt", &[b'c', b'a', b'f', 0xe9, b'\n']);
+    let dir = src.path().to_str().unwrap().to_string();
+    let cases: Vec<(String, &str, &str)> = vec![
+        (format!("{good}:99:1"), m, "line 99 is past the end"),
+        (format!("{good}:6:40"), m, "column 40 is past the end of line 6"),
+        (format!("{good}:0:1"), m, "1-based"),
+        (format!("{empty}:1:1"), m, "is empty"),
+        (format!("{binary}:1:1"), m, "binary"),
+        (format!("{latin1}:1:1"), m, "not UTF-8"),
+        (format!("{dir}/missing.rs:1:1"), m, "cannot read"),
+        (format!("{dir}:1:1"), m, "cannot read"),
+        (good.clone(), m, "expected FILE:LINE:COL"),
+        (format!("{good}:1:1"), "/nonexistent/model", "does not exist"),
+    ];
+    for (loc, model, needle) in cases {
+        let out = foresight(&["complete", loc.as_str(), "--model", model]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{loc}: {err}");
+        assert!(err.contains(needle), "{loc}: {err:?} should contain {needle:?}");
+        assert!(!err.contains("panicked"), "{loc}: {err}");
+        assert!(out.stdout.is_empty(), "{loc}");
+    }
+}
+
+#[test]
+fn logs_can_go_to_a_file() {
+    let model = model_dir();
+    let src = tempfile::tempdir().unwrap();
+    let file = write_source(src.path(), "main.rs", SOURCE.as_bytes());
+    let log = src.path().join("log.txt");
+    let out = Command::new(env!("CARGO_BIN_EXE_foresight"))
+        .args(["--log-file", log.to_str().unwrap(), "complete", &format!("{file}:99:1"), "--model", model.path().to_str().unwrap()])
+        .env("FORESIGHT_LOG", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("line 99 is past the end"), "{logged}");
+}
+
+#[test]
+fn inspect_reports_config_parameters_and_special_tokens() {
+    let model = model_dir();
+    let out = foresight(&["inspect", model.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let counts = param_counts(&TinySpec::default().config());
+    for needle in [
+        format!("trunk:      {}", counts.trunk),
+        format!("heads:      {}", counts.heads),
+        format!("embeddings: {}", counts.embeddings),
+        "\"n_future_tokens\": 4".to_string(),
+        "eos: 256 \"<|endoftext|>\"".to_string(),
+        "fim: prefix 257 \"<fim_prefix>\", suffix 258 \"<fim_suffix>\", middle 259 \"<fim_middle>\"".to_string(),
+    ] {
+        assert!(text.contains(&needle), "missing {needle:?} in:\n{text}");
+    }
+    let out = foresight(&["inspect", "/nonexistent"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("missing config.json"), "{}", stderr(&out));
+}
