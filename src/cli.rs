@@ -26,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Complete the code at FILE:LINE:COL (1-based; columns count characters) and print the completion.
     Complete(CompleteArgs),
+    /// Score completions on fill-in-the-middle tasks (JSONL: id, language, kind, prefix, suffix, middle).
+    Eval(EvalArgs),
     /// Print a model directory's config, parameter counts and special tokens.
     Inspect {
         /// Model directory (config.json, model.safetensors, tokenizer.json).
@@ -61,6 +63,27 @@ pub struct CompleteArgs {
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Tasks file, one JSON object per line.
+    pub tasks: PathBuf,
+    /// Model directory [default: models/default].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Run only this mode (plain, spec or lookup); by default plain and spec both run, on the same
+    /// prompts, so speedup and identity are measured.
+    #[arg(long)]
+    pub mode: Option<Mode>,
+    /// Evaluate only the first N tasks.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Write one JSON result per task (id, completion, tokens, forwards, ms, ...) and a final summary line.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// `models/default` in the working directory, else in the source tree this binary was built from.
@@ -133,6 +156,70 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
             rates.join(", "),
             completion.stop
         );
+    }
+    Ok(())
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    use foresight::eval::{evaluate, read_tasks, summary, EvalModes, GroupSummary};
+    use std::io::Write;
+
+    let mut tasks = read_tasks(&args.tasks)?;
+    if let Some(limit) = args.limit {
+        tasks.truncate(limit);
+    }
+    let dir = resolve_model_dir(args.model.as_deref())?;
+    let loaded = load_dir(&dir, &Device::Cpu, DType::F32).with_context(|| format!("cannot load model {}", dir.display()))?;
+    let base = CompletionParams { max_tokens: args.max_tokens, ..Default::default() };
+    let capacity = base.budget.prefix_tokens + base.budget.suffix_tokens + args.max_tokens + 16;
+    let mut engine = Engine::new(loaded, capacity);
+    let modes = args.mode.map_or(EvalModes::Both, EvalModes::Only);
+    let mut json = match &args.json {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let mut results = Vec::with_capacity(tasks.len());
+    for (i, task) in tasks.iter().enumerate() {
+        let result = evaluate(&mut engine, task, modes, &base).with_context(|| format!("task {}", task.id))?;
+        if let Some(out) = json.as_mut() {
+            writeln!(out, "{}", serde_json::to_string(&result)?)?;
+        }
+        results.push(result);
+        if (i + 1) % 10 == 0 || i + 1 == tasks.len() {
+            let s = summary(&results).all;
+            eprintln!("[{}/{}] exact {:.1}% edit-sim {:.3}", i + 1, tasks.len(), 100.0 * s.exact_match, s.edit_similarity);
+        }
+    }
+    let s = summary(&results);
+    if let Some(mut out) = json {
+        writeln!(out, "{}", serde_json::json!({ "summary": s }))?;
+        out.flush()?;
+    }
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    let row = |name: &str, g: &GroupSummary| {
+        println!(
+            "{:<10} {:>5} {:>7.1}% {:>9.3} {:>8} {:>8} {:>10} {:>8.1} {:>8.1}",
+            name,
+            g.tasks,
+            100.0 * g.exact_match,
+            g.edit_similarity,
+            opt(g.tokens_per_forward, 2),
+            opt(g.speedup, 2),
+            opt(g.identical.map(|x| 100.0 * x), 1),
+            g.p50_ms,
+            g.p95_ms
+        )
+    };
+    println!("model: {}  tasks: {}", dir.display(), args.tasks.display());
+    println!("{:<10} {:>5} {:>8} {:>9} {:>8} {:>8} {:>10} {:>8} {:>8}", "group", "tasks", "exact", "edit-sim", "tok/fwd", "speedup", "identical%", "p50 ms", "p95 ms");
+    row("all", &s.all);
+    for (k, g) in &s.by_language {
+        row(k, g);
+    }
+    for (k, g) in &s.by_kind {
+        row(k, g);
     }
     Ok(())
 }

@@ -25,12 +25,16 @@ fn init_logging(log_file: Option<&std::path::Path>) -> anyhow::Result<()> {
 
 fn main() {
     let cli = cli::Cli::parse();
+    let logging_to_file = cli.log_file.is_some();
     let result = init_logging(cli.log_file.as_deref()).and_then(|()| match cli.command {
         cli::Command::Complete(args) => cli::complete(args),
+        cli::Command::Eval(args) => cli::eval(args),
         cli::Command::Inspect { dir } => cli::inspect(&dir),
     });
     if let Err(err) = result {
-        tracing::error!("{err:#}");
+        if logging_to_file {
+            tracing::error!("{err:#}");
+        }
         eprintln!("error: {err:#}");
         std::process::exit(1);
     }

@@ -120,3 +120,57 @@ fn inspect_reports_config_parameters_and_special_tokens() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("missing config.json"), "{}", stderr(&out));
 }
+
+#[test]
+fn eval_scores_tasks_in_both_modes_and_writes_json() {
+    let model = model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = [
+        serde_json::json!({"id": "a.rs:2:single", "language": "rust", "kind": "single", "path": "a.rs",
+            "prefix": "fn main() {\n    let x = ", "middle": "1;", "suffix": "\n}\n"}),
+        serde_json::json!({"id": "b.py:1:multi", "language": "python", "kind": "multi",
+            "prefix": "def f(x):\n    ", "middle": "return x\n", "suffix": ""}),
+        serde_json::json!({"id": "c.py:1:single", "language": "python", "kind": "single",
+            "prefix": "import os\n", "middle": "import sys", "suffix": "\n"}),
+    ];
+    let tasks_path = dir.path().join("tasks.jsonl");
+    std::fs::write(&tasks_path, tasks.iter().map(|t| t.to_string() + "\n").collect::<String>()).unwrap();
+    let json_path = dir.path().join("out.jsonl");
+    let out = foresight(&[
+        "eval", tasks_path.to_str().unwrap(), "--model", model.path().to_str().unwrap(),
+        "--max-tokens", "12", "--json", json_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    for needle in ["all ", "rust ", "python ", "single ", "multi ", "100.0"] {
+        assert!(table.contains(needle), "missing {needle:?}:\n{table}");
+    }
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&json_path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4);
+    for (line, task) in lines.iter().zip(&tasks) {
+        assert_eq!(line["id"], task["id"]);
+        for key in ["completion", "tokens", "forwards", "ms"] {
+            assert!(!line[key].is_null(), "{key} missing in {line}");
+        }
+        // Greedy speculative output equals plain output.
+        assert_eq!(line["identical"], true);
+        assert_eq!(line["plain"]["completion"], line["spec"]["completion"]);
+    }
+    let summary = &lines[3]["summary"];
+    assert_eq!(summary["all"]["tasks"], 3);
+    assert_eq!(summary["all"]["identical"], 1.0);
+    assert_eq!(summary["by_language"]["python"]["tasks"], 2);
+
+    // --mode plain --limit 1 runs one mode on one task.
+    let out = foresight(&["eval", tasks_path.to_str().unwrap(), "--model", model.path().to_str().unwrap(), "--mode", "plain", "--limit", "1", "--max-tokens", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.lines().any(|l| l.starts_with("all") && l.split_whitespace().nth(1) == Some("1")), "{table}");
+
+    // A malformed tasks file names the line.
+    std::fs::write(&tasks_path, "{\"id\": 1}\n").unwrap();
+    let out = foresight(&["eval", tasks_path.to_str().unwrap(), "--model", model.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("tasks.jsonl:1"), "{}", stderr(&out));
+}
