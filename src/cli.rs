@@ -11,6 +11,7 @@ use foresight::complete::location::{byte_offset, parse_file_location};
 use foresight::complete::{CompletionParams, Engine, Mode, PromptBudget};
 use foresight::decode::SamplingParams;
 use foresight::model::weights::{load_dir, param_counts, read_config};
+use foresight::model::{weight_dtype, DeviceChoice, LoadedModel};
 
 #[derive(Parser, Debug)]
 #[command(name = "foresight", version, about = "Local code completion with a multi-token-prediction model and self-speculative decoding")]
@@ -42,6 +43,9 @@ pub struct CompleteArgs {
     /// Model directory [default: models/default].
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// auto (GPU when built with cuda and one is present), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
     /// plain: one token per forward; spec: drafts from the MTP heads; lookup: drafts from n-gram matches.
     #[arg(long, default_value = "spec")]
     pub mode: Mode,
@@ -72,6 +76,9 @@ pub struct EvalArgs {
     /// Model directory [default: models/default].
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// auto (GPU when built with cuda and one is present), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
     /// Run only this mode (plain, spec or lookup); by default plain and spec both run, on the same
     /// prompts, so speedup and identity are measured.
     #[arg(long)]
@@ -90,6 +97,12 @@ pub struct EvalArgs {
 pub fn default_model_dir() -> Option<PathBuf> {
     let candidates = [PathBuf::from("models/default"), Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default")];
     candidates.into_iter().find(|p| p.join("config.json").is_file())
+}
+
+/// Loads a model directory onto the chosen device, in that device's weight dtype.
+fn load_model(dir: &Path, device: DeviceChoice) -> Result<LoadedModel> {
+    let device = device.device()?;
+    load_dir(dir, &device, weight_dtype(&device)).with_context(|| format!("cannot load model {}", dir.display()))
 }
 
 fn resolve_model_dir(arg: Option<&Path>) -> Result<PathBuf> {
@@ -127,7 +140,7 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
     let text = read_source(Path::new(file))?;
     let cursor = byte_offset(&text, line, col).with_context(|| format!("{file}:{line}:{col}"))?;
     let dir = resolve_model_dir(args.model.as_deref())?;
-    let loaded = load_dir(&dir, &Device::Cpu, DType::F32).with_context(|| format!("cannot load model {}", dir.display()))?;
+    let loaded = load_model(&dir, args.device)?;
     let capacity = args.prefix_tokens + args.suffix_tokens + args.max_tokens + 16;
     let mut engine = Engine::new(loaded, capacity);
     let params = CompletionParams {
@@ -169,7 +182,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         tasks.truncate(limit);
     }
     let dir = resolve_model_dir(args.model.as_deref())?;
-    let loaded = load_dir(&dir, &Device::Cpu, DType::F32).with_context(|| format!("cannot load model {}", dir.display()))?;
+    let loaded = load_model(&dir, args.device)?;
     let base = CompletionParams { max_tokens: args.max_tokens, ..Default::default() };
     let capacity = base.budget.prefix_tokens + base.budget.suffix_tokens + args.max_tokens + 16;
     let mut engine = Engine::new(loaded, capacity);

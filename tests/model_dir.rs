@@ -131,3 +131,29 @@ fn a_tokenizer_from_another_model_is_refused() {
     assert!(matches!(err, ModelError::VocabMismatch { tokenizer: 260, config: 200 }), "{err:?}");
     assert!(err.to_string().contains("260") && err.to_string().contains("200"));
 }
+
+#[test]
+fn meta_layout_checkpoint_loads_as_the_same_model() {
+    // The tiny HF-layout model, rewritten by a script as params.json + consolidated.pth with
+    // Meta's tensor names and interleaved-RoPE row order, must give the same logits.
+    let hf = tempfile::tempdir().unwrap();
+    let spec = write_tiny(hf.path());
+    let meta = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hf_to_meta.py"))
+        .args([hf.path(), meta.path()])
+        .status()
+        .expect("python3 runs");
+    assert!(status.success());
+    assert!(meta.path().join("consolidated.pth").is_file() && !meta.path().join("config.json").exists());
+    let loaded = load_dir(meta.path(), &Device::Cpu, DType::F32).unwrap();
+    let cfg = loaded.model.config();
+    assert!(cfg.rope_interleaved && cfg.n_heads() == 4 && cfg.vocab_size == 260);
+    let (got, want) = (logits(&loaded.model), logits(&spec.model().unwrap()));
+    let diff = got.iter().flatten().zip(want.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-4, "{diff}");
+    // Without its tokenizer, the error says what to supply.
+    std::fs::remove_file(meta.path().join("tokenizer.json")).unwrap();
+    let err = load_err(meta.path());
+    assert!(err.to_string().contains("tokenizer.json"), "{err}");
+}

@@ -2,9 +2,11 @@
 //! deterministic tiny model for tests. Imports candle and tokenizers only; knows nothing of decoding.
 
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod kv_cache;
 pub mod layers;
+pub mod meta;
 pub mod mtp;
 pub mod rope;
 pub mod tiny;
@@ -12,6 +14,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::ModelConfig;
+pub use device::{weight_dtype, DeviceChoice};
 pub use error::{ModelError, Result};
 pub use layers::Kernels;
 pub use mtp::{ForwardOutput, Logits, ModelCache, MtpModel};

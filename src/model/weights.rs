@@ -201,6 +201,9 @@ pub fn load_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel
     if !dir.is_dir() {
         return Err(ModelError::NoDirectory(dir.to_path_buf()));
     }
+    if !dir.join(CONFIG_FILE).is_file() && dir.join(super::meta::PARAMS_FILE).is_file() {
+        return load_meta_dir(dir, device, dtype);
+    }
     let cfg = read_config(dir)?;
     let files = weight_files(dir)?;
     let tokenizer_path = require_file(dir, TOKENIZER_FILE, "the model's tokenizer (Hugging Face tokenizers JSON)")?;
@@ -215,14 +218,28 @@ pub fn load_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel
         let t = st.load(&name, device).map_err(|source| ModelError::BadWeights { path: files[0].clone(), source })?;
         tensors.insert(name, t.to_dtype(dtype)?);
     }
-    let tokenizer = load_tokenizer(&tokenizer_path)?;
+    let model = MtpModel::load(&cfg, VarBuilder::from_tensors(tensors, dtype, device))?;
+    with_tokenizer(dir, model, &tokenizer_path)
+}
+
+/// Pairs a built model with its directory's tokenizer, refusing one with more tokens than the model.
+fn with_tokenizer(dir: &Path, model: MtpModel, tokenizer_path: &Path) -> Result<LoadedModel> {
+    let tokenizer = load_tokenizer(tokenizer_path)?;
+    let cfg = model.config();
     let tokenizer_vocab = tokenizer.get_vocab_size(true);
     if tokenizer_vocab > cfg.vocab_size {
         return Err(ModelError::VocabMismatch { tokenizer: tokenizer_vocab, config: cfg.vocab_size });
     }
-    let special = SpecialTokens::detect(&tokenizer, &cfg);
-    let model = MtpModel::load(&cfg, VarBuilder::from_tensors(tensors, dtype, device))?;
+    let special = SpecialTokens::detect(&tokenizer, cfg);
     Ok(LoadedModel { dir: dir.to_path_buf(), model, tokenizer, special })
+}
+
+/// A Meta-layout directory (`params.json`, `consolidated.pth`, and a user-supplied `tokenizer.json`).
+fn load_meta_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    let tokenizer_path = require_file(dir, TOKENIZER_FILE, "Meta checkpoints ship no tokenizer.json; put the matching one beside params.json")?;
+    let (cfg, tensors) = super::meta::read_meta_dir(dir, device, dtype)?;
+    let model = model_from_tensors(&cfg, tensors, dtype, device)?;
+    with_tokenizer(dir, model, &tokenizer_path)
 }
 
 /// Writes `path` through a temporary file and a rename, so a crash never leaves half a file.

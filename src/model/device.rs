@@ -1,0 +1,84 @@
+//! Choosing where the model runs: `auto`, `cpu`, `cuda` or `cuda:N`, and the weight dtype that
+//! goes with it (f32 on the CPU, bf16 on a GPU). No tensors beyond device creation.
+
+use candle_core::{DType, Device};
+
+use super::error::{ModelError, Result};
+
+/// A parsed `--device` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(n)) => Ok(Self::Cuda(n)),
+                _ => Err(format!("unknown device {other:?}: use auto, cpu, cuda or cuda:N")),
+            },
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// The device to run on. `Auto` picks GPU 0 when this build has CUDA and a GPU is present.
+    pub fn device(self) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Auto if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() => Ok(Device::new_cuda(0)?),
+            Self::Auto => Ok(Device::Cpu),
+            Self::Cuda(n) if cfg!(feature = "cuda") => Device::new_cuda(n)
+                .map_err(|e| ModelError::InvalidConfig { reason: format!("cannot open CUDA device {n}: {e}") }),
+            Self::Cuda(_) => Err(ModelError::InvalidConfig {
+                reason: "this foresight was built without the cuda feature; rebuild with `cargo build --release --features cuda`".into(),
+            }),
+        }
+    }
+}
+
+/// Weights are f32 on the CPU (exactness tests, no fast bf16 matmul there) and bf16 on a GPU.
+pub fn weight_dtype(device: &Device) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_table() {
+        let cases = [
+            ("auto", Ok(DeviceChoice::Auto)),
+            ("cpu", Ok(DeviceChoice::Cpu)),
+            ("cuda", Ok(DeviceChoice::Cuda(0))),
+            ("cuda:3", Ok(DeviceChoice::Cuda(3))),
+            ("cuda:x", Err(())),
+            ("tpu", Err(())),
+        ];
+        for (s, want) in cases {
+            assert_eq!(s.parse::<DeviceChoice>().map_err(|_| ()), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn cpu_builds_pick_the_cpu() {
+        assert!(DeviceChoice::Cpu.device().unwrap().is_cpu());
+        if !cfg!(feature = "cuda") {
+            assert!(DeviceChoice::Auto.device().unwrap().is_cpu());
+            let err = DeviceChoice::Cuda(0).device().unwrap_err().to_string();
+            assert!(err.contains("--features cuda"), "{err}");
+        }
+    }
+}
