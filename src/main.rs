@@ -23,7 +23,17 @@ fn init_logging(log_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// candle asks for its thread count before every matmul and, without `RAYON_NUM_THREADS`, reads
+/// /proc/cpuinfo each time; fixing the variable once at start removes that from every forward pass.
+fn pin_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 fn main() {
+    pin_thread_count();
     let cli = cli::Cli::parse();
     let logging_to_file = cli.log_file.is_some();
     let result = init_logging(cli.log_file.as_deref()).and_then(|()| match cli.command {
