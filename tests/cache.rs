@@ -81,3 +81,23 @@ fn a_full_cache_is_a_typed_error_not_a_panic() {
     let err = model.forward(&mut cache, &[300], Logits::Last).unwrap_err();
     assert!(matches!(err, foresight::model::ModelError::TokenOutOfRange { id: 300, .. }), "{err}");
 }
+
+#[test]
+fn short_chunks_give_bit_identical_rows_to_one_token_forwards() {
+    // Verification feeds up to 16 tokens at once; with the small-chunk CPU kernels each row is
+    // computed exactly as a one-token forward would, so speculative and plain decoding agree bit for bit.
+    let model = tiny();
+    let prompt: Vec<u32> = (0..30).map(|i| (i * 11 + 5) % 256).collect();
+    let chunk: Vec<u32> = vec![7, 70, 170, 33, 9, 250];
+    let mut a = model.new_cache(64, 4).unwrap();
+    let mut b = model.new_cache(64, 4).unwrap();
+    model.forward(&mut a, &prompt, Logits::Last).unwrap();
+    model.forward(&mut b, &prompt, Logits::Last).unwrap();
+    let together = model.forward(&mut a, &chunk, Logits::All).unwrap();
+    let rows = together.logits.to_vec2::<f32>().unwrap();
+    for (i, &tok) in chunk.iter().enumerate() {
+        let one = model.forward(&mut b, &[tok], Logits::All).unwrap();
+        assert_eq!(one.logits.to_vec2::<f32>().unwrap()[0], rows[i], "row {i}");
+        assert_eq!(model.extra_head_logits(&one, 0).unwrap(), model.extra_head_logits(&together, i).unwrap(), "extra heads, row {i}");
+    }
+}

@@ -39,6 +39,11 @@ impl KvCache {
         self.len = self.len.min(len);
     }
 
+    /// The whole key and value buffers; positions `len..` hold stale or zero data.
+    pub fn buffers(&self) -> (&Tensor, &Tensor) {
+        (&self.k, &self.v)
+    }
+
     /// Writes `k`, `v` (shape `(1, n_kv_heads, t, head_dim)`) at positions `len..len+t` and
     /// returns views of all keys and values `0..len+t`.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {

@@ -6,6 +6,7 @@ use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::ModelConfig;
+use super::cpu_kernels::{CachedAttention, SmallMatmul, MAX_ROWS};
 use super::error::Result;
 use super::kv_cache::KvCache;
 use super::rope::Rope;
@@ -39,6 +40,23 @@ impl RmsNorm {
     }
 }
 
+/// Whether a forward over `rows` positions of `x` takes the small-chunk CPU kernels.
+pub fn small_chunk(x: &Tensor, rows: usize, kernels: Kernels) -> bool {
+    kernels == Kernels::Fused && rows <= MAX_ROWS && x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// `lin(x)`, through the small-chunk kernel when `small`.
+pub fn apply_linear(lin: &Linear, x: &Tensor, small: bool) -> Result<Tensor> {
+    if !small {
+        return Ok(lin.forward(x)?);
+    }
+    let y = x.contiguous()?.apply_op2_no_bwd(lin.weight(), &SmallMatmul)?;
+    Ok(match lin.bias() {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
 fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
     Ok(if bias { candle_nn::linear(in_dim, out_dim, vb)? } else { candle_nn::linear_no_bias(in_dim, out_dim, vb)? })
 }
@@ -60,10 +78,10 @@ impl Mlp {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
-        let up = self.up_proj.forward(x)?;
-        Ok(self.down_proj.forward(&(gate * up)?)?)
+    pub fn forward(&self, x: &Tensor, small: bool) -> Result<Tensor> {
+        let gate = apply_linear(&self.gate_proj, x, small)?.silu()?;
+        let up = apply_linear(&self.up_proj, x, small)?;
+        apply_linear(&self.down_proj, &(gate * up)?, small)
     }
 }
 
@@ -98,12 +116,21 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let differentiable = kernels == Kernels::Differentiable;
-        let q = self.q_proj.forward(x)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
-        let k = self.k_proj.forward(x)?.reshape((b, t, kv, hd))?.transpose(1, 2)?;
-        let v = self.v_proj.forward(x)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
+        let small = small_chunk(x, b * t, kernels);
+        let q = apply_linear(&self.q_proj, x, small)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
+        let k = apply_linear(&self.k_proj, x, small)?.reshape((b, t, kv, hd))?.transpose(1, 2)?;
+        let v = apply_linear(&self.v_proj, x, small)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
         let q = rope.apply(&q, offset, differentiable)?;
         let k = rope.apply(&k, offset, differentiable)?;
         let (k, v) = match cache {
+            Some(cache) if small && b == 1 => {
+                cache.append(&k, &v)?;
+                let (k_all, v_all) = cache.buffers();
+                let op = CachedAttention { len: cache.len(), scale: 1.0 / (hd as f32).sqrt() };
+                let out = q.contiguous()?.apply_op3_no_bwd(k_all, v_all, &op)?;
+                let out = out.transpose(1, 2)?.reshape((b, t, h * hd))?;
+                return apply_linear(&self.o_proj, &out, small);
+            }
             Some(cache) => cache.append(&k, &v)?,
             None => (k, v),
         };
@@ -158,7 +185,8 @@ impl DecoderLayer {
     pub fn forward(&self, x: &Tensor, offset: usize, rope: &Rope, cache: Option<&mut KvCache>, kernels: Kernels) -> Result<Tensor> {
         let attn = self.self_attn.forward(&self.input_layernorm.forward(x, kernels)?, offset, rope, cache, kernels)?;
         let x = (x + attn)?;
-        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x, kernels)?)?;
+        let (b, t, _) = x.dims3()?;
+        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x, kernels)?, small_chunk(&x, b * t, kernels))?;
         Ok((x + mlp)?)
     }
 }

@@ -2,6 +2,7 @@
 //! deterministic tiny model for tests. Imports candle and tokenizers only; knows nothing of decoding.
 
 pub mod config;
+pub mod cpu_kernels;
 pub mod device;
 pub mod error;
 pub mod kv_cache;

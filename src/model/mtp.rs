@@ -8,7 +8,7 @@ use candle_nn::{Embedding, Linear, VarBuilder};
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
 use super::kv_cache::KvCache;
-use super::layers::{DecoderLayer, Kernels, RmsNorm};
+use super::layers::{apply_linear, small_chunk, DecoderLayer, Kernels, RmsNorm};
 use super::rope::Rope;
 
 /// RoPE tables are built for at most this many positions, whatever `max_position_embeddings` says.
@@ -214,7 +214,9 @@ impl MtpModel {
     /// Final norm and unembedding of hidden states `(..., hidden)`, as f32 logits `(..., vocab)`.
     pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
         let normed = self.norm.forward(hidden, self.kernels)?;
-        Ok(self.lm_head.forward(&normed)?.to_dtype(DType::F32)?)
+        let rows = hidden.elem_count() / self.config.hidden_size;
+        let small = small_chunk(&normed, rows, self.kernels);
+        Ok(apply_linear(&self.lm_head, &normed, small)?.to_dtype(DType::F32)?)
     }
 
     /// Logits of every extra head at row `pos` of a forward's output, as one `(n_extra, vocab)` matmul.
