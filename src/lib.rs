@@ -4,3 +4,4 @@
 pub mod complete;
 pub mod decode;
 pub mod model;
+pub mod train;
