@@ -12,6 +12,9 @@ use foresight::complete::{CompletionParams, Engine, Mode, PromptBudget};
 use foresight::decode::SamplingParams;
 use foresight::model::weights::{load_dir, param_counts, read_config};
 
+mod train;
+pub use train::{train, TrainArgs};
+
 #[derive(Parser, Debug)]
 #[command(name = "foresight", version, about = "Local code completion with a multi-token-prediction model and self-speculative decoding")]
 pub struct Cli {
@@ -26,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Complete the code at FILE:LINE:COL (1-based; columns count characters) and print the completion.
     Complete(CompleteArgs),
+    /// Finetune or train an MTP model on code repositories.
+    Train(Box<TrainArgs>),
     /// Print a model directory's config, parameter counts and special tokens.
     Inspect {
         /// Model directory (config.json, model.safetensors, tokenizer.json).

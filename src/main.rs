@@ -28,6 +28,7 @@ fn main() {
     let result = init_logging(cli.log_file.as_deref()).and_then(|()| match cli.command {
         cli::Command::Complete(args) => cli::complete(args),
         cli::Command::Inspect { dir } => cli::inspect(&dir),
+        cli::Command::Train(args) => cli::train(*args),
     });
     if let Err(err) = result {
         tracing::error!("{err:#}");

@@ -28,9 +28,17 @@ pub fn train_bpe<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: us
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build()
         .into();
-    let mut tokenizer = byte_level_tokenizer();
+    let mut tokenizer = byte_level_base_without_specials();
     tokenizer.train(&mut trainer, texts).map_err(|e| TrainError::Tokenizer(e.to_string()))?;
     Ok(tokenizer)
+}
+
+/// The byte-level tokenizer without its added special tokens: the trainer assigns their ids anew
+/// (kept, the old ones would collide with the trained vocabulary's ids).
+fn byte_level_base_without_specials() -> Tokenizer {
+    let mut json: serde_json::Value = serde_json::from_str(&byte_level_tokenizer().to_string(false).expect("serializes")).expect("valid JSON");
+    json["added_tokens"] = serde_json::Value::Array(Vec::new());
+    json.to_string().parse().expect("the byte-level tokenizer JSON is well-formed")
 }
 
 #[cfg(test)]
@@ -45,7 +53,9 @@ mod tests {
         let vocab = tok.get_vocab_size(true);
         assert!(vocab > MIN_VOCAB && vocab <= 300, "{vocab}");
         for name in [ENDOFTEXT, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE] {
-            assert!(tok.token_to_id(name).is_some(), "{name}");
+            let id = tok.token_to_id(name).unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(tok.decode(&[id], false).unwrap(), name, "{name} decodes to itself");
+            assert_eq!(tok.encode(name, false).unwrap().get_ids(), &[id], "{name} is one token");
         }
         let sample = "fn mul(a: u32) -> u32 { a * 2 } // héllo 🦀";
         let ids = tok.encode(sample, false).unwrap().get_ids().to_vec();

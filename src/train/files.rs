@@ -206,11 +206,11 @@ pub fn check_content(bytes: &[u8], max_bytes: u64) -> Result<&str, SkipReason> {
     Ok(text)
 }
 
-/// A PEM/OpenSSH/PGP private-key header anywhere in the text.
+/// A PEM/OpenSSH/PGP private-key header anywhere in the text (also inside a string literal).
 pub fn contains_private_key(text: &str) -> bool {
     text.lines().any(|line| {
         let l = line.trim();
-        (l.starts_with("-----BEGIN ") && l.contains("PRIVATE KEY")) || l.starts_with("-----BEGIN PGP PRIVATE KEY BLOCK")
+        l.contains("-----BEGIN ") && (l.contains("PRIVATE KEY") || l.contains("PGP PRIVATE"))
     })
 }
 
