@@ -82,3 +82,31 @@ fn fused_kernels_would_cut_gradients() {
     });
     assert!(broken.count() > 0, "fused kernels were expected to lose gradients");
 }
+
+#[test]
+fn bf16_compute_sends_f32_gradients_back_to_the_master_weights() {
+    // The --dtype bf16 path (default on CUDA), run here on the CPU: the model computes in bf16 on
+    // casts of the f32 masters, and each master receives an f32 gradient close to the f32 one.
+    let cfg = TinySpec::default().config();
+    let tensors = init_weights(&cfg, 11, 0.1, &Device::Cpu).unwrap();
+    let set = ParamSet::new(&cfg, tensors, Trainable::All).unwrap();
+    let vars: Vec<_> = set.trainable().into_iter().map(|(_, v)| v).collect();
+    let w = windows(3, 13, 1);
+    let f32_model = set.training_model(candle_core::DType::F32).unwrap();
+    let bf16_model = set.training_model(candle_core::DType::BF16).unwrap();
+    let exact = batch_grads(&f32_model, &vars, true, &w, &[1.0; 4], LossOrder::Sequential).unwrap();
+    let low = batch_grads(&bf16_model, &vars, true, &w, &[1.0; 4], LossOrder::Sequential).unwrap();
+    for (h, (a, b)) in exact.head_losses.iter().zip(&low.head_losses).enumerate() {
+        assert!((a - b).abs() < 0.05 * a.abs(), "head {h}: {a} vs {b}");
+    }
+    let mut cos_min = 1.0f32;
+    for (a, b) in exact.grads.iter().zip(&low.grads) {
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        assert_eq!(b.dtype(), candle_core::DType::F32, "gradients reach the f32 masters");
+        let dot = (a * b).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let na = a.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+        let nb = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+        cos_min = cos_min.min(dot / (na * nb));
+    }
+    assert!(cos_min > 0.95, "bf16 gradients point where the f32 ones do (min cosine {cos_min})");
+}
