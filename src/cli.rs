@@ -13,6 +13,9 @@ use foresight::decode::SamplingParams;
 use foresight::model::weights::{load_dir, param_counts, read_config};
 use foresight::model::{weight_dtype, DeviceChoice, LoadedModel};
 
+mod train;
+pub use train::{train, TrainArgs};
+
 #[derive(Parser, Debug)]
 #[command(name = "foresight", version, about = "Local code completion with a multi-token-prediction model and self-speculative decoding")]
 pub struct Cli {
@@ -29,6 +32,8 @@ pub enum Command {
     Complete(CompleteArgs),
     /// Score completions on fill-in-the-middle tasks (JSONL: id, language, kind, prefix, suffix, middle).
     Eval(EvalArgs),
+    /// Finetune or train an MTP model on code repositories.
+    Train(Box<TrainArgs>),
     /// Print a model directory's config, parameter counts and special tokens.
     Inspect {
         /// Model directory (config.json, model.safetensors, tokenizer.json).

@@ -5,3 +5,4 @@ pub mod complete;
 pub mod decode;
 pub mod eval;
 pub mod model;
+pub mod train;

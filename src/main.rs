@@ -40,6 +40,7 @@ fn main() {
         cli::Command::Complete(args) => cli::complete(args),
         cli::Command::Eval(args) => cli::eval(args),
         cli::Command::Inspect { dir } => cli::inspect(&dir),
+        cli::Command::Train(args) => cli::train(*args),
     });
     if let Err(err) = result {
         if logging_to_file {

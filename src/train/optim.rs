@@ -1,0 +1,166 @@
+//! Optimization: AdamW with state we can checkpoint (candle-nn's keeps its moments private), the
+//! learning-rate schedule (linear warmup, then cosine decay to a floor) and global-norm gradient
+//! clipping. The schedule and the clipping factor are plain functions. Not here: gradients.
+
+use candle_core::{DType, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use super::error::Result;
+
+/// AdamW hyperparameters. Defaults follow the paper: betas 0.9/0.95, weight decay 0.1.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
+    }
+}
+
+/// Learning rate at optimizer step `step` (0-based): linear warmup from `peak / warmup` to `peak`
+/// over `warmup` steps, then cosine decay to `peak * min_ratio` at step `total - 1`.
+pub fn lr_at(step: u64, warmup: u64, total: u64, peak: f64, min_ratio: f64) -> f64 {
+    if step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let floor = peak * min_ratio;
+    let decay_steps = total.saturating_sub(warmup).saturating_sub(1);
+    if decay_steps == 0 {
+        return peak;
+    }
+    let progress = ((step - warmup) as f64 / decay_steps as f64).min(1.0);
+    floor + 0.5 * (peak - floor) * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+/// Factor that brings a gradient of global norm `norm` down to `max_norm` (1 when already within).
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    }
+}
+
+/// Global L2 norm of a set of gradients.
+pub fn global_norm(grads: &[Option<Tensor>]) -> Result<f64> {
+    let mut sum = 0f64;
+    for g in grads.iter().flatten() {
+        sum += f64::from(g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()?);
+    }
+    Ok(sum.sqrt())
+}
+
+/// Decoupled weight decay applies to matrices only; norms and biases (1-D) are not decayed.
+pub fn decays(var: &Var) -> bool {
+    var.rank() >= 2
+}
+
+/// AdamW over a fixed, ordered list of variables. The moments are f32 tensors shaped like the
+/// variables; `step` counts updates taken (for bias correction).
+pub struct AdamW {
+    pub config: AdamWConfig,
+    pub vars: Vec<Var>,
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    pub step: u64,
+}
+
+impl AdamW {
+    pub fn new(vars: Vec<Var>, config: AdamWConfig) -> Result<Self> {
+        let m = vars.iter().map(|v| v.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
+        let v = vars.iter().map(|v| v.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self { config, vars, m, v, step: 0 })
+    }
+
+    /// One update with learning rate `lr`; `grads[i]` belongs to `vars[i]`. A `None` gradient
+    /// leaves that variable and its moments unchanged.
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+        self.step += 1;
+        let c = self.config;
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
+        for (i, var) in self.vars.iter().enumerate() {
+            let Some(g) = &grads[i] else { continue };
+            let g = g.to_dtype(var.dtype())?;
+            let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+            let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
+            let mut theta = var.as_tensor().detach();
+            if decays(var) && c.weight_decay > 0.0 {
+                theta = (theta * (1.0 - lr * c.weight_decay))?;
+            }
+            var.set(&(theta - (update * lr)?)?)?;
+            self.m[i] = m;
+            self.v[i] = v;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn schedule_table() {
+        let (peak, min) = (1e-3, 0.1);
+        let cases = [
+            (0, 10, 110, 1e-4),
+            (4, 10, 110, 5e-4),
+            (9, 10, 110, 1e-3),
+            (10, 10, 110, 1e-3),
+            (59, 10, 110, 1e-4 + 0.5 * 9e-4 * (1.0 + (std::f64::consts::PI * 49.0 / 99.0).cos())),
+            (109, 10, 110, 1e-4),
+            (500, 10, 110, 1e-4),
+            (0, 0, 1, 1e-3),
+            (3, 0, 4, 1e-4),
+        ];
+        for (step, warmup, total, want) in cases {
+            let got = lr_at(step, warmup, total, peak, min);
+            assert!((got - want).abs() < 1e-12, "step {step} warmup {warmup} total {total}: {got} != {want}");
+        }
+    }
+
+    #[test]
+    fn clip_factor_table() {
+        assert_eq!(clip_factor(0.5, 1.0), 1.0);
+        assert_eq!(clip_factor(1.0, 1.0), 1.0);
+        assert!((clip_factor(4.0, 1.0) - 0.25).abs() < 1e-6);
+        assert_eq!(clip_factor(4.0, 0.0), 1.0, "0 disables clipping");
+    }
+
+    #[test]
+    fn adamw_matches_a_hand_computed_step() {
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::new(&[[1.0f32, -2.0]], &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::new(&[0.5f32], &dev).unwrap()).unwrap();
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let mut opt = AdamW::new(vec![w.clone(), b.clone()], cfg).unwrap();
+        let gw = Tensor::new(&[[0.2f32, -0.4]], &dev).unwrap();
+        let gb = Tensor::new(&[3.0f32], &dev).unwrap();
+        opt.step(&[Some(gw), Some(gb)], 0.01).unwrap();
+        // Step 1: m̂ = g, v̂ = g², so the update is sign(g) (up to eps); decay only on the matrix.
+        let got_w = w.as_tensor().to_vec2::<f32>().unwrap();
+        let want_w = [1.0 * (1.0 - 0.01 * 0.1) - 0.01, -2.0 * (1.0 - 0.01 * 0.1) + 0.01];
+        assert!((got_w[0][0] - want_w[0] as f32).abs() < 1e-6 && (got_w[0][1] - want_w[1] as f32).abs() < 1e-6, "{got_w:?}");
+        let got_b = b.as_tensor().to_vec1::<f32>().unwrap();
+        assert!((got_b[0] - 0.49).abs() < 1e-6, "{got_b:?}");
+        assert_eq!(opt.step, 1);
+        let m = opt.m[1].to_vec1::<f32>().unwrap();
+        assert!((m[0] - 0.3).abs() < 1e-6);
+    }
+
+    #[test]
+    fn global_norm_of_two_tensors() {
+        let dev = Device::Cpu;
+        let a = Tensor::new(&[3.0f32], &dev).unwrap();
+        let b = Tensor::new(&[[4.0f32]], &dev).unwrap();
+        assert!((global_norm(&[Some(a), None, Some(b)]).unwrap() - 5.0).abs() < 1e-9);
+    }
+}

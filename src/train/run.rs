@@ -1,0 +1,467 @@
+//! One training run end to end: preparing it (refusals first, then the corpus, tokenizer, weights,
+//! optimizer and validation set, or all of it restored from a checkpoint), the step loop with
+//! gradient accumulation, clipping, the schedule, validation, checkpoints, the JSONL metrics log
+//! and the progress bar, and the final model directory. Not here: the math of the objective and
+//! the optimizer, or the command line.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use tokenizers::Tokenizer;
+
+use super::bpe::train_bpe;
+use super::checkpoint::{self, TrainState, STATE_VERSION};
+use super::corpus::{collect, Corpus, Document, WalkOptions};
+use super::error::{io_err, Result, TrainError};
+use super::fim::{text_tokenizer, Framing};
+use super::objective::{batch_grads, validate, windows_tensor, Validation};
+use super::optim::{clip_factor, global_norm, lr_at, AdamW};
+use super::options::{ModelInit, TrainOptions};
+use super::packing::{encode_documents, epoch_rng, validation_sequences, BatchStream, DataPosition};
+use super::params::{add_heads, ParamSet, Trainable};
+use super::presets::scratch_config;
+use crate::model::mtp::MAX_ROPE_POSITIONS;
+use crate::model::tokenizer::byte_level_tokenizer;
+use crate::model::weights::{load_dir, save_dir, init_weights, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
+use crate::model::{ModelConfig, SpecialTokens};
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// How a caller steers a run from outside.
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    /// Set (by a Ctrl-C handler) to stop after the current step with a checkpoint.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Stop after this many optimizer steps as if interrupted (tests, benchmarks).
+    pub stop_after: Option<u64>,
+    /// Draw a progress bar on stderr (when it is a terminal).
+    pub progress: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// All steps done; the model directory is `out`.
+    Finished { out: PathBuf, steps: u64, last_validation: Option<Validation> },
+    /// Stopped early; continue with `--resume`.
+    Interrupted { checkpoint: PathBuf, step: u64 },
+}
+
+/// Parses `--device`.
+pub fn parse_device(name: &str) -> Result<Device> {
+    let err = |e: String| TrainError::Device(name.to_string(), e);
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        _ => {
+            let ordinal = match name.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest.strip_prefix(':').and_then(|n| n.parse().ok()).ok_or_else(|| err("use cpu, cuda or cuda:N".into()))?,
+                None => return Err(err("use cpu, cuda or cuda:N".into())),
+            };
+            Device::new_cuda(ordinal).map_err(|e| err(format!("{e} (build with --features cuda)")))
+        }
+    }
+}
+
+fn compute_dtype(opts: &TrainOptions, device: &Device) -> DType {
+    match opts.compute_dtype.as_deref() {
+        Some("bf16") => DType::BF16,
+        Some(_) => DType::F32,
+        None if device.is_cuda() => DType::BF16,
+        None => DType::F32,
+    }
+}
+
+/// True when `dir` exists and holds anything.
+fn non_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false)
+}
+
+/// A run ready to start or continue.
+pub struct Prepared {
+    pub options: TrainOptions,
+    pub corpus: Corpus,
+    pub tokenizer: Tokenizer,
+    pub config: ModelConfig,
+    params: ParamSet,
+    names: Vec<String>,
+    optimizer: AdamW,
+    state: TrainState,
+    device: Device,
+    compute: DType,
+    valid_batches: Vec<Tensor>,
+    stream: Option<BatchStream>,
+    pub resumed_from: Option<PathBuf>,
+}
+
+impl Prepared {
+    pub fn trainable_params(&self) -> (usize, usize) {
+        self.params.count()
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.options.total_steps()
+    }
+
+    pub fn step(&self) -> u64 {
+        self.state.step
+    }
+}
+
+/// The starting weights and tokenizer of a new run.
+struct Start {
+    config: ModelConfig,
+    tensors: std::collections::HashMap<String, Tensor>,
+    tokenizer: Tokenizer,
+}
+
+fn start_weights(opts: &TrainOptions, corpus: &Corpus, device: &Device) -> Result<Start> {
+    match &opts.init {
+        ModelInit::Base { dir } => {
+            let loaded = load_dir(dir, device, DType::F32).map_err(|source| TrainError::BaseModel { dir: dir.clone(), source })?;
+            let config = loaded.model.config().clone();
+            let tensors = loaded.model.named_tensors().into_iter().collect();
+            Ok(Start { config, tensors, tokenizer: loaded.tokenizer })
+        }
+        ModelInit::Scratch { config, heads } => {
+            let tokenizer = match opts.new_tokenizer {
+                Some(vocab) => {
+                    tracing::info!("training a {vocab}-token BPE on {} files", corpus.train.len());
+                    train_bpe(corpus.train.iter().map(|d| d.text.as_str()), vocab)?
+                }
+                None => byte_level_tokenizer(),
+            };
+            let vocab = match opts.new_tokenizer {
+                // The trained vocabulary may fall short of the request on small corpora; the config
+                // keeps the requested size so the model's shape is what the user asked for.
+                Some(v) => v.max(tokenizer.get_vocab_size(true)),
+                None => tokenizer.get_vocab_size(true),
+            };
+            let mut config = scratch_config(config, vocab, *heads)?;
+            if opts.new_tokenizer.is_some() {
+                config.vocab_size = vocab;
+            }
+            if let Some(eot) = tokenizer.token_to_id(crate::model::tokenizer::ENDOFTEXT) {
+                config.eos_token_id = Some(crate::model::config::TokenIds::One(eot));
+            }
+            let tensors = init_weights(&config, opts.seed, opts.init_std, device)?;
+            Ok(Start { config, tensors, tokenizer })
+        }
+    }
+}
+
+fn framing_for(tokenizer: &Tokenizer, config: &ModelConfig, opts: &TrainOptions) -> Result<Framing> {
+    let special = SpecialTokens::detect(tokenizer, config);
+    let framing = Framing::from_special(&special).ok_or(TrainError::NoEndOfText)?;
+    if framing.fim.is_none() && opts.fim.fim_rate > 0.0 {
+        tracing::warn!("the tokenizer has no FIM tokens: training left-to-right only (FIM rate 0)");
+    }
+    Ok(framing)
+}
+
+fn check_context(opts: &TrainOptions, config: &ModelConfig) -> Result<()> {
+    let context = config.max_position_embeddings.min(MAX_ROPE_POSITIONS);
+    if opts.seq_len > context {
+        return Err(TrainError::SeqLenOverContext { seq_len: opts.seq_len, context });
+    }
+    if opts.seq_len <= config.n_heads() {
+        return Err(TrainError::InvalidOptions(format!("--seq-len {} must exceed the number of heads ({})", opts.seq_len, config.n_heads())));
+    }
+    Ok(())
+}
+
+fn valid_batches(corpus: &Corpus, tokenizer: &Tokenizer, framing: &Framing, opts: &TrainOptions, n_heads: usize, device: &Device) -> Result<Vec<Tensor>> {
+    let windows = validation_sequences(&corpus.valid, tokenizer, framing, opts.fim, opts.seq_len, opts.seed);
+    let windows: Vec<Vec<u32>> = windows.into_iter().filter(|w| w.len() > n_heads).collect();
+    windows
+        .chunks(opts.batch_size)
+        .take(opts.eval_batches)
+        .map(|chunk| windows_tensor(chunk, device))
+        .collect()
+}
+
+/// The training batch stream at `position`, refusing a training split shorter than one window.
+fn train_stream(corpus: &Corpus, tokenizer: &Tokenizer, framing: &Framing, opts: &TrainOptions, position: DataPosition) -> Result<BatchStream> {
+    let text_tok = text_tokenizer(tokenizer);
+    let mut stream = BatchStream::new(corpus.train.clone(), text_tok.clone(), *framing, opts.fim, opts.seq_len, opts.seed, position);
+    if stream.epoch_len() == 0 {
+        let docs: Vec<&Document> = corpus.train.iter().collect();
+        let tokens = encode_documents(&docs, &text_tok, framing, opts.fim, &mut epoch_rng(opts.seed, position.epoch)).len();
+        return Err(TrainError::TooLittleData { tokens, needed: opts.seq_len + 1 });
+    }
+    Ok(stream)
+}
+
+/// Prepares a new run: refuses bad options and an occupied output directory first, then walks
+/// the repositories, sets up tokenizer and weights, and checks there is enough data.
+pub fn prepare(opts: TrainOptions, force: bool) -> Result<Prepared> {
+    opts.validate()?;
+    if non_empty_dir(&opts.out) && !force {
+        return Err(TrainError::OutputExists(opts.out.clone()));
+    }
+    if let ModelInit::Base { dir } = &opts.init {
+        // Fail on a missing or broken base model before the (possibly long) walk.
+        crate::model::weights::read_config(dir).map_err(|source| TrainError::BaseModel { dir: dir.clone(), source })?;
+    }
+    let device = parse_device(&opts.device)?;
+    let corpus = collect(&opts.repos, &WalkOptions { max_file_bytes: opts.max_file_bytes, valid_fraction: opts.valid_fraction })?;
+    let start = start_weights(&opts, &corpus, &device)?;
+    let (config, tensors) = if opts.add_heads > 0 { add_heads(&start.config, start.tensors, opts.add_heads)? } else { (start.config, start.tensors) };
+    check_context(&opts, &config)?;
+    opts.weights_for(config.n_heads())?;
+    let tokenizer = start.tokenizer;
+    let framing = framing_for(&tokenizer, &config, &opts)?;
+    let trainable = if opts.freeze_trunk { Trainable::HeadsOnly } else { Trainable::All };
+    let params = ParamSet::new(&config, tensors, trainable)?;
+    let (names, vars): (Vec<String>, Vec<_>) = params.trainable().into_iter().unzip();
+    let optimizer = AdamW::new(vars, opts.adamw)?;
+    let state = TrainState {
+        version: STATE_VERSION,
+        step: 0,
+        tokens_seen: 0,
+        data: DataPosition::default(),
+        options: opts.clone(),
+        corpus_fingerprint: corpus.fingerprint(),
+        finished: false,
+    };
+    let compute = compute_dtype(&opts, &device);
+    let text_tok = text_tokenizer(&tokenizer);
+    let valid_batches = valid_batches(&corpus, &text_tok, &framing, &opts, config.n_heads(), &device)?;
+    let stream = Some(train_stream(&corpus, &tokenizer, &framing, &opts, state.data)?);
+    Ok(Prepared { options: opts, corpus, tokenizer, config, params, names, optimizer, state, device, compute, valid_batches, stream, resumed_from: None })
+}
+
+/// Prepares the continuation of the run in `out` from its latest checkpoint, with the options it
+/// was started with.
+pub fn prepare_resume(out: &Path) -> Result<Prepared> {
+    let dir = checkpoint::latest(out)?;
+    let mut state = checkpoint::read_state(&dir)?;
+    if state.finished {
+        return Err(TrainError::InvalidOptions(format!("the run in {} finished at step {}; there is nothing to resume", out.display(), state.step)));
+    }
+    state.options.out = out.to_path_buf();
+    let opts = state.options.clone();
+    let device = parse_device(&opts.device)?;
+    let loaded = load_dir(&dir, &device, DType::F32).map_err(|e| TrainError::BadCheckpoint { path: dir.clone(), reason: e.to_string() })?;
+    let config = loaded.model.config().clone();
+    let tensors = loaded.model.named_tensors().into_iter().collect();
+    let tokenizer = loaded.tokenizer;
+    let corpus = collect(&opts.repos, &WalkOptions { max_file_bytes: opts.max_file_bytes, valid_fraction: opts.valid_fraction })?;
+    if corpus.fingerprint() != state.corpus_fingerprint {
+        tracing::warn!("the repositories changed since the run started: resuming on the new files, so the run will not reproduce an uninterrupted one exactly");
+    }
+    let framing = framing_for(&tokenizer, &config, &opts)?;
+    let trainable = if opts.freeze_trunk { Trainable::HeadsOnly } else { Trainable::All };
+    let params = ParamSet::new(&config, tensors, trainable)?;
+    let (names, vars): (Vec<String>, Vec<_>) = params.trainable().into_iter().unzip();
+    let mut optimizer = AdamW::new(vars, opts.adamw)?;
+    checkpoint::load_optimizer(&dir, &mut optimizer, &names, state.step, &device)?;
+    let compute = compute_dtype(&opts, &device);
+    let text_tok = text_tokenizer(&tokenizer);
+    let valid_batches = valid_batches(&corpus, &text_tok, &framing, &opts, config.n_heads(), &device)?;
+    let stream = Some(train_stream(&corpus, &tokenizer, &framing, &opts, state.data)?);
+    Ok(Prepared { options: opts, corpus, tokenizer, config, params, names, optimizer, state, device, compute, valid_batches, stream, resumed_from: Some(dir) })
+}
+
+/// The JSONL metrics log. On resume, records after the checkpoint's step are dropped first, so the
+/// log reads as if the run had never stopped.
+struct MetricsLog {
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    fn open(out: &Path, keep_through_step: Option<u64>) -> Result<Self> {
+        let path = out.join(METRICS_FILE);
+        if let Some(step) = keep_through_step {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+                .collect();
+            let mut body = kept.join("\n");
+            if !body.is_empty() {
+                body.push('\n');
+            }
+            std::fs::write(&path, body).map_err(io_err(&path))?;
+        } else {
+            std::fs::write(&path, "").map_err(io_err(&path))?;
+        }
+        let file = std::fs::OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
+        Ok(Self { file })
+    }
+
+    fn write(&mut self, record: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{record}").map_err(io_err(METRICS_FILE))
+    }
+}
+
+fn validation_record(step: u64, v: &Validation, weights: &[f32]) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "valid",
+        "step": step,
+        "loss": v.loss(weights),
+        "head_losses": v.head_losses,
+        "head_top1": v.head_top1,
+        "positions": v.positions,
+    })
+}
+
+/// Removes what a previous run in `out` wrote (its checkpoints, metrics and model files).
+fn clear_previous_run(out: &Path) -> Result<()> {
+    let ckpt = checkpoint::checkpoints_dir(out);
+    if ckpt.exists() {
+        std::fs::remove_dir_all(&ckpt).map_err(io_err(&ckpt))?;
+    }
+    for f in [METRICS_FILE, CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, crate::model::weights::WEIGHTS_INDEX_FILE] {
+        let p = out.join(f);
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(io_err(&p))?;
+        }
+    }
+    Ok(())
+}
+
+fn progress_bar(control: &Control, total: u64, at: u64) -> indicatif::ProgressBar {
+    if !control.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(at);
+    bar
+}
+
+impl Prepared {
+    /// Runs (or continues) the loop until the last step or a stop request.
+    pub fn run(mut self, control: &Control) -> Result<Outcome> {
+        let opts = self.options.clone();
+        let out = opts.out.clone();
+        if self.resumed_from.is_none() {
+            clear_previous_run(&out)?;
+        }
+        std::fs::create_dir_all(&out).map_err(io_err(&out))?;
+        let total = opts.total_steps();
+        let warmup = opts.warmup();
+        let weights = opts.weights_for(self.config.n_heads())?;
+        let mut stream = self.stream.take().expect("a prepared run has its batch stream");
+        let mut metrics = MetricsLog::open(&out, self.resumed_from.as_ref().map(|_| self.state.step))?;
+        let eval_model = self.params.inference_model()?;
+        let trainable: Vec<candle_core::Var> = self.optimizer.vars.clone();
+        let trunk_trainable = self.params.trunk_trainable();
+        let mut model = self.params.training_model(self.compute)?;
+        let mut last_validation = None;
+        if self.state.step == 0 {
+            let v = validate(&eval_model, &self.valid_batches)?;
+            metrics.write(validation_record(0, &v, &weights))?;
+            last_validation = Some(v);
+        }
+        let bar = progress_bar(control, total, self.state.step);
+        while self.state.step < total {
+            let t0 = Instant::now();
+            let step = self.state.step;
+            let lr = lr_at(step, warmup, total, opts.lr, opts.min_lr_ratio);
+            let mut grads: Vec<Option<Tensor>> = vec![None; trainable.len()];
+            let mut head_losses = vec![0f32; self.config.n_heads()];
+            for _ in 0..opts.grad_accum {
+                let batch = stream.next_batch(opts.batch_size).expect("the epoch has windows (checked above)");
+                let windows = windows_tensor(&batch, &self.device)?;
+                let out = batch_grads(&model, &trainable, trunk_trainable, &windows, &weights, opts.loss_order)?;
+                for (acc, g) in grads.iter_mut().zip(out.grads) {
+                    if let Some(g) = g {
+                        *acc = Some(match acc.take() {
+                            Some(a) => (a + g)?,
+                            None => g,
+                        });
+                    }
+                }
+                for (h, l) in head_losses.iter_mut().zip(&out.head_losses) {
+                    *h += l / opts.grad_accum as f32;
+                }
+            }
+            if opts.grad_accum > 1 {
+                let scale = 1.0 / opts.grad_accum as f64;
+                for g in grads.iter_mut().flatten() {
+                    *g = (&*g * scale)?;
+                }
+            }
+            let norm = global_norm(&grads)?;
+            let factor = clip_factor(norm, opts.clip_norm);
+            if factor < 1.0 {
+                for g in grads.iter_mut().flatten() {
+                    *g = (&*g * factor)?;
+                }
+            }
+            self.optimizer.step(&grads, lr)?;
+            drop(grads);
+            if self.compute != DType::F32 {
+                model = self.params.training_model(self.compute)?;
+            }
+            self.state.step += 1;
+            self.state.tokens_seen += opts.tokens_per_step();
+            self.state.data = stream.position();
+            let loss: f32 = head_losses.iter().zip(&weights).map(|(l, w)| l * w).sum();
+            let secs = t0.elapsed().as_secs_f64();
+            let tok_s = opts.tokens_per_step() as f64 / secs.max(1e-9);
+            metrics.write(serde_json::json!({
+                "kind": "train",
+                "step": self.state.step,
+                "loss": loss,
+                "head_losses": head_losses,
+                "lr": lr,
+                "grad_norm": norm,
+                "tokens": self.state.tokens_seen,
+                "epoch": self.state.data.epoch,
+                "tokens_per_s": tok_s,
+            }))?;
+            if !loss.is_finite() {
+                tracing::warn!("step {}: loss is {loss}", self.state.step);
+            }
+            bar.set_position(self.state.step);
+            bar.set_message(format!("loss {loss:.3} | {tok_s:.0} tok/s"));
+            let done = self.state.step == total;
+            if done || (opts.eval_every > 0 && self.state.step % opts.eval_every == 0) {
+                let v = validate(&eval_model, &self.valid_batches)?;
+                metrics.write(validation_record(self.state.step, &v, &weights))?;
+                bar.println(format!(
+                    "step {}: valid loss {:.4}, per head {:?}, top-1 {:?}",
+                    self.state.step,
+                    v.loss(&weights),
+                    v.head_losses.iter().map(|l| (l * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+                    v.head_top1.iter().map(|a| (a * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+                ));
+                last_validation = Some(v);
+            }
+            if done {
+                break;
+            }
+            let interrupted = control.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+            let stop_here = control.stop_after.is_some_and(|n| self.state.step >= n);
+            if interrupted || stop_here {
+                let dir = self.checkpoint()?;
+                bar.abandon();
+                tracing::info!("stopped at step {}; checkpoint {}", self.state.step, dir.display());
+                return Ok(Outcome::Interrupted { checkpoint: dir, step: self.state.step });
+            }
+            if opts.checkpoint_every > 0 && self.state.step % opts.checkpoint_every == 0 {
+                self.checkpoint()?;
+            }
+        }
+        bar.finish();
+        self.state.finished = true;
+        self.checkpoint()?;
+        save_dir(&eval_model, &self.tokenizer, &out)?;
+        Ok(Outcome::Finished { out, steps: self.state.step, last_validation })
+    }
+
+    fn checkpoint(&self) -> Result<PathBuf> {
+        checkpoint::save(&self.options.out, &self.params, &self.tokenizer, &self.optimizer, &self.names, &self.state, self.options.keep_checkpoints)
+    }
+}
