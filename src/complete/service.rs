@@ -1,0 +1,171 @@
+//! The completion service a server drives: one request (a window of a document, a cursor, other
+//! open documents) → one suggestion, through the result cache, the single/multi-line policy,
+//! snippets, prefix hysteresis, decoding, block-end cutting and suffix trimming. Plain data; it
+//! owns the [`Engine`] and is meant to live on one thread. No LSP types.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::decode::{GenerationStats, SamplingParams, StopReason};
+use crate::model::Result;
+
+use super::block::{cut_at_block_end, BlockRule};
+use super::overlap::trim_suffix_overlap;
+use super::policy::{choose_lines, LinePolicy, Lines};
+use super::result_cache::ResultCache;
+use super::snippets::{comment_prefix, query_before_cursor, render_preamble, select_snippets, SourceDoc};
+use super::{CompletionParams, Engine, FimOrder, Mode, PromptBudget};
+
+/// Settings that apply to every request until changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub mode: Mode,
+    pub max_tokens: usize,
+    pub budget: PromptBudget,
+    /// Tokens of snippets from other open documents (0 turns them off).
+    pub snippet_tokens: usize,
+    pub lines: LinePolicy,
+    pub sampling: Option<SamplingParams>,
+    /// Most draft tokens per forward: the number of heads used minus one.
+    pub max_draft_len: usize,
+    /// A generation stops at the first forward-pass boundary after this long.
+    pub time_cap: Duration,
+    /// Prefix-clipping hysteresis in tokens.
+    pub prefix_slack_tokens: usize,
+    pub result_cache: bool,
+    /// Keep the KV cache between requests (turned off only to measure what it is worth).
+    pub kv_reuse: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Spec,
+            max_tokens: 64,
+            budget: PromptBudget { prefix_tokens: 1024, suffix_tokens: 256 },
+            snippet_tokens: 256,
+            lines: LinePolicy::Auto,
+            sampling: None,
+            max_draft_len: 8,
+            time_cap: Duration::from_millis(1500),
+            prefix_slack_tokens: 256,
+            result_cache: true,
+            kv_reuse: true,
+        }
+    }
+}
+
+/// One request, in plain data.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Identifies the document (its URI) for the result cache and hysteresis.
+    pub doc: &'a str,
+    /// Language id, for the comment syntax of snippets.
+    pub language: &'a str,
+    /// A window of the document around the cursor, starting at a line start.
+    pub text: &'a str,
+    /// Byte offset of the cursor in `text`.
+    pub cursor: usize,
+    /// Byte offset of `text` in the whole document.
+    pub base: usize,
+    /// Other open documents of the same language.
+    pub neighbours: &'a [SourceDoc<'a>],
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Suggestion {
+    /// Text to insert at the cursor; empty when there is nothing worth showing.
+    pub text: String,
+    pub from_cache: bool,
+    /// `None` when served from the cache or skipped.
+    pub stats: Option<GenerationStats>,
+    pub stop: Option<StopReason>,
+    pub multi_line: bool,
+    pub prompt_ms: f64,
+}
+
+pub struct CompletionService {
+    engine: Engine,
+    results: ResultCache,
+    /// Absolute prefix start of the last prompt per document.
+    anchors: HashMap<String, usize>,
+}
+
+impl CompletionService {
+    pub fn new(engine: Engine) -> Self {
+        Self { engine, results: ResultCache::default(), anchors: HashMap::new() }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Forgets what one document taught the caches (it was closed).
+    pub fn forget(&mut self, doc: &str) {
+        self.anchors.remove(doc);
+    }
+
+    /// A suggestion for `req`; `cancel` stops decoding between forward passes.
+    pub fn suggest(&mut self, req: &Request, settings: &Settings, cancel: Option<Arc<AtomicBool>>) -> Result<Suggestion> {
+        let started = Instant::now();
+        let cursor = req.cursor.min(req.text.len());
+        if !req.text.is_char_boundary(cursor) || req.text.contains('\0') {
+            // Binary content (or a caller bug): nothing sensible to suggest.
+            return Ok(Suggestion::default());
+        }
+        let (prefix, suffix) = req.text.split_at(cursor);
+        if settings.result_cache {
+            if let Some(rest) = self.results.lookup(req.doc, prefix, suffix) {
+                return Ok(Suggestion { text: rest, from_cache: true, ..Default::default() });
+            }
+        }
+        let lines = choose_lines(prefix, suffix, settings.lines);
+        let cursor_line = prefix.rsplit('\n').next().unwrap_or("");
+        let rule = BlockRule::new(lines, cursor_line);
+
+        let preamble = if settings.snippet_tokens > 0 && !req.neighbours.is_empty() {
+            let tok = &self.engine.loaded().tokenizer;
+            let count = |s: &str| tok.encode(s, false).map(|e| e.len()).unwrap_or(usize::MAX);
+            let comment = comment_prefix(req.language);
+            let snippets = select_snippets(query_before_cursor(prefix), req.neighbours, settings.snippet_tokens, comment, &count);
+            render_preamble(&snippets, comment)
+        } else {
+            String::new()
+        };
+        if !settings.kv_reuse {
+            self.engine.clear_caches();
+        }
+        let hint = self.anchors.get(req.doc).and_then(|abs| abs.checked_sub(req.base));
+        let params = CompletionParams {
+            mode: settings.mode,
+            max_tokens: settings.max_tokens,
+            budget: settings.budget,
+            order: FimOrder::Spm,
+            stop_strings: Vec::new(),
+            sampling: settings.sampling,
+            max_draft_len: settings.max_draft_len,
+            cancel,
+            deadline: Some(started + settings.time_cap),
+            prefix_start_hint: hint,
+            prefix_slack_tokens: settings.prefix_slack_tokens,
+            preamble,
+            block: Some(rule),
+        };
+        let completion = self.engine.complete(req.text, cursor, &params)?;
+        self.anchors.insert(req.doc.to_string(), req.base + completion.prefix_start);
+        let text = trim_suffix_overlap(cut_at_block_end(&completion.text, &rule), suffix);
+        if completion.stop != StopReason::Cancelled && settings.result_cache {
+            self.results.insert(req.doc, prefix, suffix, &text);
+        }
+        Ok(Suggestion {
+            text,
+            from_cache: false,
+            stats: Some(completion.stats),
+            stop: Some(completion.stop),
+            multi_line: lines == Lines::Multi,
+            prompt_ms: completion.prompt_ms,
+        })
+    }
+}
