@@ -3,4 +3,5 @@
 
 pub mod complete;
 pub mod decode;
+pub mod lsp;
 pub mod model;

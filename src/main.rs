@@ -28,6 +28,8 @@ fn main() {
     let result = init_logging(cli.log_file.as_deref()).and_then(|()| match cli.command {
         cli::Command::Complete(args) => cli::complete(args),
         cli::Command::Inspect { dir } => cli::inspect(&dir),
+        cli::Command::Serve(args) => cli::serve(args),
+        cli::Command::Bench { which: cli::BenchCommand::Lsp(args) } => cli::bench_lsp(args),
     });
     if let Err(err) = result {
         tracing::error!("{err:#}");

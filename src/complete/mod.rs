@@ -124,6 +124,11 @@ impl Engine {
         &self.loaded
     }
 
+    /// Most tokens a prompt plus its completion may take.
+    pub fn cache_capacity(&self) -> usize {
+        self.cache_capacity
+    }
+
     /// Empties the KV caches, so the next completion prefills its whole prompt.
     pub fn clear_caches(&mut self) {
         for cache in [&mut self.plain_cache, &mut self.spec_cache].into_iter().flatten() {

@@ -86,6 +86,19 @@ pub struct Suggestion {
     pub prompt_ms: f64,
 }
 
+/// The prompt budget shrunk, if needed, so that prompt, snippets and completion fit in a cache of
+/// `capacity` tokens (the suffix and the prefix give up tokens in proportion).
+pub fn fit_budget(settings: &Settings, capacity: usize) -> PromptBudget {
+    let fixed = settings.max_tokens + settings.snippet_tokens + 8;
+    let room = capacity.saturating_sub(fixed).max(2);
+    let want = settings.budget.prefix_tokens + settings.budget.suffix_tokens;
+    if want <= room {
+        return settings.budget;
+    }
+    let suffix = settings.budget.suffix_tokens * room / want.max(1);
+    PromptBudget { prefix_tokens: (room - suffix).max(1), suffix_tokens: suffix }
+}
+
 pub struct CompletionService {
     engine: Engine,
     results: ResultCache,
@@ -100,6 +113,13 @@ impl CompletionService {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Empties every cache (after a failure left them in doubt).
+    pub fn reset(&mut self) {
+        self.engine.clear_caches();
+        self.results.clear();
+        self.anchors.clear();
     }
 
     /// Forgets what one document taught the caches (it was closed).
@@ -138,10 +158,11 @@ impl CompletionService {
             self.engine.clear_caches();
         }
         let hint = self.anchors.get(req.doc).and_then(|abs| abs.checked_sub(req.base));
+        let budget = fit_budget(settings, self.engine.cache_capacity());
         let params = CompletionParams {
             mode: settings.mode,
             max_tokens: settings.max_tokens,
-            budget: settings.budget,
+            budget,
             order: FimOrder::Spm,
             stop_strings: Vec::new(),
             sampling: settings.sampling,
@@ -167,5 +188,29 @@ impl CompletionService {
             multi_line: lines == Lines::Multi,
             prompt_ms: completion.prompt_ms,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_budget_table() {
+        let s = |p, x, m, n| Settings {
+            budget: PromptBudget { prefix_tokens: p, suffix_tokens: x },
+            max_tokens: m,
+            snippet_tokens: n,
+            ..Settings::default()
+        };
+        // (settings, capacity, want (prefix, suffix))
+        let cases = [
+            (s(1024, 256, 64, 256), 4096, (1024, 256)),
+            (s(1024, 256, 64, 256), 1024, (556, 140)), // room 696, suffix 256 * 696 / 1280
+            (s(100, 0, 10, 0), 50, (32, 0)),
+        ];
+        for (settings, cap, (p, x)) in cases {
+            assert_eq!(fit_budget(&settings, cap), PromptBudget { prefix_tokens: p, suffix_tokens: x }, "{cap}");
+        }
     }
 }
