@@ -12,6 +12,7 @@ import sys
 import pytest
 import pytest_lsp
 from lsprotocol import types as t
+from pygls.exceptions import JsonRpcRequestCancelled
 from pytest_lsp import ClientServerConfig, LanguageClient
 
 from conftest import MODEL, foresight_bin, server_command
@@ -200,17 +201,25 @@ async def test_cancel_request_stops_generation(client: LanguageClient):
     uri = "file:///w/long.rs"
     client.text_document_did_open(t.DidOpenTextDocumentParams(t.TextDocumentItem(uri, "rust", 1, "x")))
     before = await client.protocol.send_request_async("foresight/stats", None)
-    task = asyncio.ensure_future(inline(client, uri, 0, 1))
+    params = t.InlineCompletionParams(
+        context=t.InlineCompletionContext(trigger_kind=t.InlineCompletionTriggerKind.Invoked),
+        text_document=t.TextDocumentIdentifier(uri=uri),
+        position=t.Position(line=0, character=1),
+    )
+    future = client.protocol.send_request(t.TEXT_DOCUMENT_INLINE_COMPLETION, params)
+    (msg_id,) = [k for k, f in client.protocol._request_futures.items() if f is future]
     await started(client, before)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    # The worker took the job, saw the flag between forward passes and counted it cancelled.
-    for _ in range(600):
+    # pygls's own future.cancel() breaks its client when the reply arrives; send the
+    # notification the way an editor does and wait for the server's answer.
+    client.protocol.notify(t.CANCEL_REQUEST, t.CancelParams(id=msg_id))
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wrap_future(future)
+    # The worker saw the flag between forward passes and counted the job cancelled.
+    for _ in range(6000):
         after = await client.protocol.send_request_async("foresight/stats", None)
         if after.cancelled > before.cancelled:
             break
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.005)
     assert after.cancelled == before.cancelled + 1, (before, after)
     client.workspace_did_change_configuration(t.DidChangeConfigurationParams(settings={"maxTokens": 16}))
     res = await inline(client, uri, 0, 1)
