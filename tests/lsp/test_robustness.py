@@ -38,7 +38,11 @@ def test_malformed_json_rpc(server):
     s.send_body(b'{"jsonrpc": "2.0", "id": 4, "method": 17}')          # method not a string
     s.send_bytes(b"Content-Type: nothing\r\n\r\n")                     # no Content-Length
     s.send_bytes(b"Content-Length: banana\r\n\r\n")                    # bad Content-Length
-    errors = [s.next_message() for _ in range(7)]
+    errors = []
+    while len(errors) < 7:
+        m = s.next_message()
+        if "method" not in m:  # skip the server's own notifications
+            errors.append(m)
     codes = sorted(e["error"]["code"] for e in errors)
     assert codes == [-32700, -32700, -32700, -32700, -32600, -32600, -32600], errors
     assert {e["id"] for e in errors if e["error"]["code"] == -32600} == {None, 3, 4}
@@ -155,7 +159,7 @@ def test_a_burst_of_a_thousand_requests(server):
     # Superseded requests show nothing; the newest one gets the suggestion.
     assert len(responses[-1]["result"]["items"]) == 1
     stats = s.stats()
-    assert stats["completions"] == 1000 - 0 or stats["completions"] <= 1000
+    assert stats["completions"] == 1000  # every job reached the worker, and each got one answer
     assert stats["cancelled"] >= 1
     still_answers(s)
 
