@@ -216,7 +216,7 @@ mod tests {
         // (settings, capacity, want (prefix, suffix))
         let cases = [
             (s(1024, 256, 64, 256), 4096, (1024, 256)),
-            (s(1024, 256, 64, 256), 1024, (556, 140)), // room 696, suffix 256 * 696 / 1280
+            (s(1024, 256, 64, 256), 1024, (557, 139)), // room 696, suffix 256 * 696 / 1280 = 139
             (s(100, 0, 10, 0), 50, (32, 0)),
         ];
         for (settings, cap, (p, x)) in cases {

@@ -156,6 +156,8 @@ pub struct Report {
     /// KV tokens reused over prompt tokens, for requests that ran the model.
     pub kv_reused_share: f64,
     pub mean_reused_tokens: f64,
+    /// Tokens generated per model call.
+    pub mean_generated_tokens: f64,
     pub tokens_per_forward: f64,
     /// Share of requests that showed a suggestion.
     pub shown_share: f64,
@@ -302,6 +304,7 @@ pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tas
         cache_share: f("fromCache") / f("completions").max(1.0),
         kv_reused_share: f("reusedTokens") / f("promptTokens").max(1.0),
         mean_reused_tokens: f("reusedTokens") / model_calls,
+        mean_generated_tokens: f("generatedTokens") / model_calls,
         tokens_per_forward: f("generatedTokens") / f("forwards").max(1.0),
         shown_share: shown as f64 / n.max(1) as f64,
         cold_ms,
@@ -312,11 +315,11 @@ pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tas
 /// The reports as a Markdown table.
 pub fn markdown(reports: &[Report]) -> String {
     let mut out = String::from(
-        "| variant | requests | p50 ms | p95 ms | mean ms | from result cache | KV reused / prompt | reused tokens / model call | generated tokens / forward | shown | cold first request |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| variant | requests | p50 ms | p95 ms | mean ms | from result cache | KV reused / prompt | reused tokens / model call | generated tokens / model call | generated tokens / forward | shown | cold first request |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
         out.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0}% | {:.0}% | {:.0} | {:.2} | {:.0}% | {:.0} ms ({} lines) |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0}% | {:.0}% | {:.0} | {:.1} | {:.2} | {:.0}% | {:.0} ms ({} lines) |\n",
             r.label,
             r.requests,
             r.p50_ms,
@@ -325,6 +328,7 @@ pub fn markdown(reports: &[Report]) -> String {
             r.cache_share * 100.0,
             r.kv_reused_share * 100.0,
             r.mean_reused_tokens,
+            r.mean_generated_tokens,
             r.tokens_per_forward,
             r.shown_share * 100.0,
             r.cold_ms,

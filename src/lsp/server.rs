@@ -212,6 +212,7 @@ impl Backend {
             return Err(RpcError::internal_error());
         }
         let result = rx.await.unwrap_or(JobResult::Failed("the model worker stopped".into()));
+        tracing::debug!("completion for {uri} at {}:{}: {result:?}", pos.line, pos.character);
         let text = match result {
             JobResult::Done(s) => s.text,
             JobResult::Cancelled => return Ok(None),
@@ -231,6 +232,7 @@ impl Backend {
             }
             // The document moved on while the model ran: the suggestion is stale.
             if s.docs.get(uri).map(|d| d.edits) != Some(edits) || cancel.load(Ordering::Relaxed) {
+                tracing::debug!("completion for {uri}: stale or superseded, not shown");
                 return Ok(None);
             }
         }
