@@ -272,11 +272,13 @@ pub fn bench_lsp(args: BenchLspArgs) -> Result<()> {
         }
         v
     };
+    let v = |label: &str, options: serde_json::Value, follow_suggestions: bool| Variant { label: label.into(), options: with(options), follow_suggestions };
     let variants = [
-        Variant { label: "speculative, KV reuse, result cache".into(), options: with(serde_json::json!({"speculative": true})) },
-        Variant { label: "plain, KV reuse, result cache".into(), options: with(serde_json::json!({"speculative": false})) },
-        Variant { label: "speculative, no KV reuse, result cache".into(), options: with(serde_json::json!({"speculative": true, "kvReuse": false})) },
-        Variant { label: "speculative, KV reuse, no result cache".into(), options: with(serde_json::json!({"speculative": true, "resultCache": false})) },
+        v("speculative, KV reuse, result cache", serde_json::json!({"speculative": true}), false),
+        v("plain, KV reuse, result cache", serde_json::json!({"speculative": false}), false),
+        v("speculative, no KV reuse, result cache", serde_json::json!({"speculative": true, "kvReuse": false}), false),
+        v("speculative, KV reuse, no result cache", serde_json::json!({"speculative": true, "resultCache": false}), false),
+        v("speculative, user types the suggestion shown", serde_json::json!({"speculative": true}), true),
     ];
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let server_args = vec!["serve".to_string(), "--model".to_string(), dir.display().to_string()];

@@ -142,6 +142,9 @@ impl Client {
 pub struct Variant {
     pub label: String,
     pub options: Value,
+    /// Type the first character of the suggestion shown (a user accepting it by typing) instead
+    /// of the author's text, whenever there is one.
+    pub follow_suggestions: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -241,14 +244,14 @@ pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tas
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let inline = |c: &mut Client, uri: &str, line: usize, col: usize| -> Result<(f64, bool), BenchError> {
+    let inline = |c: &mut Client, uri: &str, line: usize, col: usize| -> Result<(f64, Option<String>), BenchError> {
         let t = Instant::now();
         let r = c.request(
             "textDocument/inlineCompletion",
             json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": col}, "context": {"triggerKind": 2}}),
         )?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
-        let shown = r["items"].as_array().is_some_and(|a| !a.is_empty());
+        let shown = r["items"][0]["insertText"].as_str().map(str::to_string);
         Ok((ms, shown))
     };
 
@@ -266,10 +269,13 @@ pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tas
         let text = format!("{}{}", task.prefix, task.suffix);
         c.notify("textDocument/didOpen", json!({"textDocument": {"uri": uri, "languageId": task.language, "version": 1, "text": text}}))?;
         let (mut line, mut col) = end_position(&task.prefix);
-        let (ms, s) = inline(&mut c, &uri, line, col)?;
+        let (ms, mut current) = inline(&mut c, &uri, line, col)?;
         latencies.push(ms);
-        shown += s as usize;
-        for (k, ch) in task.middle.chars().take(keystrokes).enumerate() {
+        shown += current.is_some() as usize;
+        let mut author = task.middle.chars();
+        for k in 0..keystrokes {
+            let followed = current.as_deref().and_then(|s| s.chars().next()).filter(|_| variant.follow_suggestions);
+            let Some(ch) = followed.or_else(|| author.next()) else { break };
             let pos = json!({"line": line, "character": col});
             c.notify(
                 "textDocument/didChange",
@@ -281,9 +287,10 @@ pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tas
             } else {
                 col += ch.len_utf8();
             }
-            let (ms, s) = inline(&mut c, &uri, line, col)?;
+            let (ms, next) = inline(&mut c, &uri, line, col)?;
             latencies.push(ms);
-            shown += s as usize;
+            shown += next.is_some() as usize;
+            current = next;
         }
         c.notify("textDocument/didClose", json!({"textDocument": {"uri": uri}}))?;
     }
