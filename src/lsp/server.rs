@@ -40,7 +40,8 @@ struct Shared {
     docs: Documents,
     enc: Encoding,
     config: ServerConfig,
-    /// The newest completion request per document and its cancel flag.
+    /// The newest completion request per kind and document ("inline URI", "completion URI") and
+    /// its cancel flag.
     latest: HashMap<String, Arc<AtomicBool>>,
     progress_supported: bool,
     pending_warnings: Vec<String>,
@@ -166,8 +167,11 @@ impl Backend {
         }
     }
 
-    /// Runs one completion for `uri` at `pos`; `None` when there is nothing to show.
-    async fn suggest(&self, uri: &str, pos: Position) -> RpcResult<Option<Ready>> {
+    /// Runs one completion for `uri` at `pos`; `None` when there is nothing to show. A newer
+    /// request of the same `kind` (inline or completion) for the same document supersedes this
+    /// one; the two kinds do not supersede each other, since some clients send both per keystroke.
+    async fn suggest(&self, kind: &str, uri: &str, pos: Position) -> RpcResult<Option<Ready>> {
+        let key = format!("{kind} {uri}");
         let cancel = Arc::new(AtomicBool::new(false));
         let (job, edits, cursor, word, word_start, rx) = {
             let mut guard = self.lock();
@@ -190,7 +194,7 @@ impl Backend {
             let word_len = text[..local].chars().rev().take_while(|c| c.is_alphanumeric() || *c == '_').map(char::len_utf8).sum::<usize>();
             let word = text[local - word_len..local].to_string();
             let neighbours = if settings.snippet_tokens > 0 { s.docs.neighbours(uri, &language, MAX_DOC_BYTES, 8) } else { Vec::new() };
-            if let Some(old) = s.latest.insert(uri.to_string(), cancel.clone()) {
+            if let Some(old) = s.latest.insert(key.clone(), cancel.clone()) {
                 old.store(true, Ordering::Relaxed); // superseded
             }
             let (tx, rx) = oneshot::channel();
@@ -227,8 +231,8 @@ impl Backend {
         };
         {
             let mut s = self.lock();
-            if s.latest.get(uri).is_some_and(|c| Arc::ptr_eq(c, &cancel)) {
-                s.latest.remove(uri);
+            if s.latest.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cancel)) {
+                s.latest.remove(&key);
             }
             // The document moved on while the model ran: the suggestion is stale.
             if s.docs.get(uri).map(|d| d.edits) != Some(edits) || cancel.load(Ordering::Relaxed) {
@@ -245,7 +249,7 @@ impl Backend {
     async fn inline_completion(&self, params: InlineCompletionParams) -> RpcResult<Option<InlineCompletionResponse>> {
         guarded("textDocument/inlineCompletion", async {
             let tdp = params.text_document_position;
-            let ready = self.suggest(tdp.text_document.uri.as_str(), tdp.position).await?;
+            let ready = self.suggest("inline", tdp.text_document.uri.as_str(), tdp.position).await?;
             let items = ready
                 .map(|r| InlineCompletionItem {
                     insert_text: r.text,
@@ -367,8 +371,10 @@ impl LanguageServer for Backend {
             let uri = params.text_document.uri.as_str();
             let mut s = self.lock();
             s.docs.close(uri);
-            if let Some(flag) = s.latest.remove(uri) {
-                flag.store(true, Ordering::Relaxed);
+            for kind in ["inline", "completion"] {
+                if let Some(flag) = s.latest.remove(&format!("{kind} {uri}")) {
+                    flag.store(true, Ordering::Relaxed);
+                }
             }
         })
         .await
@@ -386,7 +392,7 @@ impl LanguageServer for Backend {
     async fn completion(&self, params: CompletionParams) -> RpcResult<Option<CompletionResponse>> {
         guarded("textDocument/completion", async {
             let tdp = params.text_document_position;
-            let ready = self.suggest(tdp.text_document.uri.as_str(), tdp.position).await?;
+            let ready = self.suggest("completion", tdp.text_document.uri.as_str(), tdp.position).await?;
             let items = ready
                 .map(|r| {
                     let full = format!("{}{}", r.word, r.text);
