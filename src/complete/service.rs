@@ -204,6 +204,74 @@ impl CompletionService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::tiny::TinySpec;
+    use crate::model::{LoadedModel, SpecialTokens};
+
+    fn service() -> CompletionService {
+        let spec = TinySpec::default();
+        let tokenizer = spec.tokenizer();
+        let special = SpecialTokens::detect(&tokenizer, &spec.config());
+        let loaded = LoadedModel { dir: "tiny".into(), model: spec.model().unwrap(), tokenizer, special };
+        CompletionService::new(Engine::new(loaded, 1024))
+    }
+
+    fn request<'a>(text: &'a str) -> Request<'a> {
+        Request { doc: "file:///a.py", language: "python", text, cursor: text.len(), base: 0, neighbours: &[] }
+    }
+
+    #[test]
+    fn typing_reuses_the_kv_prefix_even_when_the_prefix_is_clipped() {
+        let mut svc = service();
+        // 40 lines of 12 bytes (byte-level tokens): far over a 100-token prefix budget.
+        let body: String = (0..40).map(|i| format!("line_{i:02} = 1\n")).collect();
+        let settings = Settings {
+            budget: PromptBudget { prefix_tokens: 100, suffix_tokens: 0 },
+            prefix_slack_tokens: 25,
+            snippet_tokens: 0,
+            max_tokens: 4,
+            result_cache: false,
+            ..Settings::default()
+        };
+        let mut text = body.clone();
+        let first = svc.suggest(&request(&text), &settings, None).unwrap();
+        assert!(first.stats.is_some());
+        // Type 20 characters, one per request: the prefix start stays put (hysteresis), so
+        // every request feeds only what changed since the cache was filled.
+        for c in "total = line_00 + 1".chars() {
+            text.push(c);
+            let s = svc.suggest(&request(&text), &settings, None).unwrap();
+            let g = s.stats.unwrap();
+            assert!(g.prompt_tokens <= 100 + 3, "{g:?}");
+            assert!(g.reused_tokens + 6 >= g.prompt_tokens, "typing {c:?}: reused {} of {}", g.reused_tokens, g.prompt_tokens);
+        }
+    }
+
+    #[test]
+    fn the_result_cache_answers_without_the_model_and_binary_text_gets_nothing() {
+        let mut svc = service();
+        let settings = Settings { max_tokens: 8, lines: LinePolicy::Multi, stop_at_block_end: false, ..Settings::default() };
+        let text = "def add(a, b):\n    return a + b\n\nprint(".to_string();
+        let first = svc.suggest(&request(&text), &settings, None).unwrap();
+        let typed: String = first.text.chars().take(1).collect();
+        assert!(!typed.is_empty(), "the fixture model suggests something here: {first:?}");
+        let more = format!("{text}{typed}");
+        let second = svc.suggest(&request(&more), &settings, None).unwrap();
+        assert!(!first.text[typed.len()..].trim().is_empty(), "a longer suggestion is needed here: {first:?}");
+        assert!(second.from_cache && second.stats.is_none(), "{second:?}");
+        assert_eq!(second.text, first.text[typed.len()..]);
+        let binary = "ab\0cd";
+        assert_eq!(svc.suggest(&request(binary), &settings, None).unwrap().text, "");
+    }
+
+    #[test]
+    fn a_set_cancel_flag_stops_before_generating() {
+        let mut svc = service();
+        let flag = Arc::new(AtomicBool::new(true));
+        let settings = Settings { max_tokens: 50, result_cache: false, ..Settings::default() };
+        let s = svc.suggest(&request("x = 1\n"), &settings, Some(flag)).unwrap();
+        assert_eq!(s.stop, Some(StopReason::Cancelled));
+        assert!(s.stats.unwrap().tokens <= 1);
+    }
 
     #[test]
     fn fit_budget_table() {
