@@ -101,6 +101,12 @@ fn main() {
         child(&args[1..]);
         return;
     }
+    if !std::env::args().any(|a| a == "--bench") {
+        // Under `cargo test` (no --bench flag): one small step keeps the harness working, fast.
+        println!("smoke run; measure with `cargo bench --bench train -- memory|throughput`");
+        spawn(&["throughput", "sequential", "4", "512", "1", "64", "1", "default"]);
+        return;
+    }
     let what = args.first().map(String::as_str).unwrap_or("all");
     if what == "memory" || what == "all" {
         println!("peak memory of one training step (gradients + AdamW), f32 on CPU, model preset 10m:");

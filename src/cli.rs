@@ -1,4 +1,5 @@
-//! Command-line interface: clap definitions and the subcommands' bodies (complete, inspect).
+//! Command-line interface: clap definitions and the subcommands' bodies (complete, inspect,
+//! serve, bench lsp).
 //! Errors here are anyhow with context; the library below stays typed. Nothing imports this module.
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,68 @@ pub enum Command {
         /// Model directory (config.json, model.safetensors, tokenizer.json).
         dir: PathBuf,
     },
+    /// Run the language server on stdin/stdout (inline completion and completion).
+    Serve(ServeArgs),
+    /// Write the deterministic tiny random-weights test model (a fixture for tests and benches).
+    #[command(hide = true)]
+    TinyModel {
+        /// Directory to write config.json, model.safetensors and tokenizer.json into.
+        dir: PathBuf,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Model directory used when the client configures none [default: models/default].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Accepted for editors that pass it; stdio is the only transport.
+    #[arg(long)]
+    pub stdio: bool,
+    /// Settings as JSON, applied before the client's initializationOptions
+    /// (e.g. '{"maxTokens": 32, "speculative": false}').
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Registers foresight/debugPanic, for robustness tests.
+    #[arg(long, hide = true, env = "FORESIGHT_TEST_HOOKS")]
+    pub test_hooks: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Replay typing over dev-set tasks against `foresight serve` over stdio and report latency,
+    /// result-cache share and KV reuse, for speculative vs plain and prefix reuse vs none.
+    Lsp(BenchLspArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchLspArgs {
+    /// Model directory [default: models/default].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Tasks in the eval JSONL format (prefix, middle, suffix).
+    #[arg(long, default_value = "../shared/eval/dev_fim.jsonl")]
+    pub tasks: PathBuf,
+    /// Number of tasks to replay.
+    #[arg(long, default_value_t = 40)]
+    pub limit: usize,
+    /// Most characters typed per task.
+    #[arg(long, default_value_t = 48)]
+    pub keystrokes: usize,
+    /// Lines of the file used for the cold first request.
+    #[arg(long, default_value_t = 2000)]
+    pub cold_lines: usize,
+    /// Extra settings for every variant, as JSON (e.g. '{"maxTokens": 32}').
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Print JSON instead of a Markdown table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -278,4 +341,66 @@ pub fn inspect(dir: &Path) -> Result<()> {
         None => println!("  fim: none (completions use the prefix only)"),
     }
     Ok(())
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    use foresight::lsp::{serve_stdio, ServeOptions};
+    let base_config = match &args.config {
+        Some(text) => Some(serde_json::from_str::<serde_json::Value>(text).context("--config must be a JSON object")?),
+        None => None,
+    };
+    let default_model = args.model.clone().or_else(default_model_dir);
+    if default_model.is_none() {
+        tracing::warn!("no --model and no models/default: the client must configure `model`");
+    }
+    let opts = ServeOptions { default_model, base_config, test_hooks: args.test_hooks };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("cannot start the async runtime")?;
+    let clean = runtime.block_on(serve_stdio(opts));
+    // stdin may still be blocked in a read: leave without waiting for it.
+    std::process::exit(if clean { 0 } else { 1 });
+}
+
+pub fn bench_lsp(args: BenchLspArgs) -> Result<()> {
+    use foresight::lsp::bench::{markdown, read_tasks, run_variant, Variant};
+    let dir = resolve_model_dir(args.model.as_deref())?;
+    let tasks = read_tasks(&args.tasks, args.limit).with_context(|| format!("cannot read tasks {}", args.tasks.display()))?;
+    let extra: serde_json::Value = match &args.config {
+        Some(text) => serde_json::from_str(text).context("--config must be a JSON object")?,
+        None => serde_json::json!({}),
+    };
+    let with = |pairs: serde_json::Value| {
+        let mut v = extra.clone();
+        if let (Some(o), Some(p)) = (v.as_object_mut(), pairs.as_object()) {
+            for (k, x) in p {
+                o.insert(k.clone(), x.clone());
+            }
+        }
+        v
+    };
+    let v = |label: &str, options: serde_json::Value, follow_suggestions: bool| Variant { label: label.into(), options: with(options), follow_suggestions };
+    let variants = [
+        v("speculative, KV reuse, result cache", serde_json::json!({"speculative": true}), false),
+        v("plain, KV reuse, result cache", serde_json::json!({"speculative": false}), false),
+        v("speculative, no KV reuse, result cache", serde_json::json!({"speculative": true, "kvReuse": false}), false),
+        v("speculative, KV reuse, no result cache", serde_json::json!({"speculative": true, "resultCache": false}), false),
+        v("speculative, user types the suggestion shown", serde_json::json!({"speculative": true}), true),
+    ];
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let server_args = vec!["serve".to_string(), "--model".to_string(), dir.display().to_string()];
+    let mut reports = Vec::new();
+    for v in &variants {
+        eprintln!("bench lsp: {} ...", v.label);
+        reports.push(run_variant(&exe, &server_args, v, &tasks, args.keystrokes, args.cold_lines).with_context(|| v.label.clone())?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        println!("model: {}; {} tasks from {}, up to {} keystrokes each\n", dir.display(), tasks.len(), args.tasks.display(), args.keystrokes);
+        print!("{}", markdown(&reports));
+    }
+    Ok(())
+}
+
+pub fn tiny_model(dir: &Path) -> Result<()> {
+    foresight::model::tiny::TinySpec::default().write_dir(dir).with_context(|| format!("cannot write {}", dir.display()))
 }

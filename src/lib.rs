@@ -4,5 +4,6 @@
 pub mod complete;
 pub mod decode;
 pub mod eval;
+pub mod lsp;
 pub mod model;
 pub mod train;

@@ -41,6 +41,9 @@ fn main() {
         cli::Command::Eval(args) => cli::eval(args),
         cli::Command::Inspect { dir } => cli::inspect(&dir),
         cli::Command::Train(args) => cli::train(*args),
+        cli::Command::Serve(args) => cli::serve(args),
+        cli::Command::TinyModel { dir } => cli::tiny_model(&dir),
+        cli::Command::Bench { which: cli::BenchCommand::Lsp(args) } => cli::bench_lsp(args),
     });
     if let Err(err) = result {
         if logging_to_file {

@@ -1,17 +1,27 @@
 //! The completion pipeline on plain data: document text and cursor → FIM prompt → decode →
 //! cleaned text. Owns a loaded model and its KV cache. No LSP types, no files.
 
+pub mod block;
 pub mod location;
+pub mod overlap;
+pub mod policy;
 pub mod postprocess;
 pub mod prompt;
+pub mod result_cache;
+pub mod service;
+pub mod snippets;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokenizers::Tokenizer;
 
 use crate::decode::{self, Control, DraftSource, GenerateParams, GenerationStats, HeadDrafts, NoDrafts, PromptLookup, StopReason};
 use crate::model::{LoadedModel, ModelCache, Result};
-pub use prompt::{FimOrder, PromptBudget};
+pub use block::BlockRule;
+pub use policy::{LinePolicy, Lines};
+pub use prompt::{FimOrder, PromptBudget, PromptOptions};
 
 /// How tokens are produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,6 +58,17 @@ pub struct CompletionParams {
     pub stop_strings: Vec<String>,
     pub sampling: Option<decode::SamplingParams>,
     pub max_draft_len: usize,
+    /// Set from another thread to stop the generation between forward passes.
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Time cap: the generation stops at the first forward pass boundary after it.
+    pub deadline: Option<Instant>,
+    /// Prefix-clipping hysteresis: see [`PromptOptions`].
+    pub prefix_start_hint: Option<usize>,
+    pub prefix_slack_tokens: usize,
+    /// Context placed before the prefix (snippets from other documents).
+    pub preamble: String,
+    /// Stop at the end of the line or block (checked while decoding).
+    pub block: Option<BlockRule>,
 }
 
 impl Default for CompletionParams {
@@ -60,6 +81,12 @@ impl Default for CompletionParams {
             stop_strings: Vec::new(),
             sampling: None,
             max_draft_len: 8,
+            cancel: None,
+            deadline: None,
+            prefix_start_hint: None,
+            prefix_slack_tokens: 0,
+            preamble: String::new(),
+            block: None,
         }
     }
 }
@@ -72,6 +99,8 @@ pub struct Completion {
     pub stats: GenerationStats,
     /// Prompt building time, not included in `stats`.
     pub prompt_ms: f64,
+    /// Byte offset in the text where the prompt's prefix started (a hint for the next request).
+    pub prefix_start: usize,
 }
 
 /// A loaded model plus the KV caches it keeps between completions.
@@ -95,10 +124,27 @@ impl Engine {
         &self.loaded
     }
 
+    /// Most tokens a prompt plus its completion may take.
+    pub fn cache_capacity(&self) -> usize {
+        self.cache_capacity
+    }
+
+    /// Empties the KV caches, so the next completion prefills its whole prompt.
+    pub fn clear_caches(&mut self) {
+        for cache in [&mut self.plain_cache, &mut self.spec_cache].into_iter().flatten() {
+            cache.truncate(0);
+        }
+    }
+
     /// Completes `text` at byte offset `cursor`.
     pub fn complete(&mut self, text: &str, cursor: usize, params: &CompletionParams) -> Result<Completion> {
         let t0 = Instant::now();
-        let prompt = prompt::build_prompt(&self.text_tokenizer, &self.loaded.special, text, cursor, params.budget, params.order);
+        let opts = PromptOptions {
+            prefix_start_hint: params.prefix_start_hint,
+            slack_tokens: params.prefix_slack_tokens,
+            preamble: &params.preamble,
+        };
+        let prompt = prompt::build_prompt_with(&self.text_tokenizer, &self.loaded.special, text, cursor, params.budget, params.order, &opts);
         let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
         let model = &self.loaded.model;
         let (cache_slot, n_heads, mut drafter): (_, _, Box<dyn DraftSource>) = match params.mode {
@@ -118,7 +164,13 @@ impl Engine {
             stop_tokens: self.loaded.special.stop_tokens(),
             max_draft_len: params.max_draft_len,
         };
-        let control = Control { stop_strings: Some((&self.loaded.tokenizer, &params.stop_strings)), ..Default::default() };
+        let block_stop = params.block.map(|rule| move |t: &str| block::block_end(t, &rule));
+        let control = Control {
+            cancel: params.cancel.as_deref(),
+            deadline: params.deadline,
+            stop_strings: Some((&self.loaded.tokenizer, &params.stop_strings)),
+            stop_fn: block_stop.as_ref().map(|f| f as &dyn Fn(&str) -> Option<usize>),
+        };
         let generation = decode::generate(model, cache, ids, &gen_params, drafter.as_mut(), &control)?;
         let raw = decode::Detokenize::detokenize(&self.loaded.tokenizer, &generation.tokens);
         Ok(Completion {
@@ -127,6 +179,7 @@ impl Engine {
             stop: generation.stop,
             stats: generation.stats,
             prompt_ms,
+            prefix_start: prompt.prefix_start,
         })
     }
 }

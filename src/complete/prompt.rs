@@ -88,6 +88,32 @@ fn clip_suffix(tokenizer: &Tokenizer, suffix: &str, budget: usize) -> usize {
     ends.get(kept - 1).copied().unwrap_or(0)
 }
 
+/// Prompt options beyond the budget: prefix-clipping hysteresis and a preamble.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PromptOptions<'a> {
+    /// Where the previous prompt for this document started its prefix. It is kept while it is
+    /// still a line start before the cursor and the prefix from it fits the budget, so the start
+    /// moves rarely and the cached KV prefix survives typing.
+    pub prefix_start_hint: Option<usize>,
+    /// When the prefix is clipped anew, it is clipped to `prefix_tokens - slack_tokens`, leaving
+    /// room to type before the start must move again. 0 clips to the full budget every time.
+    pub slack_tokens: usize,
+    /// Context placed right before the prefix (snippets from other documents), not counted in
+    /// the prefix budget.
+    pub preamble: &'a str,
+}
+
+/// Byte offset where the prefix starts, with hysteresis (see [`PromptOptions`]).
+pub fn choose_prefix_start(tokenizer: &Tokenizer, prefix: &str, budget: usize, hint: Option<usize>, slack: usize) -> usize {
+    if let Some(h) = hint {
+        let at_line_start = h == 0 || (h <= prefix.len() && prefix.as_bytes()[h - 1] == b'\n');
+        if at_line_start && h <= prefix.len() && encode(tokenizer, &prefix[h..]).len() <= budget {
+            return h;
+        }
+    }
+    clip_prefix(tokenizer, prefix, budget.saturating_sub(slack).max(1))
+}
+
 /// Builds the prompt for a completion at byte `cursor` of `text`. `tokenizer` must treat special
 /// token names in user text as plain text (see `Engine`), so a file cannot inject FIM markers.
 pub fn build_prompt(
@@ -98,12 +124,28 @@ pub fn build_prompt(
     budget: PromptBudget,
     order: FimOrder,
 ) -> Prompt {
+    build_prompt_with(tokenizer, special, text, cursor, budget, order, &PromptOptions::default())
+}
+
+/// [`build_prompt`] with hysteresis and a preamble.
+pub fn build_prompt_with(
+    tokenizer: &Tokenizer,
+    special: &SpecialTokens,
+    text: &str,
+    cursor: usize,
+    budget: PromptBudget,
+    order: FimOrder,
+    opts: &PromptOptions,
+) -> Prompt {
     let (prefix, suffix) = text.split_at(cursor);
-    let prefix_start = clip_prefix(tokenizer, prefix, budget.prefix_tokens);
+    let prefix_start = choose_prefix_start(tokenizer, prefix, budget.prefix_tokens, opts.prefix_start_hint, opts.slack_tokens);
     let mut prefix_ids = encode(tokenizer, &prefix[prefix_start..]);
     if prefix_ids.len() > budget.prefix_tokens {
         // One line longer than the whole budget: keep its last tokens.
         prefix_ids.drain(..prefix_ids.len() - budget.prefix_tokens);
+    }
+    if !opts.preamble.is_empty() {
+        prefix_ids.splice(0..0, encode(tokenizer, opts.preamble));
     }
     let mut ids: Vec<u32> = special.bos.into_iter().collect();
     let suffix_end = match special.fim {
@@ -188,6 +230,35 @@ mod tests {
         let p = build_prompt(&tok, &special(), text, 10, PromptBudget { prefix_tokens: 4, suffix_tokens: 0 }, FimOrder::Spm);
         let bytes = |s: &str| s.bytes().map(u32::from).collect::<Vec<_>>();
         assert_eq!(p.ids, [vec![257, 258, 259], bytes("ghij")].concat());
+    }
+
+    #[test]
+    fn prefix_start_moves_rarely_with_hysteresis() {
+        let tok = byte_level_tokenizer();
+        // Lines of 4 tokens each ("aaa\n").
+        let prefix = "aaa\nbbb\nccc\nddd\nee";
+        // (budget, hint, slack, want start)
+        let cases = [
+            (100, None, 0, 0),
+            (10, None, 0, 8),        // "ccc\nddd\nee" = 10 tokens
+            (10, None, 4, 12),       // clipped to 6: "ddd\nee"
+            (10, Some(8), 4, 8),     // the hint still fits: kept
+            (9, Some(8), 4, 16),     // it no longer fits: clipped anew to 5 ("ee")
+            (100, Some(5), 0, 0),    // not a line start: ignored
+            (100, Some(99), 0, 0),   // past the cursor: ignored
+        ];
+        for (budget, hint, slack, want) in cases {
+            assert_eq!(choose_prefix_start(&tok, prefix, budget, hint, slack), want, "{budget} {hint:?} {slack}");
+        }
+    }
+
+    #[test]
+    fn the_preamble_goes_right_before_the_prefix() {
+        let tok = byte_level_tokenizer();
+        let bytes = |s: &str| s.bytes().map(u32::from).collect::<Vec<_>>();
+        let opts = PromptOptions { preamble: "// x\n", ..Default::default() };
+        let p = build_prompt_with(&tok, &special(), "ab|c", 2, PromptBudget::default(), FimOrder::Spm, &opts);
+        assert_eq!(p.ids, [vec![257, 258], bytes("|c"), vec![259], bytes("// x\nab")].concat());
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct Control<'a> {
     pub cancel: Option<&'a AtomicBool>,
     pub deadline: Option<Instant>,
     pub stop_strings: Option<(&'a dyn Detokenize, &'a [String])>,
+    /// A stop rule over the decoded generated text (needs `stop_strings` for its detokenizer):
+    /// `Some(at)` stops as a stop string found at byte `at` would.
+    pub stop_fn: Option<&'a dyn Fn(&str) -> Option<usize>>,
 }
 
 #[derive(Debug, Clone)]
@@ -121,7 +124,8 @@ pub fn generate(
         tokens.push(pending);
         context.push(pending);
         if let Some((detok, stops)) = control.stop_strings {
-            if let Some(at) = find_stop_string(&detok.detokenize(&tokens), stops) {
+            let text = detok.detokenize(&tokens);
+            if let Some(at) = find_stop_string(&text, stops).or_else(|| control.stop_fn.and_then(|f| f(&text))) {
                 break StopReason::StopString(at);
             }
         }

@@ -1,0 +1,294 @@
+//! The completion service a server drives: one request (a window of a document, a cursor, other
+//! open documents) → one suggestion, through the result cache, the single/multi-line policy,
+//! snippets, prefix hysteresis, decoding, block-end cutting and suffix trimming. Plain data; it
+//! owns the [`Engine`] and is meant to live on one thread. No LSP types.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::decode::{GenerationStats, SamplingParams, StopReason};
+use crate::model::Result;
+
+use super::block::{cut_at_block_end, BlockRule};
+use super::overlap::trim_suffix_overlap;
+use super::policy::{choose_lines, LinePolicy, Lines};
+use super::result_cache::ResultCache;
+use super::snippets::{comment_prefix, query_before_cursor, render_preamble, select_snippets, SourceDoc};
+use super::{CompletionParams, Engine, FimOrder, Mode, PromptBudget};
+
+/// Settings that apply to every request until changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub mode: Mode,
+    pub max_tokens: usize,
+    pub budget: PromptBudget,
+    /// Tokens of snippets from other open documents (0 turns them off).
+    pub snippet_tokens: usize,
+    pub lines: LinePolicy,
+    pub sampling: Option<SamplingParams>,
+    /// Most draft tokens per forward: the number of heads used minus one.
+    pub max_draft_len: usize,
+    /// A generation stops at the first forward-pass boundary after this long.
+    pub time_cap: Duration,
+    /// Prefix-clipping hysteresis in tokens.
+    pub prefix_slack_tokens: usize,
+    pub result_cache: bool,
+    /// Keep the KV cache between requests (turned off only to measure what it is worth).
+    pub kv_reuse: bool,
+    /// Stop multi-line suggestions at the end of the block (off: only max tokens and the time cap).
+    pub stop_at_block_end: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Spec,
+            max_tokens: 64,
+            budget: PromptBudget { prefix_tokens: 1024, suffix_tokens: 256 },
+            snippet_tokens: 256,
+            lines: LinePolicy::Auto,
+            sampling: None,
+            max_draft_len: 8,
+            time_cap: Duration::from_millis(1500),
+            prefix_slack_tokens: 256,
+            result_cache: true,
+            kv_reuse: true,
+            stop_at_block_end: true,
+        }
+    }
+}
+
+/// One request, in plain data.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Identifies the document (its URI) for the result cache and hysteresis.
+    pub doc: &'a str,
+    /// Language id, for the comment syntax of snippets.
+    pub language: &'a str,
+    /// A window of the document around the cursor, starting at a line start.
+    pub text: &'a str,
+    /// Byte offset of the cursor in `text`.
+    pub cursor: usize,
+    /// Byte offset of `text` in the whole document.
+    pub base: usize,
+    /// Other open documents of the same language.
+    pub neighbours: &'a [SourceDoc<'a>],
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Suggestion {
+    /// Text to insert at the cursor; empty when there is nothing worth showing.
+    pub text: String,
+    pub from_cache: bool,
+    /// `None` when served from the cache or skipped.
+    pub stats: Option<GenerationStats>,
+    pub stop: Option<StopReason>,
+    pub multi_line: bool,
+    pub prompt_ms: f64,
+}
+
+/// The prompt budget shrunk, if needed, so that prompt, snippets and completion fit in a cache of
+/// `capacity` tokens (the suffix and the prefix give up tokens in proportion).
+pub fn fit_budget(settings: &Settings, capacity: usize) -> PromptBudget {
+    let fixed = settings.max_tokens + settings.snippet_tokens + 8;
+    let room = capacity.saturating_sub(fixed).max(2);
+    let want = settings.budget.prefix_tokens + settings.budget.suffix_tokens;
+    if want <= room {
+        return settings.budget;
+    }
+    let suffix = settings.budget.suffix_tokens * room / want.max(1);
+    PromptBudget { prefix_tokens: (room - suffix).max(1), suffix_tokens: suffix }
+}
+
+pub struct CompletionService {
+    engine: Engine,
+    results: ResultCache,
+    /// Absolute prefix start of the last prompt per document.
+    anchors: HashMap<String, usize>,
+}
+
+impl CompletionService {
+    pub fn new(engine: Engine) -> Self {
+        Self { engine, results: ResultCache::default(), anchors: HashMap::new() }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Empties every cache (after a failure left them in doubt).
+    pub fn reset(&mut self) {
+        self.engine.clear_caches();
+        self.results.clear();
+        self.anchors.clear();
+    }
+
+    /// Forgets what one document taught the caches (it was closed).
+    pub fn forget(&mut self, doc: &str) {
+        self.anchors.remove(doc);
+    }
+
+    /// A suggestion for `req`; `cancel` stops decoding between forward passes.
+    pub fn suggest(&mut self, req: &Request, settings: &Settings, cancel: Option<Arc<AtomicBool>>) -> Result<Suggestion> {
+        let started = Instant::now();
+        let cursor = req.cursor.min(req.text.len());
+        if !req.text.is_char_boundary(cursor) || req.text.contains('\0') {
+            // Binary content (or a caller bug): nothing sensible to suggest.
+            return Ok(Suggestion::default());
+        }
+        let (prefix, suffix) = req.text.split_at(cursor);
+        if settings.result_cache {
+            if let Some(rest) = self.results.lookup(req.doc, prefix, suffix) {
+                return Ok(Suggestion { text: rest, from_cache: true, ..Default::default() });
+            }
+        }
+        let lines = choose_lines(prefix, suffix, settings.lines);
+        let cursor_line = prefix.rsplit('\n').next().unwrap_or("");
+        let rule = BlockRule::new(lines, cursor_line);
+        let block = (settings.stop_at_block_end || lines == Lines::Single).then_some(rule);
+
+        let preamble = if settings.snippet_tokens > 0 && !req.neighbours.is_empty() {
+            let tok = &self.engine.loaded().tokenizer;
+            let count = |s: &str| tok.encode(s, false).map(|e| e.len()).unwrap_or(usize::MAX);
+            let comment = comment_prefix(req.language);
+            let snippets = select_snippets(query_before_cursor(prefix), req.neighbours, settings.snippet_tokens, comment, &count);
+            render_preamble(&snippets, comment)
+        } else {
+            String::new()
+        };
+        if !settings.kv_reuse {
+            self.engine.clear_caches();
+        }
+        let hint = self.anchors.get(req.doc).and_then(|abs| abs.checked_sub(req.base));
+        let capacity = self.engine.cache_capacity();
+        let max_tokens = settings.max_tokens.min(capacity / 2).max(1);
+        let budget = fit_budget(&Settings { max_tokens, ..settings.clone() }, capacity);
+        let params = CompletionParams {
+            mode: settings.mode,
+            max_tokens,
+            budget,
+            order: FimOrder::Spm,
+            stop_strings: Vec::new(),
+            sampling: settings.sampling,
+            max_draft_len: settings.max_draft_len,
+            cancel,
+            deadline: Some(started + settings.time_cap),
+            prefix_start_hint: hint,
+            prefix_slack_tokens: settings.prefix_slack_tokens,
+            preamble,
+            block,
+        };
+        let completion = self.engine.complete(req.text, cursor, &params)?;
+        self.anchors.insert(req.doc.to_string(), req.base + completion.prefix_start);
+        let kept = match &block {
+            Some(rule) => cut_at_block_end(&completion.text, rule),
+            None => &completion.text,
+        };
+        let text = trim_suffix_overlap(kept, suffix);
+        if completion.stop != StopReason::Cancelled && settings.result_cache {
+            self.results.insert(req.doc, prefix, suffix, &text);
+        }
+        Ok(Suggestion {
+            text,
+            from_cache: false,
+            stats: Some(completion.stats),
+            stop: Some(completion.stop),
+            multi_line: lines == Lines::Multi,
+            prompt_ms: completion.prompt_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tiny::TinySpec;
+    use crate::model::{LoadedModel, SpecialTokens};
+
+    fn service() -> CompletionService {
+        let spec = TinySpec::default();
+        let tokenizer = spec.tokenizer();
+        let special = SpecialTokens::detect(&tokenizer, &spec.config());
+        let loaded = LoadedModel { dir: "tiny".into(), model: spec.model().unwrap(), tokenizer, special };
+        CompletionService::new(Engine::new(loaded, 1024))
+    }
+
+    fn request<'a>(text: &'a str) -> Request<'a> {
+        Request { doc: "file:///a.py", language: "python", text, cursor: text.len(), base: 0, neighbours: &[] }
+    }
+
+    #[test]
+    fn typing_reuses_the_kv_prefix_even_when_the_prefix_is_clipped() {
+        let mut svc = service();
+        // 40 lines of 12 bytes (byte-level tokens): far over a 100-token prefix budget.
+        let body: String = (0..40).map(|i| format!("line_{i:02} = 1\n")).collect();
+        let settings = Settings {
+            budget: PromptBudget { prefix_tokens: 100, suffix_tokens: 0 },
+            prefix_slack_tokens: 25,
+            snippet_tokens: 0,
+            max_tokens: 4,
+            result_cache: false,
+            ..Settings::default()
+        };
+        let mut text = body.clone();
+        let first = svc.suggest(&request(&text), &settings, None).unwrap();
+        assert!(first.stats.is_some());
+        // Type 20 characters, one per request: the prefix start stays put (hysteresis), so
+        // every request feeds only what changed since the cache was filled.
+        for c in "total = line_00 + 1".chars() {
+            text.push(c);
+            let s = svc.suggest(&request(&text), &settings, None).unwrap();
+            let g = s.stats.unwrap();
+            assert!(g.prompt_tokens <= 100 + 3, "{g:?}");
+            assert!(g.reused_tokens + 6 >= g.prompt_tokens, "typing {c:?}: reused {} of {}", g.reused_tokens, g.prompt_tokens);
+        }
+    }
+
+    #[test]
+    fn the_result_cache_answers_without_the_model_and_binary_text_gets_nothing() {
+        let mut svc = service();
+        let settings = Settings { max_tokens: 8, lines: LinePolicy::Multi, stop_at_block_end: false, ..Settings::default() };
+        let text = "def add(a, b):\n    return a + b\n\nprint(".to_string();
+        let first = svc.suggest(&request(&text), &settings, None).unwrap();
+        let typed: String = first.text.chars().take(1).collect();
+        assert!(!typed.is_empty(), "the fixture model suggests something here: {first:?}");
+        let more = format!("{text}{typed}");
+        let second = svc.suggest(&request(&more), &settings, None).unwrap();
+        assert!(!first.text[typed.len()..].trim().is_empty(), "a longer suggestion is needed here: {first:?}");
+        assert!(second.from_cache && second.stats.is_none(), "{second:?}");
+        assert_eq!(second.text, first.text[typed.len()..]);
+        let binary = "ab\0cd";
+        assert_eq!(svc.suggest(&request(binary), &settings, None).unwrap().text, "");
+    }
+
+    #[test]
+    fn a_set_cancel_flag_stops_before_generating() {
+        let mut svc = service();
+        let flag = Arc::new(AtomicBool::new(true));
+        let settings = Settings { max_tokens: 50, result_cache: false, ..Settings::default() };
+        let s = svc.suggest(&request("x = 1\n"), &settings, Some(flag)).unwrap();
+        assert_eq!(s.stop, Some(StopReason::Cancelled));
+        assert!(s.stats.unwrap().tokens <= 1);
+    }
+
+    #[test]
+    fn fit_budget_table() {
+        let s = |p, x, m, n| Settings {
+            budget: PromptBudget { prefix_tokens: p, suffix_tokens: x },
+            max_tokens: m,
+            snippet_tokens: n,
+            ..Settings::default()
+        };
+        // (settings, capacity, want (prefix, suffix))
+        let cases = [
+            (s(1024, 256, 64, 256), 4096, (1024, 256)),
+            (s(1024, 256, 64, 256), 1024, (557, 139)), // room 696, suffix 256 * 696 / 1280 = 139
+            (s(100, 0, 10, 0), 50, (32, 0)),
+        ];
+        for (settings, cap, (p, x)) in cases {
+            assert_eq!(fit_budget(&settings, cap), PromptBudget { prefix_tokens: p, suffix_tokens: x }, "{cap}");
+        }
+    }
+}

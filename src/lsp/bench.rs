@@ -1,0 +1,370 @@
+//! `foresight bench lsp`: replays typing against a real server process over stdio, as an editor
+//! would (didChange per keystroke, then textDocument/inlineCompletion), and measures latency per
+//! request, the share served from the result cache and the KV tokens reused. A small synchronous
+//! JSON-RPC client lives here; the server under test is a child process.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// One dev-set task: the text around a completion and what the author wrote there.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Task {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub language: String,
+    pub prefix: String,
+    pub middle: String,
+    pub suffix: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad task file {path}, line {line}: {err}")]
+    Task { path: String, line: usize, err: serde_json::Error },
+    #[error("the server {0}")]
+    Server(String),
+}
+
+/// Reads a JSONL task file (the `eval` format).
+pub fn read_tasks(path: &Path, limit: usize) -> Result<Vec<Task>, BenchError> {
+    let text = std::fs::read_to_string(path)?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).take(limit) {
+        out.push(serde_json::from_str(line).map_err(|err| BenchError::Task { path: path.display().to_string(), line: i + 1, err })?);
+    }
+    Ok(out)
+}
+
+/// A JSON-RPC client talking to a child process.
+pub struct Client {
+    child: Child,
+    stdin: ChildStdin,
+    rx: mpsc::Receiver<Value>,
+    next_id: i64,
+}
+
+fn read_message(r: &mut impl BufRead) -> Option<Value> {
+    let mut len = None;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("Content-Length:") {
+            len = v.trim().parse::<usize>().ok();
+        }
+    }
+    let mut body = vec![0; len?];
+    r.read_exact(&mut body).ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+impl Client {
+    pub fn spawn(program: &Path, args: &[String]) -> Result<Self, BenchError> {
+        let mut child = Command::new(program).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+        let stdin = child.stdin.take().ok_or_else(|| BenchError::Server("has no stdin".into()))?;
+        let stdout = child.stdout.take().ok_or_else(|| BenchError::Server("has no stdout".into()))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            while let Some(v) = read_message(&mut r) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { child, stdin, rx, next_id: 1 })
+    }
+
+    fn send(&mut self, msg: &Value) -> Result<(), BenchError> {
+        let body = msg.to_string();
+        write!(self.stdin, "Content-Length: {}\r\n\r\n{}", body.len(), body)?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    pub fn notify(&mut self, method: &str, params: Value) -> Result<(), BenchError> {
+        self.send(&json!({"jsonrpc": "2.0", "method": method, "params": params}))
+    }
+
+    /// Sends a request and waits for its response, answering the server's own requests meanwhile.
+    pub fn request(&mut self, method: &str, params: Value) -> Result<Value, BenchError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))?;
+        loop {
+            let msg = self.rx.recv_timeout(Duration::from_secs(120)).map_err(|_| BenchError::Server(format!("did not answer {method} in 120 s")))?;
+            if msg.get("method").is_some() {
+                if let Some(sid) = msg.get("id") {
+                    self.send(&json!({"jsonrpc": "2.0", "id": sid, "result": null}))?;
+                }
+                continue;
+            }
+            if msg.get("id") == Some(&json!(id)) {
+                if let Some(err) = msg.get("error") {
+                    return Err(BenchError::Server(format!("answered {method} with an error: {err}")));
+                }
+                return Ok(msg.get("result").cloned().unwrap_or(Value::Null));
+            }
+        }
+    }
+
+    pub fn close(mut self) {
+        let _ = self.request("shutdown", Value::Null);
+        let _ = self.notify("exit", Value::Null);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One benchmark configuration: a label and the initializationOptions that make it.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub label: String,
+    pub options: Value,
+    /// Type the first character of the suggestion shown (a user accepting it by typing) instead
+    /// of the author's text, whenever there is one.
+    pub follow_suggestions: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub label: String,
+    pub requests: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub mean_ms: f64,
+    /// Share of requests answered from the result cache.
+    pub cache_share: f64,
+    /// KV tokens reused over prompt tokens, for requests that ran the model.
+    pub kv_reused_share: f64,
+    pub mean_reused_tokens: f64,
+    /// Tokens generated per model call.
+    pub mean_generated_tokens: f64,
+    pub tokens_per_forward: f64,
+    /// Share of requests that showed a suggestion.
+    pub shown_share: f64,
+    /// First request, cold (fresh caches), in a file of `cold_lines` lines.
+    pub cold_ms: f64,
+    pub cold_lines: usize,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Zero-based line and UTF-8 column of the end of `text`.
+fn end_position(text: &str) -> (usize, usize) {
+    let line = text.matches('\n').count();
+    let col = text.len() - text.rfind('\n').map_or(0, |i| i + 1);
+    (line, col)
+}
+
+fn extension(language: &str) -> &'static str {
+    match language {
+        "python" => "py",
+        "rust" => "rs",
+        _ => "txt",
+    }
+}
+
+/// A file of at least `lines` lines made of the tasks' texts, and a cursor (line, column) at the
+/// end of a line near its middle.
+pub fn big_file(tasks: &[Task], lines: usize) -> (String, usize, usize) {
+    let mut text = String::new();
+    'outer: loop {
+        for t in tasks {
+            text.push_str(&t.prefix);
+            text.push_str(&t.middle);
+            text.push_str(&t.suffix);
+            text.push('\n');
+            if text.matches('\n').count() >= lines {
+                break 'outer;
+            }
+        }
+        if tasks.is_empty() {
+            text.push_str(&"x = 1\n".repeat(lines));
+            break;
+        }
+    }
+    let all: Vec<&str> = text.split('\n').collect();
+    let text = all[..lines.min(all.len())].join("\n");
+    let mid = lines / 2;
+    let col = text.split('\n').nth(mid).map_or(0, str::len);
+    (text, mid, col)
+}
+
+/// Runs one variant: a fresh server, a cold request in a `cold_lines`-line file, then typing
+/// through each task's middle (at most `keystrokes` characters each).
+pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tasks: &[Task], keystrokes: usize, cold_lines: usize) -> Result<Report, BenchError> {
+    let mut c = Client::spawn(server, server_args)?;
+    c.request(
+        "initialize",
+        json!({
+            "processId": std::process::id(),
+            "rootUri": null,
+            "capabilities": {"general": {"positionEncodings": ["utf-8", "utf-16"]}},
+            "initializationOptions": variant.options,
+        }),
+    )?;
+    c.notify("initialized", json!({}))?;
+    let t0 = Instant::now();
+    loop {
+        let stats = c.request("foresight/stats", Value::Null)?;
+        if !stats["model"].is_null() {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(300) {
+            return Err(BenchError::Server("did not load its model in 300 s".into()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let inline = |c: &mut Client, uri: &str, line: usize, col: usize| -> Result<(f64, Option<String>), BenchError> {
+        let t = Instant::now();
+        let r = c.request(
+            "textDocument/inlineCompletion",
+            json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": col}, "context": {"triggerKind": 2}}),
+        )?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let shown = r["items"][0]["insertText"].as_str().map(str::to_string);
+        Ok((ms, shown))
+    };
+
+    let (big, line, col) = big_file(tasks, cold_lines);
+    let lang = tasks.first().map_or("python", |t| t.language.as_str()).to_string();
+    let uri = format!("file:///bench/cold.{}", extension(&lang));
+    c.notify("textDocument/didOpen", json!({"textDocument": {"uri": uri, "languageId": lang, "version": 1, "text": big}}))?;
+    let (cold_ms, _) = inline(&mut c, &uri, line, col)?;
+    c.notify("textDocument/didClose", json!({"textDocument": {"uri": uri}}))?;
+
+    let mut latencies = Vec::new();
+    let mut shown = 0usize;
+    for (i, task) in tasks.iter().enumerate() {
+        let uri = format!("file:///bench/{i}.{}", extension(&task.language));
+        let text = format!("{}{}", task.prefix, task.suffix);
+        c.notify("textDocument/didOpen", json!({"textDocument": {"uri": uri, "languageId": task.language, "version": 1, "text": text}}))?;
+        let (mut line, mut col) = end_position(&task.prefix);
+        let (ms, mut current) = inline(&mut c, &uri, line, col)?;
+        latencies.push(ms);
+        shown += current.is_some() as usize;
+        let mut author = task.middle.chars();
+        for k in 0..keystrokes {
+            let followed = current.as_deref().and_then(|s| s.chars().next()).filter(|_| variant.follow_suggestions);
+            let Some(ch) = followed.or_else(|| author.next()) else { break };
+            let pos = json!({"line": line, "character": col});
+            c.notify(
+                "textDocument/didChange",
+                json!({"textDocument": {"uri": uri, "version": k + 2}, "contentChanges": [{"range": {"start": pos, "end": pos}, "text": ch.to_string()}]}),
+            )?;
+            if ch == '\n' {
+                line += 1;
+                col = 0;
+            } else {
+                col += ch.len_utf8();
+            }
+            let (ms, next) = inline(&mut c, &uri, line, col)?;
+            latencies.push(ms);
+            shown += next.is_some() as usize;
+            current = next;
+        }
+        c.notify("textDocument/didClose", json!({"textDocument": {"uri": uri}}))?;
+    }
+    let stats = c.request("foresight/stats", Value::Null)?;
+    c.close();
+
+    let n = latencies.len();
+    let mean = latencies.iter().sum::<f64>() / n.max(1) as f64;
+    latencies.sort_by(f64::total_cmp);
+    let f = |k: &str| stats[k].as_f64().unwrap_or(0.0);
+    let model_calls = f("modelCalls").max(1.0);
+    Ok(Report {
+        label: variant.label.clone(),
+        requests: n,
+        p50_ms: percentile(&latencies, 50.0),
+        p95_ms: percentile(&latencies, 95.0),
+        mean_ms: mean,
+        cache_share: f("fromCache") / f("completions").max(1.0),
+        kv_reused_share: f("reusedTokens") / f("promptTokens").max(1.0),
+        mean_reused_tokens: f("reusedTokens") / model_calls,
+        mean_generated_tokens: f("generatedTokens") / model_calls,
+        tokens_per_forward: f("generatedTokens") / f("forwards").max(1.0),
+        shown_share: shown as f64 / n.max(1) as f64,
+        cold_ms,
+        cold_lines,
+    })
+}
+
+/// The reports as a Markdown table.
+pub fn markdown(reports: &[Report]) -> String {
+    let mut out = String::from(
+        "| variant | requests | p50 ms | p95 ms | mean ms | from result cache | KV reused / prompt | reused tokens / model call | generated tokens / model call | generated tokens / forward | shown | cold first request |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in reports {
+        out.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0}% | {:.0}% | {:.0} | {:.1} | {:.2} | {:.0}% | {:.0} ms ({} lines) |\n",
+            r.label,
+            r.requests,
+            r.p50_ms,
+            r.p95_ms,
+            r.mean_ms,
+            r.cache_share * 100.0,
+            r.kv_reused_share * 100.0,
+            r.mean_reused_tokens,
+            r.mean_generated_tokens,
+            r.tokens_per_forward,
+            r.shown_share * 100.0,
+            r.cold_ms,
+            r.cold_lines
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_and_positions() {
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0];
+        assert_eq!(percentile(&v, 50.0), 6.0);
+        assert_eq!(percentile(&v, 95.0), 10.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+        assert_eq!(end_position("ab\ncdé"), (1, 4));
+        assert_eq!(end_position(""), (0, 0));
+    }
+
+    #[test]
+    fn big_file_has_the_lines_asked_for() {
+        let t = Task { id: String::new(), language: "python".into(), prefix: "a\nb".into(), middle: "c".into(), suffix: "\nd".into() };
+        let (text, line, col) = big_file(&[t], 2000);
+        assert_eq!(text.split('\n').count(), 2000);
+        assert_eq!(line, 1000);
+        assert_eq!(col, text.split('\n').nth(1000).unwrap().len());
+    }
+}

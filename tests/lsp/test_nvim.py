@@ -1,0 +1,27 @@
+"""End to end with headless Neovim 0.12 (Debian sid's build, installed by
+scripts/install-nvim-0.12.sh): ghost text from `foresight serve` appears and is accepted.
+FORESIGHT_NVIM names the nvim to run (default: the install script's wrapper). Without it the test
+fails and says how to install it; set FORESIGHT_SKIP_NVIM=1 to skip it deliberately."""
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+from conftest import MODEL, foresight_bin
+
+HERE = pathlib.Path(__file__).resolve().parent
+NVIM = os.environ.get("FORESIGHT_NVIM", str(pathlib.Path.home() / ".cache/foresight/nvim-sid/nvim"))
+
+
+@pytest.mark.skipif(os.environ.get("FORESIGHT_SKIP_NVIM") == "1", reason="FORESIGHT_SKIP_NVIM=1")
+def test_ghost_text_appears_and_is_accepted(tmp_path):
+    assert os.access(NVIM, os.X_OK), f"no Neovim 0.12 at {NVIM}: run scripts/install-nvim-0.12.sh"
+    sample = tmp_path / "sample.py"
+    # A context where the tiny fixture model's 4-token suggestion is printable ASCII.
+    sample.write_text("def f(a, b):\n    return a + b\n\nx = f56(\n")
+    env = dict(os.environ, FORESIGHT_BIN=foresight_bin(), FORESIGHT_MODEL=MODEL, FORESIGHT_SAMPLE=str(sample))
+    r = subprocess.run([NVIM, "--headless", "-u", "NONE", "-i", "NONE", "-S", str(HERE / "nvim_ghost.lua")],
+                       env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    print(r.stdout, r.stderr)
+    assert r.returncode == 0 and "PASS" in r.stdout, r.stdout + r.stderr
