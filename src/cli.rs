@@ -34,6 +34,12 @@ pub enum Command {
     },
     /// Run the language server on stdin/stdout (inline completion and completion).
     Serve(ServeArgs),
+    /// Write the deterministic tiny random-weights test model (a fixture for tests and benches).
+    #[command(hide = true)]
+    TinyModel {
+        /// Directory to write config.json, model.safetensors and tokenizer.json into.
+        dir: PathBuf,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -286,4 +292,8 @@ pub fn bench_lsp(args: BenchLspArgs) -> Result<()> {
         print!("{}", markdown(&reports));
     }
     Ok(())
+}
+
+pub fn tiny_model(dir: &Path) -> Result<()> {
+    foresight::model::tiny::TinySpec::default().write_dir(dir).with_context(|| format!("cannot write {}", dir.display()))
 }

@@ -29,6 +29,7 @@ fn main() {
         cli::Command::Complete(args) => cli::complete(args),
         cli::Command::Inspect { dir } => cli::inspect(&dir),
         cli::Command::Serve(args) => cli::serve(args),
+        cli::Command::TinyModel { dir } => cli::tiny_model(&dir),
         cli::Command::Bench { which: cli::BenchCommand::Lsp(args) } => cli::bench_lsp(args),
     });
     if let Err(err) = result {

@@ -37,6 +37,8 @@ pub struct Settings {
     pub result_cache: bool,
     /// Keep the KV cache between requests (turned off only to measure what it is worth).
     pub kv_reuse: bool,
+    /// Stop multi-line suggestions at the end of the block (off: only max tokens and the time cap).
+    pub stop_at_block_end: bool,
 }
 
 impl Default for Settings {
@@ -53,6 +55,7 @@ impl Default for Settings {
             prefix_slack_tokens: 256,
             result_cache: true,
             kv_reuse: true,
+            stop_at_block_end: true,
         }
     }
 }
@@ -144,6 +147,7 @@ impl CompletionService {
         let lines = choose_lines(prefix, suffix, settings.lines);
         let cursor_line = prefix.rsplit('\n').next().unwrap_or("");
         let rule = BlockRule::new(lines, cursor_line);
+        let block = (settings.stop_at_block_end || lines == Lines::Single).then_some(rule);
 
         let preamble = if settings.snippet_tokens > 0 && !req.neighbours.is_empty() {
             let tok = &self.engine.loaded().tokenizer;
@@ -158,10 +162,12 @@ impl CompletionService {
             self.engine.clear_caches();
         }
         let hint = self.anchors.get(req.doc).and_then(|abs| abs.checked_sub(req.base));
-        let budget = fit_budget(settings, self.engine.cache_capacity());
+        let capacity = self.engine.cache_capacity();
+        let max_tokens = settings.max_tokens.min(capacity / 2).max(1);
+        let budget = fit_budget(&Settings { max_tokens, ..settings.clone() }, capacity);
         let params = CompletionParams {
             mode: settings.mode,
-            max_tokens: settings.max_tokens,
+            max_tokens,
             budget,
             order: FimOrder::Spm,
             stop_strings: Vec::new(),
@@ -172,11 +178,15 @@ impl CompletionService {
             prefix_start_hint: hint,
             prefix_slack_tokens: settings.prefix_slack_tokens,
             preamble,
-            block: Some(rule),
+            block,
         };
         let completion = self.engine.complete(req.text, cursor, &params)?;
         self.anchors.insert(req.doc.to_string(), req.base + completion.prefix_start);
-        let text = trim_suffix_overlap(cut_at_block_end(&completion.text, &rule), suffix);
+        let kept = match &block {
+            Some(rule) => cut_at_block_end(&completion.text, rule),
+            None => &completion.text,
+        };
+        let text = trim_suffix_overlap(kept, suffix);
         if completion.stop != StopReason::Cancelled && settings.result_cache {
             self.results.insert(req.doc, prefix, suffix, &text);
         }

@@ -39,7 +39,7 @@ impl Default for ServerConfig {
 }
 
 /// The keys `apply` understands.
-pub const KEYS: [&str; 15] = [
+pub const KEYS: [&str; 16] = [
     "model",
     "device",
     "maxTokens",
@@ -55,6 +55,7 @@ pub const KEYS: [&str; 15] = [
     "timeCapMs",
     "resultCache",
     "kvReuse",
+    "stopAtBlockEnd",
 ];
 
 impl ServerConfig {
@@ -138,6 +139,10 @@ impl ServerConfig {
                 },
                 "kvReuse" => match v.as_bool() {
                     Some(b) => self.settings.kv_reuse = b,
+                    None => bad("a boolean"),
+                },
+                "stopAtBlockEnd" => match v.as_bool() {
+                    Some(b) => self.settings.stop_at_block_end = b,
                     None => bad("a boolean"),
                 },
                 _ => warnings.push(format!("unknown configuration key {key:?} ignored (known: {})", KEYS.join(", "))),

@@ -23,7 +23,7 @@ use super::config::ServerConfig;
 use super::document::{window, Change, Documents};
 use super::guard::{pump_input, pump_output, Output};
 use super::position::{from_byte, Encoding, Pos};
-use super::worker::{panic_message, CompleteJob, Job, JobResult, Worker, WorkerStats};
+use super::worker::{panic_message, CompleteJob, Job, JobResult, Worker};
 
 /// How the server is started.
 #[derive(Debug, Clone, Default)]
@@ -260,12 +260,7 @@ impl Backend {
     }
 
     async fn stats(&self) -> RpcResult<Value> {
-        let (tx, rx) = oneshot::channel();
-        if !self.worker.send(Job::Stats { reply: tx }) {
-            return Err(RpcError::internal_error());
-        }
-        let stats: WorkerStats = rx.await.map_err(|_| RpcError::internal_error())?;
-        serde_json::to_value(stats).map_err(|_| RpcError::internal_error())
+        serde_json::to_value(self.worker.stats()).map_err(|_| RpcError::internal_error())
     }
 
     async fn debug_panic(&self, params: Value) -> RpcResult<Value> {

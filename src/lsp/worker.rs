@@ -6,7 +6,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
@@ -54,12 +54,12 @@ pub struct ModelInfo {
 pub enum Job {
     Load { dir: PathBuf, device: DeviceChoice, reply: oneshot::Sender<Result<ModelInfo, String>> },
     Complete(CompleteJob),
-    Stats { reply: oneshot::Sender<WorkerStats> },
     /// Panics inside the worker (only reachable with FORESIGHT_TEST_HOOKS=1), to test recovery.
     Panic,
 }
 
-/// Counters since start, reported by the `foresight/stats` request.
+/// Counters since start, reported by the `foresight/stats` request. Shared with the front end,
+/// so reading them never waits behind a running generation.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerStats {
@@ -80,16 +80,24 @@ pub struct WorkerStats {
 #[derive(Clone)]
 pub struct Worker {
     tx: mpsc::Sender<Job>,
+    stats: Arc<Mutex<WorkerStats>>,
 }
 
 impl Worker {
     pub fn spawn() -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
+        let stats = Arc::new(Mutex::new(WorkerStats::default()));
+        let shared = stats.clone();
         std::thread::Builder::new()
             .name("foresight-model".into())
-            .spawn(move || run(rx))
+            .spawn(move || run(rx, shared))
             .expect("cannot spawn the model worker thread");
-        Self { tx }
+        Self { tx, stats }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> WorkerStats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Queues a job; false if the worker is gone.
@@ -101,17 +109,23 @@ impl Worker {
 struct State {
     service: Option<CompletionService>,
     no_model: String,
-    stats: WorkerStats,
+    stats: Arc<Mutex<WorkerStats>>,
 }
 
-fn run(rx: mpsc::Receiver<Job>) {
-    let mut st = State { service: None, no_model: "the model is still loading".into(), stats: WorkerStats::default() };
+impl State {
+    fn count(&self, f: impl FnOnce(&mut WorkerStats)) {
+        f(&mut self.stats.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+fn run(rx: mpsc::Receiver<Job>, stats: Arc<Mutex<WorkerStats>>) {
+    let mut st = State { service: None, no_model: "the model is still loading".into(), stats };
     while let Ok(job) = rx.recv() {
         let outcome = catch_unwind(AssertUnwindSafe(|| handle(&mut st, job)));
         if let Err(panic) = outcome {
             let msg = panic_message(&panic);
             tracing::error!("model worker: a job panicked: {msg}");
-            st.stats.panics += 1;
+            st.count(|s| s.panics += 1);
             if let Some(s) = st.service.as_mut() {
                 s.reset();
             }
@@ -134,7 +148,7 @@ fn handle(st: &mut State, job: Job) {
                 ModelInfo { dir: dir.clone(), heads, load_ms: t0.elapsed().as_secs_f64() * 1e3 }
             });
             match &result {
-                Ok(info) => st.stats.model = Some(info.clone()),
+                Ok(info) => st.count(|s| s.model = Some(info.clone())),
                 Err(e) => {
                     if st.service.is_none() {
                         st.no_model = e.clone();
@@ -143,18 +157,15 @@ fn handle(st: &mut State, job: Job) {
             }
             let _ = reply.send(result);
         }
-        Job::Stats { reply } => {
-            let _ = reply.send(st.stats.clone());
-        }
         Job::Panic => {
             panic!("test hook: a panic inside the model worker");
         }
         Job::Complete(job) => {
             // The guard answers `Failed` if this job panics before replying.
             let mut guard = ReplyGuard(Some(job.reply));
-            st.stats.completions += 1;
+            st.count(|s| s.completions += 1);
             if job.cancel.load(Ordering::Relaxed) {
-                st.stats.cancelled += 1;
+                st.count(|s| s.cancelled += 1);
                 guard.send(JobResult::Cancelled);
                 return;
             }
@@ -173,27 +184,28 @@ fn handle(st: &mut State, job: Job) {
             };
             match service.suggest(&req, &job.settings, Some(job.cancel.clone())) {
                 Ok(s) => {
-                    if s.from_cache {
-                        st.stats.from_cache += 1;
-                    }
-                    if let Some(g) = &s.stats {
-                        st.stats.model_calls += 1;
-                        st.stats.prompt_tokens += g.prompt_tokens as u64;
-                        st.stats.reused_tokens += g.reused_tokens as u64;
-                        st.stats.generated_tokens += g.tokens as u64;
-                        st.stats.forwards += g.forwards as u64;
-                    }
-                    if s.stop == Some(crate::decode::StopReason::Cancelled) {
-                        st.stats.cancelled += 1;
+                    let cancelled = s.stop == Some(crate::decode::StopReason::Cancelled);
+                    st.count(|c| {
+                        c.from_cache += s.from_cache as u64;
+                        c.cancelled += cancelled as u64;
+                        if let Some(g) = &s.stats {
+                            c.model_calls += 1;
+                            c.prompt_tokens += g.prompt_tokens as u64;
+                            c.reused_tokens += g.reused_tokens as u64;
+                            c.generated_tokens += g.tokens as u64;
+                            c.forwards += g.forwards as u64;
+                        }
+                    });
+                    if cancelled {
                         guard.send(JobResult::Cancelled);
                     } else {
                         guard.send(JobResult::Done(s));
                     }
                 }
                 Err(e) => {
-                    st.stats.failed += 1;
                     tracing::error!("completion failed: {e}");
                     service.reset();
+                    st.count(|c| c.failed += 1);
                     guard.send(JobResult::Failed(e.to_string()));
                 }
             }

@@ -1,0 +1,199 @@
+"""Robustness: the server stays up and correct under bad input and load. Each test ends by
+checking that the server still answers a real completion request, then exits cleanly.
+Driven with a bare JSON-RPC client (rawclient.py), since a proper client library would never
+send most of this."""
+import json
+
+import pytest
+
+from conftest import server_command
+from rawclient import RawServer
+
+GOOD_TEXT = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n"
+
+
+@pytest.fixture
+def server():
+    s = RawServer(server_command())
+    s.initialize(("utf-16",), {"lines": "multi"})
+    yield s
+    s.kill()
+
+
+def still_answers(s: RawServer):
+    """A real completion still works, then shutdown/exit ends the process with code 0."""
+    s.open("file:///alive.py", GOOD_TEXT)
+    r = s.inline("file:///alive.py", 4, 0)
+    assert "result" in r, r
+    assert len(r["result"]["items"]) == 1 and r["result"]["items"][0]["insertText"].strip(), r
+    assert s.close() == 0
+
+
+def test_malformed_json_rpc(server):
+    s = server
+    s.send_body(b'{"jsonrpc": "2.0", "id": 1, "method": ')           # truncated JSON
+    s.send_body(b"\xff\xfe not utf-8 at all")                          # not even text
+    s.send_body(b'[{"jsonrpc": "2.0", "id": 2, "method": "x"}]')       # a batch
+    s.send_body(b'{"jsonrpc": "1.0", "id": 3, "method": "x"}')         # wrong version
+    s.send_body(b'{"jsonrpc": "2.0", "id": 4, "method": 17}')          # method not a string
+    s.send_bytes(b"Content-Type: nothing\r\n\r\n")                     # no Content-Length
+    s.send_bytes(b"Content-Length: banana\r\n\r\n")                    # bad Content-Length
+    errors = []
+    while len(errors) < 7:
+        m = s.next_message()
+        if "method" not in m:  # skip the server's own notifications
+            errors.append(m)
+    codes = sorted(e["error"]["code"] for e in errors)
+    assert codes == [-32700, -32700, -32700, -32700, -32600, -32600, -32600], errors
+    assert {e["id"] for e in errors if e["error"]["code"] == -32600} == {None, 3, 4}
+    still_answers(s)
+
+
+def test_unknown_methods(server):
+    s = server
+    r = s.request("foresight/noSuchMethod", {"x": 1})
+    assert r["error"]["code"] == -32601, r
+    s.notify("$/noSuchNotification", {"x": 1})
+    s.notify("noSuchNotification")
+    r = s.request("textDocument/hover", {"textDocument": {"uri": "file:///x.py"}, "position": {"line": 0, "character": 0}})
+    assert "error" in r  # not implemented: answered with an error, not silence
+    still_answers(s)
+
+
+def test_requests_for_documents_never_opened(server):
+    s = server
+    r = s.inline("file:///never/opened.py", 3, 7)
+    assert r["result"] == {"items": []}, r
+    r = s.request("textDocument/completion", {"textDocument": {"uri": "file:///never/opened.py"}, "position": {"line": 0, "character": 0}})
+    assert r["result"]["items"] == [], r
+    s.change("file:///never/opened.py", 2, (0, 0), (0, 0), "x")   # didChange for it: ignored
+    s.notify("textDocument/didClose", {"textDocument": {"uri": "file:///never/opened.py"}})
+    r = s.request("textDocument/inlineCompletion", {"textDocument": {"uri": "not a uri at all"}, "position": {"line": 0, "character": 0}, "context": {"triggerKind": 1}})
+    assert "error" in r or r["result"]["items"] == [], r
+    r = s.request("textDocument/inlineCompletion", {"bogus": True})
+    assert r["error"]["code"] == -32602, r  # invalid params
+    still_answers(s)
+
+
+def test_positions_past_the_end_and_inside_a_surrogate_pair(server):
+    s = server
+    s.open("file:///p.py", "a🦀b\nxy")
+    # Inside the crab's surrogate pair (UTF-16 column 2): clamped to the crab's start (column 1).
+    r = s.inline("file:///p.py", 0, 2)
+    items = r["result"]["items"]
+    assert all(i["range"]["start"] == {"line": 0, "character": 1} for i in items), r
+    # Past the end of the line: the end of that line.
+    r = s.inline("file:///p.py", 0, 999)
+    assert all(i["range"]["start"] == {"line": 0, "character": 4} for i in r["result"]["items"]), r
+    # Past the end of the document: the end of the document.
+    r = s.inline("file:///p.py", 99, 5)
+    assert all(i["range"]["start"] == {"line": 1, "character": 2} for i in r["result"]["items"]), r
+    # An edit with a range past the end appends; one inside the pair starts at the crab.
+    s.change("file:///p.py", 2, (50, 0), (60, 3), "!")
+    s.change("file:///p.py", 3, (0, 2), (0, 3), "")      # removes the crab
+    r = s.request("textDocument/completion", {"textDocument": {"uri": "file:///p.py"}, "position": {"line": 0, "character": 1}})
+    assert "result" in r, r
+    # Negative numbers are not positions: an invalid-params error, not a crash.
+    r = s.request("textDocument/inlineCompletion", s.inline_params("file:///p.py", -1, -1))
+    assert r["error"]["code"] == -32602, r
+    still_answers(s)
+
+
+def test_ten_megabyte_document(server):
+    s = server
+    line = "    value = compute(alpha, beta) + 1  # é 🦀\n"
+    text = "def big():\n" + line * (10 * 1024 * 1024 // len(line.encode()))
+    assert len(text.encode()) > 10_000_000
+    s.open("file:///big.py", text)
+    n_lines = text.count("\n")
+    r = s.inline("file:///big.py", n_lines, 0)
+    assert "result" in r, r
+    r = s.inline("file:///big.py", n_lines // 2, 10)
+    assert "result" in r, r
+    s.change("file:///big.py", 2, (n_lines // 2, 0), (n_lines // 2, 0), "x = 1\n")
+    r = s.inline("file:///big.py", n_lines // 2, 5)
+    assert "result" in r, r
+    # A whole 10 MB line too.
+    s.open("file:///oneline.js", "x" * 10_000_000, "javascript")
+    r = s.inline("file:///oneline.js", 0, 5_000_000)
+    assert "result" in r, r
+    still_answers(s)
+
+
+def test_binary_content(server):
+    s = server
+    binary = "".join(chr(c) for c in range(0, 32)) + "\x00\x00\ufffd\x7f" * 100
+    s.open("file:///bin.dat", binary, "plaintext")
+    r = s.inline("file:///bin.dat", 0, 10)
+    assert r["result"] == {"items": []}, r  # no suggestion inside binary content
+    s.change("file:///bin.dat", 2, (0, 0), (0, 0), "\x00\x01")
+    r = s.inline("file:///bin.dat", 0, 2)
+    assert r["result"] == {"items": []}, r
+    still_answers(s)
+
+
+def test_edits_arriving_during_a_generation(server):
+    s = server
+    s.notify("workspace/didChangeConfiguration", {"settings": {"maxTokens": 100000, "timeCapMs": 600000, "stopAtBlockEnd": False, "resultCache": False}})
+    s.open("file:///e.rs", "x", "rust")
+    before = s.stats()["completions"]
+    first = s.send_request("textDocument/inlineCompletion", s.inline_params("file:///e.rs", 0, 1))
+    while s.stats()["completions"] == before:
+        pass
+    s.change("file:///e.rs", 2, (0, 1), (0, 1), "y")
+    s.notify("workspace/didChangeConfiguration", {"settings": {"maxTokens": 8}})
+    second = s.send_request("textDocument/inlineCompletion", s.inline_params("file:///e.rs", 0, 2))
+    r1, r2 = s.response(first), s.response(second)
+    assert r1["result"] == {"items": []}, "the older request is superseded and its text is stale"
+    assert "result" in r2, r2
+    still_answers(s)
+
+
+def test_a_burst_of_a_thousand_requests(server):
+    s = server
+    s.notify("workspace/didChangeConfiguration", {"settings": {"maxTokens": 8}})
+    s.open("file:///burst.py", GOOD_TEXT)
+    ids = [s.send_request("textDocument/inlineCompletion", s.inline_params("file:///burst.py", 4, 0)) for _ in range(1000)]
+    responses = [s.response(i) for i in ids]
+    assert all("result" in r for r in responses)
+    # Superseded requests show nothing; the newest one gets the suggestion.
+    assert len(responses[-1]["result"]["items"]) == 1
+    stats = s.stats()
+    assert stats["completions"] == 1000  # every job reached the worker, and each got one answer
+    assert stats["cancelled"] >= 1
+    still_answers(s)
+
+
+def test_a_panic_inside_a_request_is_contained(server):
+    s = server
+    r = s.request("foresight/debugPanic", {})
+    assert r["error"]["code"] == -32603 and "panic" in r["error"]["message"], r
+    r = s.request("foresight/debugPanic", {"where": "worker"})
+    assert r["result"] == "sent"
+    s.open("file:///after.py", GOOD_TEXT)
+    r = s.inline("file:///after.py", 4, 0)
+    assert len(r["result"]["items"]) == 1, r
+    assert s.stats()["panics"] == 1
+    still_answers(s)
+
+
+def test_requests_before_initialize_and_exit_without_shutdown():
+    s = RawServer(server_command())
+    try:
+        r = s.request("textDocument/inlineCompletion", s.inline_params("file:///x.py", 0, 0))
+        assert r["error"]["code"] == -32002, r  # server not initialized
+        s.initialize()
+        s.notify("exit")
+        assert s.proc.wait(timeout=60) == 1  # exit without shutdown: code 1, as the spec says
+    finally:
+        s.kill()
+
+
+def test_end_of_input_ends_the_server():
+    s = RawServer(server_command())
+    try:
+        s.initialize()
+        s.proc.stdin.close()
+        assert s.proc.wait(timeout=60) == 1
+    finally:
+        s.kill()
