@@ -8,12 +8,18 @@ import * as path from "path";
 import { spawn } from "child_process";
 import { LanguageClient, LanguageClientOptions, ServerOptions, State } from "vscode-languageclient/node";
 
+/** The reply to foresight/stats (camelCase; older servers used snake_case). */
 interface WorkerStats {
   completions?: number;
-  from_cache?: number;
+  generatedTokens?: number;
   generated_tokens?: number;
   forwards?: number;
-  model?: { dir: string; heads: number; load_ms: number } | null;
+  model?: { dir: string; heads: number; load_ms?: number; loadMs?: number } | null;
+}
+
+function tokensPerForward(s: WorkerStats | undefined): string | undefined {
+  const tokens = s?.generatedTokens ?? s?.generated_tokens ?? 0;
+  return s?.forwards ? (tokens / s.forwards).toFixed(2) : undefined;
 }
 
 /** What the extension gives other extensions (and the end-to-end test). */
@@ -62,7 +68,8 @@ function statusText(): string {
   const dir = lastStats?.model?.dir;
   parts.push(dir ? path.basename(dir) : "no model");
   if (lastLatencyMs !== undefined) parts.push(`${lastLatencyMs} ms`);
-  if (lastStats?.forwards) parts.push(`${((lastStats.generated_tokens ?? 0) / lastStats.forwards).toFixed(2)} tok/fwd`);
+  const tpf = tokensPerForward(lastStats);
+  if (tpf) parts.push(`${tpf} tok/fwd`);
   return `$(sparkle) Foresight: ${parts.join(" · ")}`;
 }
 
@@ -72,9 +79,9 @@ function updateStatus() {
   status.tooltip = new vscode.MarkdownString(
     [
       enabled() ? "Suggestions on (click to turn off)" : "Suggestions off (click to turn on)",
-      m ? `Model: \`${m.dir}\` (${m.heads} heads, loaded in ${Math.round(m.load_ms)} ms)` : "Model: not loaded yet",
+      m ? `Model: \`${m.dir}\` (${m.heads} heads, loaded in ${Math.round(m.loadMs ?? m.load_ms ?? 0)} ms)` : "Model: not loaded yet",
       lastLatencyMs !== undefined ? `Last suggestion: ${lastLatencyMs} ms` : "",
-      lastStats?.forwards ? `Tokens per forward pass: ${((lastStats.generated_tokens ?? 0) / lastStats.forwards).toFixed(2)} (${lastStats.generated_tokens} tokens, ${lastStats.forwards} forwards)` : "",
+      tokensPerForward(lastStats) ? `Tokens per forward pass: ${tokensPerForward(lastStats)} (over ${lastStats?.forwards} forwards)` : "",
     ].filter(Boolean).join("\n\n"),
   );
 }
@@ -82,7 +89,8 @@ function updateStatus() {
 async function refreshStats() {
   if (!client || client.state !== State.Running) return updateStatus();
   try {
-    lastStats = await client.sendRequest<WorkerStats>("foresight/stats", {});
+    // No params at all: the server rejects `{}` for this method.
+    lastStats = await client.sendRequest<WorkerStats>("foresight/stats");
   } catch {
     // an older server without foresight/stats: keep what we have
   }
