@@ -26,7 +26,8 @@ WORK=$(mktemp -d /tmp/foresight-editors.XXXXXX)
 export WORK
 LOGS=${FORESIGHT_E2E_LOGS:-$WORK/logs}
 mkdir -p "$LOGS"
-cleanup() { [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"; }
+# The scratch folder goes at the end unless KEEP_WORK is set or an editor failed (its logs stay).
+cleanup() { [ -n "${KEEP_WORK:-}" ] || [ "${failed:-1}" -ne 0 ] || rm -rf "$WORK"; }
 trap cleanup EXIT
 
 if [ -z "${FORESIGHT_BIN:-}" ]; then
