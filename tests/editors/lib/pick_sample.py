@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Chooses the buffer that the editor tests type into.
+
+The test model has random weights, so most of what it suggests is control characters and stray
+bytes, which no terminal editor shows faithfully. This script talks to `foresight serve` directly
+(plain JSON-RPC over stdio, standard library only), offers it candidate buffers in turn, and writes
+the first one whose suggestion is plain printable ASCII (3 or more characters, preferably a word
+and then punctuation) to OUT_FILE, with
+the suggestion beside it in OUT_FILE.expected.json. The editor tests still ask the server again
+from inside each editor; this suggestion is only what they should find.
+
+usage: pick_sample.py FORESIGHT_BIN MODEL_DIR CONFIG_JSON OUT_FILE
+"""
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import re
+
+# Letters, digits and the punctuation that no editor, terminal or shell treats specially.
+PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_+\-*/=.,:;()\[\]{}<>!?%&|^@# ]*[^ ]$")
+
+
+def score(s):
+    """2: plain text with a word and then punctuation (so "accept a word" takes a part of it);
+    1: plain text; 0: unusable."""
+    if len(s) < 3 or not PLAIN.match(s):
+        return 0
+    return 2 if re.match(r"^[A-Za-z0-9_]+[^A-Za-z0-9_]", s) else 1
+
+
+def candidates():
+    names = ["total", "count", "value", "result", "items", "size", "name", "data", "index", "key"]
+    ops = ["+", "-", "*", "(", "[", ".", "=", ",", " if ", " and "]
+    for i, n in enumerate(names):
+        for j, op in enumerate(ops):
+            for k in range(3):
+                head = f"def compute_{n}_{k}(a, b):\n    {n} = a{op}b\n"
+                yield head + f"    return {n}{op}"
+
+
+class Client:
+    def __init__(self, cmd):
+        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.next_id = 0
+
+    def send(self, msg):
+        body = json.dumps(msg).encode()
+        self.p.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        self.p.stdin.flush()
+
+    def read(self):
+        length = None
+        while True:
+            line = self.p.stdout.readline()
+            if not line:
+                raise RuntimeError("server closed its output")
+            line = line.strip()
+            if not line:
+                break
+            k, _, v = line.decode().partition(":")
+            if k.lower() == "content-length":
+                length = int(v)
+        return json.loads(self.p.stdout.read(length))
+
+    def request(self, method, params):
+        self.next_id += 1
+        rid = self.next_id
+        self.send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+        while True:
+            msg = self.read()
+            if msg.get("id") == rid and "method" not in msg:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result")
+            if "method" in msg and "id" in msg:  # a request from the server (progress): answer it
+                self.send({"jsonrpc": "2.0", "id": msg["id"], "result": None})
+
+    def notify(self, method, params):
+        self.send({"jsonrpc": "2.0", "method": method, "params": params})
+
+
+def main():
+    exe, model, config, out = sys.argv[1:5]
+    opts = json.loads(config)
+    c = Client([exe, "serve", "--model", model])
+    timer = threading.Timer(300, lambda: c.p.kill())
+    timer.start()
+    try:
+        c.request("initialize", {"processId": os.getpid(), "rootUri": None, "capabilities": {}, "initializationOptions": opts})
+        c.notify("initialized", {})
+        best = None
+        for n, body in enumerate(candidates()):
+            text = body + "\n"
+            uri = f"file:///tmp/foresight-pick-{n}.py"
+            c.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": text}})
+            lines = body.split("\n")
+            pos = {"line": len(lines) - 1, "character": len(lines[-1])}
+            res = None
+            for _ in range(100):  # the model loads in the background: the first answers may be empty
+                res = c.request("textDocument/inlineCompletion", {"textDocument": {"uri": uri}, "position": pos, "context": {"triggerKind": 1}})
+                if res and res.get("items") or n > 0:
+                    break
+                import time; time.sleep(0.1)
+            c.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+            items = (res or {}).get("items") or []
+            if not items:
+                continue
+            s = items[0]["insertText"]
+            sc = score(s)
+            if sc and (best is None or sc > best[0]):
+                best = (sc, n, text, pos, s)
+                if sc == 2:
+                    break
+        if best is None:
+            print("pick_sample: no candidate gave a plain printable suggestion", file=sys.stderr)
+            return 1
+        _, n, text, pos, s = best
+        with open(out, "w") as f:
+            f.write(text)
+        with open(out + ".expected.json", "w") as f:
+            json.dump({"line": pos["line"], "character": pos["character"], "suggestion": s}, f)
+        print(f"pick_sample: candidate {n}: {text.splitlines()[-1]!r} -> {s!r}")
+        return 0
+    finally:
+        timer.cancel()
+        try:
+            c.request("shutdown", None)
+            c.notify("exit", None)
+        except Exception:
+            pass
+        c.p.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
