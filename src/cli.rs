@@ -251,9 +251,10 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     }
     let dir = resolve_model_dir(args.model.as_deref())?;
     let loaded = load_model(&dir, args.device)?;
-    let base = CompletionParams { max_tokens: args.max_tokens, ..Default::default() };
-    let capacity = base.budget.prefix_tokens + base.budget.suffix_tokens + args.max_tokens + 16;
-    let mut engine = Engine::new(loaded, capacity);
+    let base = foresight::eval::eval_settings(args.max_tokens);
+    // The same cache size as `serve` gives this model.
+    let capacity = loaded.model.max_positions().clamp(256, 4096);
+    let mut service = foresight::complete::service::CompletionService::new(Engine::new(loaded, capacity));
     let modes = args.mode.map_or(EvalModes::Both, EvalModes::Only);
     let mut json = match &args.json {
         Some(path) => Some(std::io::BufWriter::new(
@@ -263,7 +264,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     };
     let mut results = Vec::with_capacity(tasks.len());
     for (i, task) in tasks.iter().enumerate() {
-        let result = evaluate(&mut engine, task, modes, &base).with_context(|| format!("task {}", task.id))?;
+        let result = evaluate(&mut service, task, modes, &base).with_context(|| format!("task {}", task.id))?;
         if let Some(out) = json.as_mut() {
             writeln!(out, "{}", serde_json::to_string(&result)?)?;
         }

@@ -117,6 +117,8 @@ impl Engine {
     pub fn new(loaded: LoadedModel, cache_capacity: usize) -> Self {
         let mut text_tokenizer = loaded.tokenizer.clone();
         text_tokenizer.set_encode_special_tokens(true);
+        // No cache may outgrow the positions the model knows (its RoPE table / trained context).
+        let cache_capacity = cache_capacity.min(loaded.model.max_positions());
         Self { loaded, text_tokenizer, plain_cache: None, spec_cache: None, cache_capacity }
     }
 

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::complete::{CompletionParams, Engine, Mode};
+use crate::complete::service::{CompletionService, Request, Settings};
+use crate::complete::Mode;
 use crate::model::Result as ModelResult;
 
 /// One task. Extra fields in the file are ignored.
@@ -185,29 +186,44 @@ pub enum EvalModes {
     Only(Mode),
 }
 
-fn run_mode(engine: &mut Engine, task: &Task, mode: Mode, base: &CompletionParams) -> ModelResult<Run> {
+/// The server's settings for scoring: no result cache, no snippets (tasks have no neighbours),
+/// and no time cap, so that a run's output does not depend on machine load.
+pub fn eval_settings(max_tokens: usize) -> Settings {
+    Settings {
+        max_tokens,
+        snippet_tokens: 0,
+        result_cache: false,
+        time_cap: std::time::Duration::from_secs(3600),
+        ..Settings::default()
+    }
+}
+
+fn run_mode(service: &mut CompletionService, task: &Task, mode: Mode, base: &Settings) -> ModelResult<Run> {
     let text = format!("{}{}", task.prefix, task.suffix);
-    let params = CompletionParams { mode, ..base.clone() };
-    let c = engine.complete(&text, task.prefix.len(), &params)?;
+    let doc = format!("{}#{mode:?}", task.id);
+    let req = Request { doc: &doc, language: &task.language, text: &text, cursor: task.prefix.len(), base: 0, neighbours: &[] };
+    let settings = Settings { mode, ..base.clone() };
+    let s = service.suggest(&req, &settings, None)?;
+    let stats = s.stats.unwrap_or_default();
     Ok(Run {
-        completion: c.text,
-        tokens: c.stats.tokens,
-        forwards: c.stats.forwards,
-        decode_tokens: c.stats.decode_tokens,
-        decode_forwards: c.stats.decode_forwards,
-        ms: c.stats.total_ms + c.prompt_ms,
+        completion: s.text,
+        tokens: stats.tokens,
+        forwards: stats.forwards,
+        decode_tokens: stats.decode_tokens,
+        decode_forwards: stats.decode_forwards,
+        ms: stats.total_ms + s.prompt_ms,
     })
 }
 
-/// Runs one task in the requested modes (plain first, then speculative, on the same prompt).
-pub fn evaluate(engine: &mut Engine, task: &Task, modes: EvalModes, base: &CompletionParams) -> ModelResult<TaskResult> {
+/// Runs one task through the same pipeline as `serve` (`CompletionService::suggest`).
+pub fn evaluate(service: &mut CompletionService, task: &Task, modes: EvalModes, base: &Settings) -> ModelResult<TaskResult> {
     let plain = match modes {
-        EvalModes::Both | EvalModes::Only(Mode::Plain) => Some(run_mode(engine, task, Mode::Plain, base)?),
+        EvalModes::Both | EvalModes::Only(Mode::Plain) => Some(run_mode(service, task, Mode::Plain, base)?),
         _ => None,
     };
     let spec = match modes {
-        EvalModes::Both => Some(run_mode(engine, task, Mode::Spec, base)?),
-        EvalModes::Only(m) if m != Mode::Plain => Some(run_mode(engine, task, m, base)?),
+        EvalModes::Both => Some(run_mode(service, task, Mode::Spec, base)?),
+        EvalModes::Only(m) if m != Mode::Plain => Some(run_mode(service, task, m, base)?),
         _ => None,
     };
     let scored = spec.as_ref().or(plain.as_ref()).expect("at least one mode ran");
