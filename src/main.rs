@@ -41,6 +41,7 @@ fn main() {
         cli::Command::Eval(args) => cli::eval(args),
         cli::Command::Inspect { dir } => cli::inspect(&dir),
         cli::Command::Train(args) => cli::train(*args),
+        cli::Command::BenchGpu(args) => cli::bench_gpu(*args),
     });
     if let Err(err) = result {
         if logging_to_file {
