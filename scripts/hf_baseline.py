@@ -39,21 +39,29 @@ def hf_config(cfg, attn):
         attn_implementation=attn)
 
 
+DEVICE = "cuda"
+
+
+def sync():
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeats):
     fn()  # warm-up
     out = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         out.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(out)
 
 
 def tokens(n, vocab, seed):
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, vocab, (1, n), generator=g).cuda()
+    return torch.randint(3, vocab, (1, n), generator=g).to(DEVICE)
 
 
 def generate(model, ids, n):
@@ -63,7 +71,7 @@ def generate(model, ids, n):
 
 def bench(cfg, args, attn, report_args):
     torch.manual_seed(0)
-    model = LlamaForCausalLM(hf_config(cfg, attn)).to(device="cuda", dtype=torch.bfloat16).eval()
+    model = LlamaForCausalLM(hf_config(cfg, attn)).to(device=DEVICE, dtype=torch.bfloat16).eval()
     vocab = cfg["vocab_size"]
     row = {"attn_implementation": attn, "parameters": sum(p.numel() for p in model.parameters())}
     with torch.no_grad():
@@ -84,19 +92,22 @@ def bench(cfg, args, attn, report_args):
                              "latency_ms": timed(lambda: generate(model, prompt, m), args.repeats)}
         log(f"[{attn}] completion {row['completion']['latency_ms']:.1f} ms")
     del model
-    torch.cuda.empty_cache()
+    if DEVICE.startswith("cuda"):
+        torch.cuda.empty_cache()
     return row
 
 
 def bench_train(cfg, args, attn):
     torch.manual_seed(0)
-    model = LlamaForCausalLM(hf_config(cfg, attn)).to(device="cuda", dtype=torch.float32).train()
+    model = LlamaForCausalLM(hf_config(cfg, attn)).to(device=DEVICE, dtype=torch.float32).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    ids = torch.randint(3, cfg["vocab_size"], (args.train_batch, args.train_seq + 1), device="cuda")
-    torch.cuda.reset_peak_memory_stats()
+    ids = torch.randint(3, cfg["vocab_size"], (args.train_batch, args.train_seq + 1), device=DEVICE)
+    cuda = DEVICE.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(DEVICE.split(":")[0], dtype=torch.bfloat16):
             loss = model(ids[:, :-1], labels=ids[:, :-1]).loss
         loss.backward()
         opt.step()
@@ -105,10 +116,12 @@ def bench_train(cfg, args, attn):
     ms = timed(step, args.train_steps)
     row = {"attn_implementation": attn, "seq": args.train_seq, "batch": args.train_batch, "steps": args.train_steps,
            "ms_per_step": ms, "tokens_per_s": args.train_seq * args.train_batch / (ms / 1e3),
-           "peak_memory_bytes": torch.cuda.max_memory_allocated(), "note": "next-token loss only (n=1)"}
-    log(f"[{attn}] train {row['tokens_per_s']:.0f} tok/s, peak {row['peak_memory_bytes'] / 2**30:.1f} GiB")
+           "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+           "note": "next-token loss only (n=1)"}
+    log(f"[{attn}] train {row['tokens_per_s']:.0f} tok/s, peak {row['peak_memory_bytes']} bytes")
     del model, opt
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     return row
 
 
@@ -126,7 +139,10 @@ def main():
     ap.add_argument("--train-seq", type=int, default=1024)
     ap.add_argument("--train-batch", type=int, default=4)
     ap.add_argument("--train-steps", type=int, default=3)
+    ap.add_argument("--device", default="cuda", help="cuda (the baseline) or cpu (a smoke run of this script)")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     report = json.load(open(args.report))
     target = next((t for t in report["targets"] if t["name"] == args.target), None)
     if target is None or not target.get("config"):
@@ -134,7 +150,8 @@ def main():
     cfg = target["config"]
     lengths = {"prefill": [int(x) for x in args.prefill.split(",") if x], "prompt_tokens": args.prompt_tokens,
                "new_tokens": args.new_tokens, "completion_tokens": args.completion_tokens}
-    out = {"target": args.target, "torch": torch.__version__, "device": torch.cuda.get_device_name(0),
+    out = {"target": args.target, "torch": torch.__version__,
+           "device": torch.cuda.get_device_name(0) if DEVICE.startswith("cuda") else DEVICE,
            "config": cfg, "lengths": lengths, "runs": [], "train": None}
     import transformers
     out["transformers"] = transformers.__version__

@@ -35,7 +35,7 @@ fn cpu_smoke_run_writes_every_section() {
     assert_eq!(t["completion"][1]["new_tokens"], 6);
     assert!(t["train"]["tokens_per_s"].as_f64().unwrap() > 0.0);
     let checks = t["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 4, "{checks:?}");
+    assert_eq!(checks.len(), 5, "{checks:?}");
     assert!(checks.iter().all(|c| c["passed"] == true), "{checks:?}");
 }
 

@@ -386,11 +386,18 @@ pub const BF16_RELATIVE_TOLERANCE: f32 = 0.1;
 fn device_checks(name: &str, cpu_model: &MtpModel, gpu_model: &mut MtpModel) -> Result<Vec<CheckRow>> {
     let mut rows = Vec::new();
     let cpu = check_logits(cpu_model)?;
-    let fused = check_logits(gpu_model)?;
+    let default = check_logits(gpu_model)?;
     gpu_model.set_kernels(Kernels::PlainAttention);
     let plain = check_logits(gpu_model)?;
+    gpu_model.set_kernels(Kernels::FusedAttention);
+    let forced = check_logits(gpu_model)?;
     gpu_model.set_kernels(Kernels::Fused);
-    for (check, reference, got) in [("gpu_vs_cpu_logits", &cpu, &fused), ("gpu_plain_attention_vs_cpu_logits", &cpu, &plain), ("fused_vs_plain_attention_gpu", &plain, &fused)] {
+    for (check, reference, got) in [
+        ("gpu_vs_cpu_logits", &cpu, &default),
+        ("gpu_plain_attention_vs_cpu_logits", &cpu, &plain),
+        ("default_vs_plain_attention_gpu", &plain, &default),
+        ("fused_attention_everywhere_vs_plain_gpu", &plain, &forced),
+    ] {
         let (diff, scale, agree) = compare(reference, got)?;
         let rel = diff / scale.max(1e-6);
         rows.push(CheckRow {

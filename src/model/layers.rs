@@ -17,7 +17,8 @@ use super::rope::Rope;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
     /// Fused kernels: fast inference, no gradients. Attention over a cache takes the one-launch
-    /// `FusedAttention` op on a GPU and the small-chunk kernels on the CPU (see [`attention_path`]).
+    /// `FusedAttention` op on a GPU for decode-sized chunks and the small-chunk kernels on the CPU
+    /// (see [`attention_path`]).
     Fused,
     /// Fused kernels, but attention as plain candle ops (QK^T, mask, softmax in f32, PV): the
     /// reference the fused attention is tested against, on the GPU too.
@@ -46,13 +47,18 @@ pub enum AttentionPath {
     Fused,
 }
 
+/// Most new rows for which `Kernels::Fused` takes the fused kernel on a GPU. The kernel runs on CUDA
+/// cores, one (row, head) per block: ideal for decode and verification chunks, where it replaces
+/// ~8 launches with one, but a long prefill is faster through cuBLAS's tensor-core matmuls.
+pub const FUSED_MAX_ROWS: usize = 16;
+
 /// Picks the attention path: a pure decision on the kernels wanted and where the call runs.
-pub fn attention_path(kernels: Kernels, on_gpu: bool, has_cache: bool, small: bool, head_dim: usize) -> AttentionPath {
+pub fn attention_path(kernels: Kernels, on_gpu: bool, has_cache: bool, small: bool, rows: usize, head_dim: usize) -> AttentionPath {
     match kernels {
         Kernels::Differentiable | Kernels::PlainAttention => AttentionPath::Plain,
         _ if !has_cache => AttentionPath::Plain,
         Kernels::Fused if small => AttentionPath::CpuSmallChunk,
-        Kernels::Fused if on_gpu && head_dim <= MAX_HEAD_DIM => AttentionPath::Fused,
+        Kernels::Fused if on_gpu && rows <= FUSED_MAX_ROWS && head_dim <= MAX_HEAD_DIM => AttentionPath::Fused,
         Kernels::Fused => AttentionPath::Plain,
         Kernels::FusedAttention if head_dim <= MAX_HEAD_DIM => AttentionPath::Fused,
         Kernels::FusedAttention => AttentionPath::Plain,
@@ -157,7 +163,7 @@ impl Attention {
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let differentiable = kernels.differentiable();
         let small = small_chunk(x, b * t, kernels);
-        let path = attention_path(kernels, x.device().is_cuda(), cache.is_some() && b == 1, small, hd);
+        let path = attention_path(kernels, x.device().is_cuda(), cache.is_some() && b == 1, small, t, hd);
         let q = apply_linear(&self.q_proj, x, small)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
         let k = apply_linear(&self.k_proj, x, small)?.reshape((b, t, kv, hd))?.transpose(1, 2)?;
         let v = apply_linear(&self.v_proj, x, small)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -250,20 +256,23 @@ mod tests {
     fn attention_path_table() {
         use AttentionPath::*;
         let k = Kernels::Fused;
-        // (kernels, on_gpu, has_cache, small, head_dim) -> path
+        // (kernels, on_gpu, has_cache, small, rows, head_dim) -> path
         let cases = [
-            ((k, false, true, true, 64), CpuSmallChunk),
-            ((k, false, true, false, 64), Plain),
-            ((k, true, true, false, 64), Fused),
-            ((k, true, true, false, 512), Plain),
-            ((k, true, false, false, 64), Plain),
-            ((Kernels::PlainAttention, true, true, false, 64), Plain),
-            ((Kernels::FusedAttention, false, true, true, 64), Fused),
-            ((Kernels::FusedAttention, false, false, false, 64), Plain),
-            ((Kernels::Differentiable, true, true, false, 64), Plain),
+            ((k, false, true, true, 1, 64), CpuSmallChunk),
+            ((k, false, true, false, 100, 64), Plain),
+            ((k, true, true, false, 1, 64), Fused),
+            ((k, true, true, false, FUSED_MAX_ROWS, 128), Fused),
+            ((k, true, true, false, FUSED_MAX_ROWS + 1, 128), Plain), // prefill: tensor-core matmuls
+            ((k, true, true, false, 1, 512), Plain),
+            ((k, true, false, false, 1, 64), Plain),
+            ((Kernels::PlainAttention, true, true, false, 1, 64), Plain),
+            ((Kernels::FusedAttention, false, true, true, 1, 64), Fused),
+            ((Kernels::FusedAttention, true, true, false, 2048, 64), Fused),
+            ((Kernels::FusedAttention, false, false, false, 1, 64), Plain),
+            ((Kernels::Differentiable, true, true, false, 1, 64), Plain),
         ];
-        for ((kernels, gpu, cache, small, hd), want) in cases {
-            assert_eq!(attention_path(kernels, gpu, cache, small, hd), want, "{kernels:?} gpu={gpu} cache={cache} small={small} hd={hd}");
+        for ((kernels, gpu, cache, small, rows, hd), want) in cases {
+            assert_eq!(attention_path(kernels, gpu, cache, small, rows, hd), want, "{kernels:?} gpu={gpu} cache={cache} small={small} rows={rows} hd={hd}");
         }
     }
 
