@@ -6,7 +6,8 @@
 #   a finished install, so later runs skip it.
 # - Builds into its own persistent target dir ($FORESIGHT_CUDA_TARGET, default
 #   ~/.cache/foresight/target-cuda), apart from the CPU build, so both stay incremental.
-# - With --strip-to DIR, copies the stripped binary to DIR/foresight (for the GPU host).
+# - With --strip-to DIR, writes the stripped binary, xz-compressed, to DIR/foresight.xz (~8 MB
+#   instead of ~60 MB, so it travels to the GPU host easily; scripts/gpu_check.sh unpacks it).
 # A machine with a real CUDA toolkit can skip all this: set CUDA_HOME and run cargo directly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,8 @@ nice -n 19 cargo build --release --features cuda --bins
 
 if [ -n "$STRIP_TO" ]; then
   mkdir -p "$STRIP_TO"
-  strip -o "$STRIP_TO/foresight" "$CARGO_TARGET_DIR/release/foresight"
-  ls -l "$STRIP_TO/foresight" >&2
+  strip -o "$CARGO_TARGET_DIR/release/foresight.stripped" "$CARGO_TARGET_DIR/release/foresight"
+  nice -n 19 xz -6 -c "$CARGO_TARGET_DIR/release/foresight.stripped" > "$STRIP_TO/foresight.xz.tmp"
+  mv "$STRIP_TO/foresight.xz.tmp" "$STRIP_TO/foresight.xz"
+  ls -l "$CARGO_TARGET_DIR/release/foresight.stripped" "$STRIP_TO/foresight.xz" >&2
 fi

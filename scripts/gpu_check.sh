@@ -6,16 +6,22 @@
 #      the 1B-class preset (and models/default when present);
 #   3. scripts/hf_baseline.py: transformers `generate` (eager and sdpa) on the identical config.
 # Everything goes under $OUT (default ./gpu_out): *.json, *.log, nvidia-smi.txt, gpu_mem.csv, summary.txt.
-# Needs: the stripped cuda binary at $FORESIGHT_BIN (default dist/gpu/foresight, built by
-# `scripts/build_cuda.sh --strip-to dist/gpu`), and for step 3 a python with torch + transformers
+# Needs: the cuda binary at $FORESIGHT_BIN, or else dist/gpu/foresight.xz (made here by
+# `scripts/build_cuda.sh --strip-to dist/gpu`, unpacked into $OUT/..), and for step 3 a python with torch + transformers
 # ($HF_PYTHON, default /opt/torch/.venv/bin/python3). Bounded to ~9 minutes in all.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT"
-BIN=${FORESIGHT_BIN:-dist/gpu/foresight}
 PY=${HF_PYTHON:-/opt/torch/.venv/bin/python3}
 [ -x "$PY" ] || PY=$(command -v python3 || true)
+BIN=${FORESIGHT_BIN:-}
+if [ -z "$BIN" ] && [ -f dist/gpu/foresight.xz ]; then
+  BIN=$(mktemp -d)/foresight
+  { xz -dc dist/gpu/foresight.xz 2>/dev/null || "$PY" -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' dist/gpu/foresight.xz; } > "$BIN"
+  chmod +x "$BIN"
+fi
+BIN=${BIN:-dist/gpu/foresight}
 T0=$(date +%s)
 say() { echo "$*" | tee -a "$OUT/summary.txt" >&2; }
 : > "$OUT/summary.txt"
@@ -33,7 +39,8 @@ add() { [ -d "$1" ] && LIBDIRS="${LIBDIRS:+$LIBDIRS:}$1"; }
 for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/local/cuda/lib64; do
   [ -e "$d/libcuda.so.1" ] && add "$d"
 done
-export LD_LIBRARY_PATH="$LIBDIRS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+[ -n "${LD_LIBRARY_PATH:-}" ] && LIBDIRS="${LIBDIRS:+$LIBDIRS:}$LD_LIBRARY_PATH"
+export LD_LIBRARY_PATH="$LIBDIRS"
 say "== LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 [ -x "$BIN" ] || { say "FAIL: no binary at $BIN (build it with scripts/build_cuda.sh --strip-to dist/gpu)"; exit 2; }
 ldd "$BIN" 2>&1 | grep -E 'cuda|cublas|curand|nvrtc|not found' | tee -a "$OUT/summary.txt" >&2
@@ -45,7 +52,7 @@ SMI=$!
 MODELS=()
 [ -f models/default/config.json ] && MODELS=(--model models/default)
 say "== foresight bench-gpu --check"
-export RUST_BACKTRACE=1 FORESIGHT_LOG=${FORESIGHT_LOG:-warn}
+export RUST_BACKTRACE=1 RUST_LIB_BACKTRACE=0 FORESIGHT_LOG=${FORESIGHT_LOG:-warn}   # backtraces for panics only
 timeout 330 "$BIN" bench-gpu --device cuda --preset 1b,tiny "${MODELS[@]}" --check --budget-secs 270 \
   --out "$OUT/bench_gpu.json" 2> "$OUT/bench_gpu.log"
 RC_BENCH=$?
