@@ -14,7 +14,8 @@ fn cpu_smoke_run_writes_every_section() {
     let out = dir.path().join("bench.json");
     let run = foresight()
         .current_dir(dir.path())
-        .args(["bench-gpu", "--device", "cpu", "--preset", "tiny", "--check", "--prompt-tokens", "48", "--new-tokens", "12"])
+        // 2000 prompt tokens do not fit the tiny model's 1024 positions: the prompt is shortened, and said so.
+        .args(["bench-gpu", "--device", "cpu", "--preset", "tiny", "--check", "--prompt-tokens", "2000", "--new-tokens", "12"])
         .args(["--completion-tokens", "6", "--prefill", "16,64", "--repeats", "1", "--train-seq", "16", "--train-batch", "2"])
         .args(["--train-steps", "1", "--out"])
         .arg(&out)
@@ -32,6 +33,9 @@ fn cpu_smoke_run_writes_every_section() {
     let modes: Vec<&str> = t["decode"].as_array().unwrap().iter().map(|d| d["mode"].as_str().unwrap()).collect();
     assert_eq!(modes, vec!["plain", "spec"]);
     assert_eq!(t["decode"][0]["tokens"], 12);
+    assert_eq!(t["decode"][0]["prompt_tokens"], 1024 - 12 - 16);
+    let skipped = t["skipped"].to_string();
+    assert!(skipped.contains("prompt shortened to 996"), "{skipped}");
     assert_eq!(t["completion"][1]["new_tokens"], 6);
     assert!(t["train"]["tokens_per_s"].as_f64().unwrap() > 0.0);
     let checks = t["checks"].as_array().unwrap();

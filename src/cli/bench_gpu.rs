@@ -111,6 +111,15 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
+/// Slack kept free in the cache beyond prompt + new tokens (a verification chunk may overshoot).
+pub const CACHE_SLACK: usize = 16;
+
+/// The prompt length to use: the one asked for, shortened so that it, `new_tokens` and the slack
+/// fit in `max_positions`; 0 when nothing fits.
+pub fn fit_prompt(wanted: usize, new_tokens: usize, max_positions: usize) -> usize {
+    wanted.min(max_positions.saturating_sub(new_tokens + CACHE_SLACK))
+}
+
 /// Comma-separated positive integers.
 pub fn parse_list(s: &str) -> Result<Vec<usize>> {
     s.split(',').filter(|x| !x.trim().is_empty()).map(|x| x.trim().parse::<usize>().with_context(|| format!("not a number: {x:?}"))).collect()
@@ -239,7 +248,7 @@ fn time_prefill(model: &MtpModel, n: usize, repeats: usize) -> Result<PrefillRow
 
 fn run_generate(model: &MtpModel, prompt: &[u32], max_tokens: usize, spec: bool) -> Result<foresight::decode::Generation> {
     let heads = if spec { model.n_heads() } else { 1 };
-    let mut cache = model.new_cache(prompt.len() + max_tokens + 16, heads)?;
+    let mut cache = model.new_cache(prompt.len() + max_tokens + CACHE_SLACK, heads)?;
     let params = GenerateParams { max_tokens, max_draft_len: model.n_heads().saturating_sub(1).max(1), ..Default::default() };
     let mut drafter: Box<dyn DraftSource> = if spec { Box::new(HeadDrafts) } else { Box::new(NoDrafts) };
     let g = generate(model, &mut cache, prompt, &params, drafter.as_mut(), &Control::default())?;
@@ -256,7 +265,8 @@ fn modes(model: &MtpModel) -> Vec<(&'static str, bool)> {
 }
 
 fn time_decode(model: &MtpModel, args: &BenchGpuArgs) -> Result<Vec<DecodeRow>> {
-    let prompt = synthetic_tokens(args.prompt_tokens, model.vocab_size(), 2);
+    let n = fit_prompt(args.prompt_tokens, args.new_tokens.max(args.completion_tokens), model.max_positions());
+    let prompt = synthetic_tokens(n, model.vocab_size(), 2);
     let mut rows = Vec::new();
     for (mode, spec) in modes(model) {
         run_generate(model, &prompt[..prompt.len().min(64)], 8, spec)?; // warm-up
@@ -283,7 +293,8 @@ fn time_decode(model: &MtpModel, args: &BenchGpuArgs) -> Result<Vec<DecodeRow>> 
 }
 
 fn time_completion(model: &MtpModel, args: &BenchGpuArgs) -> Result<Vec<CompletionRow>> {
-    let prompt = synthetic_tokens(args.prompt_tokens, model.vocab_size(), 3);
+    let n = fit_prompt(args.prompt_tokens, args.new_tokens.max(args.completion_tokens), model.max_positions());
+    let prompt = synthetic_tokens(n, model.vocab_size(), 3);
     let mut rows = Vec::new();
     for (mode, spec) in modes(model) {
         let mut samples = Vec::new();
@@ -456,8 +467,13 @@ fn bench_target(name: &str, model: &mut MtpModel, cfg_for_train: Option<&ModelCo
             r.skipped.push(format!("prefill {n}: time budget"));
         }
     }
-    if args.prompt_tokens + args.new_tokens + 16 > max_len {
-        bail!("--prompt-tokens + --new-tokens exceed {name}'s {max_len} positions");
+    let longest = args.new_tokens.max(args.completion_tokens);
+    let prompt = fit_prompt(args.prompt_tokens, longest, max_len);
+    if prompt == 0 {
+        bail!("{name} holds {max_len} positions: too few for {longest} new tokens");
+    }
+    if prompt < args.prompt_tokens {
+        r.skipped.push(format!("prompt shortened to {prompt} tokens to fit {name}'s {max_len} positions"));
     }
     if budget.left() {
         eprintln!("[{name}] decode");
@@ -579,6 +595,15 @@ mod tests {
         assert_eq!(spec - plain, 3 * layer * 2);
         assert!((0.3..0.6).contains(&floor_ms(plain, HBM_BYTES_PER_S)), "{}", floor_ms(plain, HBM_BYTES_PER_S));
         assert_eq!(floor_ms(4_300_000_000, 4.3e12), 1.0);
+    }
+
+    #[test]
+    fn fit_prompt_table() {
+        // (wanted, new tokens, max positions) -> prompt length
+        let cases = [((1024, 128, 4096), 1024), ((1024, 128, 1024), 880), ((1024, 2000, 1024), 0), ((10, 5, 31), 10), ((10, 5, 30), 9)];
+        for ((wanted, new, max), want) in cases {
+            assert_eq!(fit_prompt(wanted, new, max), want, "{wanted} {new} {max}");
+        }
     }
 
     #[test]
