@@ -14,7 +14,9 @@ use foresight::decode::SamplingParams;
 use foresight::model::weights::{load_dir, param_counts, read_config};
 use foresight::model::{weight_dtype, DeviceChoice, LoadedModel};
 
+mod bench_gpu;
 mod train;
+pub use bench_gpu::{bench_gpu, BenchGpuArgs};
 pub use train::{train, TrainArgs};
 
 #[derive(Parser, Debug)]
@@ -35,6 +37,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Finetune or train an MTP model on code repositories.
     Train(Box<TrainArgs>),
+    /// GPU benchmark: prefill, decode (plain and speculative), completion latency, training; JSON report.
+    #[command(name = "bench-gpu")]
+    BenchGpu(Box<BenchGpuArgs>),
     /// Print a model directory's config, parameter counts and special tokens.
     Inspect {
         /// Model directory (config.json, model.safetensors, tokenizer.json).

@@ -44,6 +44,7 @@ fn main() {
         cli::Command::Serve(args) => cli::serve(args),
         cli::Command::TinyModel { dir } => cli::tiny_model(&dir),
         cli::Command::Bench { which: cli::BenchCommand::Lsp(args) } => cli::bench_lsp(args),
+        cli::Command::BenchGpu(args) => cli::bench_gpu(*args),
     });
     if let Err(err) = result {
         if logging_to_file {

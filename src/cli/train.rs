@@ -111,7 +111,7 @@ pub struct TrainArgs {
     /// Checkpoints to keep [default: 2].
     #[arg(long)]
     pub keep_checkpoints: Option<usize>,
-    /// cpu, cuda or cuda:N [default: cpu].
+    /// auto, cpu, cuda or cuda:N [default: cpu].
     #[arg(long)]
     pub device: Option<String>,
     /// Matmul dtype, f32 or bf16; weights and optimizer state stay f32 [default: f32 on CPU, bf16 on CUDA].

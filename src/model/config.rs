@@ -90,6 +90,24 @@ fn default_n_future_tokens() -> usize {
     1
 }
 
+/// transformers 5 writes RoPE settings as `rope_parameters: {rope_theta, rope_type, ...}` instead
+/// of top-level `rope_theta` / `rope_scaling`. Lifts them to the top level (where a top-level key
+/// is absent), so both generations of config.json read alike; any rope_type but "default" becomes
+/// `rope_scaling`, which `validate` refuses by name.
+pub fn normalize_rope_parameters(config: &mut serde_json::Value) {
+    let Some(obj) = config.as_object_mut() else { return };
+    let Some(params) = obj.get("rope_parameters").and_then(|p| p.as_object()).cloned() else { return };
+    if !obj.contains_key("rope_theta") {
+        if let Some(theta) = params.get("rope_theta") {
+            obj.insert("rope_theta".into(), theta.clone());
+        }
+    }
+    let rope_type = params.get("rope_type").or_else(|| params.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
+    if rope_type != "default" && obj.get("rope_scaling").is_none_or(|v| v.is_null()) {
+        obj.insert("rope_scaling".into(), serde_json::Value::Object(params));
+    }
+}
+
 impl ModelConfig {
     /// Which decoder family this config describes, from `model_type` or else `architectures`.
     pub fn architecture(&self) -> Result<Architecture> {
@@ -205,6 +223,28 @@ mod tests {
 
     fn parse(v: serde_json::Value) -> ModelConfig {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn rope_parameters_table() {
+        use serde_json::json;
+        let cases = [
+            // transformers 5: theta only inside rope_parameters
+            (json!({"rope_parameters": {"rope_theta": 5e5, "rope_type": "default"}}), Some(json!(5e5)), None),
+            // top-level key wins
+            (json!({"rope_theta": 1e4, "rope_parameters": {"rope_theta": 5e5}}), Some(json!(1e4)), None),
+            // scaled RoPE becomes rope_scaling (refused later by validate)
+            (json!({"rope_parameters": {"rope_theta": 5e5, "rope_type": "llama3", "factor": 32.0}}), Some(json!(5e5)), Some("llama3")),
+            // transformers 4 layout is left alone
+            (json!({"rope_theta": 1e6}), Some(json!(1e6)), None),
+            (json!({}), None, None),
+        ];
+        for (mut v, theta, scaling) in cases {
+            let before = v.clone();
+            normalize_rope_parameters(&mut v);
+            assert_eq!(v.get("rope_theta").cloned(), theta, "{before}");
+            assert_eq!(v.get("rope_scaling").and_then(|s| s["rope_type"].as_str()), scaling, "{before}");
+        }
     }
 
     #[test]

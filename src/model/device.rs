@@ -33,13 +33,26 @@ impl DeviceChoice {
     pub fn device(self) -> Result<Device> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
-            Self::Auto if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() => Ok(Device::new_cuda(0)?),
+            // candle's `cuda_is_available()` only says the feature was compiled in; opening the
+            // device is the real test (no driver, no GPU, or a GPU this build's PTX cannot run on).
+            Self::Auto if cfg!(feature = "cuda") => Ok(auto_fallback(Device::new_cuda(0))),
             Self::Auto => Ok(Device::Cpu),
             Self::Cuda(n) if cfg!(feature = "cuda") => Device::new_cuda(n)
                 .map_err(|e| ModelError::InvalidConfig { reason: format!("cannot open CUDA device {n}: {e}") }),
             Self::Cuda(_) => Err(ModelError::InvalidConfig {
                 reason: "this foresight was built without the cuda feature; rebuild with `cargo build --release --features cuda`".into(),
             }),
+        }
+    }
+}
+
+/// `auto`: the GPU when it opened, else the CPU (saying why on the log, never failing).
+pub fn auto_fallback(opened: candle_core::Result<Device>) -> Device {
+    match opened {
+        Ok(device) => device,
+        Err(e) => {
+            tracing::info!("--device auto: no usable CUDA device ({e}); using the CPU");
+            Device::Cpu
         }
     }
 }
@@ -70,6 +83,14 @@ mod tests {
         for (s, want) in cases {
             assert_eq!(s.parse::<DeviceChoice>().map_err(|_| ()), want, "{s}");
         }
+    }
+
+    #[test]
+    fn auto_falls_back_to_the_cpu_when_no_gpu_opens() {
+        assert!(auto_fallback(Err(candle_core::Error::Msg("no driver".into()))).is_cpu());
+        assert!(auto_fallback(Ok(Device::Cpu)).is_cpu());
+        // Whatever this machine has, auto never fails.
+        assert!(DeviceChoice::Auto.device().is_ok());
     }
 
     #[test]

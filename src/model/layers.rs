@@ -8,6 +8,7 @@ use candle_nn::{Linear, VarBuilder};
 use super::config::ModelConfig;
 use super::cpu_kernels::{CachedAttention, SmallMatmul, MAX_ROWS};
 use super::error::Result;
+use super::gpu_ops::{FusedAttention, MAX_HEAD_DIM};
 use super::kv_cache::KvCache;
 use super::rope::Rope;
 
@@ -15,10 +16,53 @@ use super::rope::Rope;
 /// so training must use the plain-op forms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
-    /// Fused kernels: fast inference, no gradients.
+    /// Fused kernels: fast inference, no gradients. Attention over a cache takes the one-launch
+    /// `FusedAttention` op on a GPU for decode-sized chunks and the small-chunk kernels on the CPU
+    /// (see [`attention_path`]).
     Fused,
+    /// Fused kernels, but attention as plain candle ops (QK^T, mask, softmax in f32, PV): the
+    /// reference the fused attention is tested against, on the GPU too.
+    PlainAttention,
+    /// Fused kernels with `FusedAttention` wherever a cache is used, on any device (the CPU runs
+    /// the op's reference implementation): tests the op's contract without a GPU.
+    FusedAttention,
     /// Plain differentiable ops: training.
     Differentiable,
+}
+
+impl Kernels {
+    pub fn differentiable(self) -> bool {
+        self == Kernels::Differentiable
+    }
+}
+
+/// How one attention call is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// Candle ops: QK^T, scale, causal mask, softmax (f32 statistics), PV.
+    Plain,
+    /// The CPU small-chunk kernel over the cache (f32 on the CPU, a few rows).
+    CpuSmallChunk,
+    /// One `FusedAttention` launch over the cache.
+    Fused,
+}
+
+/// Most new rows for which `Kernels::Fused` takes the fused kernel on a GPU. The kernel runs on CUDA
+/// cores, one (row, head) per block: ideal for decode and verification chunks, where it replaces
+/// ~8 launches with one, but a long prefill is faster through cuBLAS's tensor-core matmuls.
+pub const FUSED_MAX_ROWS: usize = 16;
+
+/// Picks the attention path: a pure decision on the kernels wanted and where the call runs.
+pub fn attention_path(kernels: Kernels, on_gpu: bool, has_cache: bool, small: bool, rows: usize, head_dim: usize) -> AttentionPath {
+    match kernels {
+        Kernels::Differentiable | Kernels::PlainAttention => AttentionPath::Plain,
+        _ if !has_cache => AttentionPath::Plain,
+        Kernels::Fused if small => AttentionPath::CpuSmallChunk,
+        Kernels::Fused if on_gpu && rows <= FUSED_MAX_ROWS && head_dim <= MAX_HEAD_DIM => AttentionPath::Fused,
+        Kernels::Fused => AttentionPath::Plain,
+        Kernels::FusedAttention if head_dim <= MAX_HEAD_DIM => AttentionPath::Fused,
+        Kernels::FusedAttention => AttentionPath::Plain,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -33,9 +77,11 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
-        Ok(match kernels {
-            Kernels::Fused => candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?,
-            Kernels::Differentiable => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32)?,
+        // The fused kernel keeps the mean of squares and the scaling in f32 for bf16 inputs too.
+        Ok(if kernels.differentiable() {
+            candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32)?
+        } else {
+            candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?
         })
     }
 }
@@ -115,40 +161,51 @@ impl Attention {
     pub fn forward(&self, x: &Tensor, offset: usize, rope: &Rope, cache: Option<&mut KvCache>, kernels: Kernels) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let differentiable = kernels == Kernels::Differentiable;
+        let differentiable = kernels.differentiable();
         let small = small_chunk(x, b * t, kernels);
+        let path = attention_path(kernels, x.device().is_cuda(), cache.is_some() && b == 1, small, t, hd);
         let q = apply_linear(&self.q_proj, x, small)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
         let k = apply_linear(&self.k_proj, x, small)?.reshape((b, t, kv, hd))?.transpose(1, 2)?;
         let v = apply_linear(&self.v_proj, x, small)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
         let q = rope.apply(&q, offset, differentiable)?;
         let k = rope.apply(&k, offset, differentiable)?;
-        let (k, v) = match cache {
-            Some(cache) if small && b == 1 => {
+        let scale = 1.0 / (hd as f64).sqrt();
+        let (k, v) = match (cache, path) {
+            (Some(cache), AttentionPath::CpuSmallChunk) => {
                 cache.append(&k, &v)?;
                 let (k_all, v_all) = cache.buffers();
-                let op = CachedAttention { len: cache.len(), scale: 1.0 / (hd as f32).sqrt() };
+                let op = CachedAttention { len: cache.len(), scale: scale as f32 };
                 let out = q.contiguous()?.apply_op3_no_bwd(k_all, v_all, &op)?;
                 let out = out.transpose(1, 2)?.reshape((b, t, h * hd))?;
                 return apply_linear(&self.o_proj, &out, small);
             }
-            Some(cache) => cache.append(&k, &v)?,
-            None => (k, v),
+            (Some(cache), AttentionPath::Fused) => {
+                cache.append(&k, &v)?;
+                let (k_all, v_all) = cache.buffers();
+                // One launch; q is read in place and the output is already (1, t, h, hd).
+                let out = q.apply_op3_no_bwd(k_all, v_all, &FusedAttention { len: cache.len(), scale: scale as f32 })?;
+                return Ok(self.o_proj.forward(&out.reshape((b, t, h * hd))?)?);
+            }
+            (Some(cache), _) => cache.append(&k, &v)?,
+            (None, _) => (k, v),
         };
         let n_keys = k.dim(2)?;
         // Grouped-query attention without copying keys: fold each kv head's query group into rows.
         let group = h / kv;
         let q = q.contiguous()?.reshape((b, kv, group * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
+        // Softmax statistics in f32 whatever the weight dtype (bf16 on a GPU); back to it for PV.
+        let scores = if differentiable { scores } else { scores.to_dtype(DType::F32)? };
         let scores = if t > 1 {
             let mask = causal_mask(t, n_keys, offset, scores.dtype(), scores.device())?;
             scores.reshape((b, kv, group, t, n_keys))?.broadcast_add(&mask)?.reshape((b, kv, group * t, n_keys))?
         } else {
             scores
         };
-        let probs = match kernels {
-            Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
-            Kernels::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        let probs = if differentiable {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?
         };
         let out = probs.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
         Ok(self.o_proj.forward(&out)?)
@@ -194,6 +251,30 @@ impl DecoderLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attention_path_table() {
+        use AttentionPath::*;
+        let k = Kernels::Fused;
+        // (kernels, on_gpu, has_cache, small, rows, head_dim) -> path
+        let cases = [
+            ((k, false, true, true, 1, 64), CpuSmallChunk),
+            ((k, false, true, false, 100, 64), Plain),
+            ((k, true, true, false, 1, 64), Fused),
+            ((k, true, true, false, FUSED_MAX_ROWS, 128), Fused),
+            ((k, true, true, false, FUSED_MAX_ROWS + 1, 128), Plain), // prefill: tensor-core matmuls
+            ((k, true, true, false, 1, 512), Plain),
+            ((k, true, false, false, 1, 64), Plain),
+            ((Kernels::PlainAttention, true, true, false, 1, 64), Plain),
+            ((Kernels::FusedAttention, false, true, true, 1, 64), Fused),
+            ((Kernels::FusedAttention, true, true, false, 2048, 64), Fused),
+            ((Kernels::FusedAttention, false, false, false, 1, 64), Plain),
+            ((Kernels::Differentiable, true, true, false, 1, 64), Plain),
+        ];
+        for ((kernels, gpu, cache, small, rows, hd), want) in cases {
+            assert_eq!(attention_path(kernels, gpu, cache, small, rows, hd), want, "{kernels:?} gpu={gpu} cache={cache} small={small} rows={rows} hd={hd}");
+        }
+    }
 
     #[test]
     fn causal_mask_table() {

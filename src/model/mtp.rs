@@ -7,6 +7,7 @@ use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::config::ModelConfig;
 use super::error::{ModelError, Result};
+use super::gpu_ops::logits_f32;
 use super::kv_cache::KvCache;
 use super::layers::{apply_linear, small_chunk, DecoderLayer, Kernels, RmsNorm};
 use super::rope::Rope;
@@ -212,11 +213,19 @@ impl MtpModel {
     }
 
     /// Final norm and unembedding of hidden states `(..., hidden)`, as f32 logits `(..., vocab)`.
+    /// With bf16 weights (GPU) the logits are computed in f32 (accumulated and written), never
+    /// rounded to bf16: acceptance compares them, and bf16 would make near-ties.
     pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
         let normed = self.norm.forward(hidden, self.kernels)?;
         let rows = hidden.elem_count() / self.config.hidden_size;
         let small = small_chunk(&normed, rows, self.kernels);
-        Ok(apply_linear(&self.lm_head, &normed, small)?.to_dtype(DType::F32)?)
+        if self.dtype == DType::F32 || self.kernels.differentiable() {
+            return Ok(apply_linear(&self.lm_head, &normed, small)?.to_dtype(DType::F32)?);
+        }
+        let mut dims = hidden.dims().to_vec();
+        let logits = logits_f32(&normed.reshape((rows, self.config.hidden_size))?, self.lm_head.weight())?;
+        *dims.last_mut().expect("hidden has a last dim") = self.config.vocab_size;
+        Ok(logits.reshape(dims)?)
     }
 
     /// Logits of every extra head at row `pos` of a forward's output, as one `(n_extra, vocab)` matmul.

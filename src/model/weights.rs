@@ -166,7 +166,9 @@ fn require_file(dir: &Path, file: &str, hint: &'static str) -> Result<PathBuf> {
 pub fn read_config(dir: &Path) -> Result<ModelConfig> {
     let path = require_file(dir, CONFIG_FILE, "every model directory needs its config")?;
     let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
-    let cfg: ModelConfig = serde_json::from_str(&text).map_err(|source| ModelError::BadConfig { path, source })?;
+    let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::BadConfig { path: path.clone(), source })?;
+    super::config::normalize_rope_parameters(&mut json);
+    let cfg: ModelConfig = serde_json::from_value(json).map_err(|source| ModelError::BadConfig { path, source })?;
     cfg.validate()?;
     Ok(cfg)
 }

@@ -51,20 +51,10 @@ pub enum Outcome {
     Interrupted { checkpoint: PathBuf, step: u64 },
 }
 
-/// Parses `--device`.
+/// Parses `--device` (auto, cpu, cuda, cuda:N) and opens the device, as every subcommand does.
 pub fn parse_device(name: &str) -> Result<Device> {
-    let err = |e: String| TrainError::Device(name.to_string(), e);
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        _ => {
-            let ordinal = match name.strip_prefix("cuda") {
-                Some("") => 0,
-                Some(rest) => rest.strip_prefix(':').and_then(|n| n.parse().ok()).ok_or_else(|| err("use cpu, cuda or cuda:N".into()))?,
-                None => return Err(err("use cpu, cuda or cuda:N".into())),
-            };
-            Device::new_cuda(ordinal).map_err(|e| err(format!("{e} (build with --features cuda)")))
-        }
-    }
+    let choice: crate::model::DeviceChoice = name.parse().map_err(|e: String| TrainError::Device(name.to_string(), e))?;
+    choice.device().map_err(|e| TrainError::Device(name.to_string(), e.to_string()))
 }
 
 fn compute_dtype(opts: &TrainOptions, device: &Device) -> DType {
