@@ -257,8 +257,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let dir = resolve_model_dir(args.model.as_deref())?;
     let loaded = load_model(&dir, args.device)?;
     let base = foresight::eval::eval_settings(args.max_tokens);
-    // The same cache size as `serve` gives this model.
-    let capacity = loaded.model.max_positions().clamp(256, 4096);
+    let capacity = foresight::complete::service::serving_capacity(&loaded.model);
     let mut service = foresight::complete::service::CompletionService::new(Engine::new(loaded, capacity));
     let modes = args.mode.map_or(EvalModes::Both, EvalModes::Only);
     let mut json = match &args.json {

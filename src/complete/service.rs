@@ -89,6 +89,12 @@ pub struct Suggestion {
     pub prompt_ms: f64,
 }
 
+/// KV-cache size the server (and `eval`, which scores the server's pipeline) gives a model:
+/// room for prefix, suffix, snippets and generation, within what the model can address.
+pub fn serving_capacity(model: &crate::model::MtpModel) -> usize {
+    model.max_positions().clamp(256, 4096)
+}
+
 /// The prompt budget shrunk, if needed, so that prompt, snippets and completion fit in a cache of
 /// `capacity` tokens (the suffix and the prefix give up tokens in proportion).
 pub fn fit_budget(settings: &Settings, capacity: usize) -> PromptBudget {

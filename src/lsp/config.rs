@@ -11,13 +11,7 @@ use crate::complete::service::Settings;
 use crate::complete::{LinePolicy, Mode};
 use crate::decode::SamplingParams;
 
-/// Where the model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DeviceChoice {
-    #[default]
-    Cpu,
-    Cuda,
-}
+pub use crate::model::DeviceChoice;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
@@ -81,10 +75,9 @@ impl ServerConfig {
                     Some(s) if !s.is_empty() => self.model = Some(PathBuf::from(s)),
                     _ => bad("a model directory path"),
                 },
-                "device" => match v.as_str() {
-                    Some("cpu") => self.device = DeviceChoice::Cpu,
-                    Some("cuda") => self.device = DeviceChoice::Cuda,
-                    _ => bad("\"cpu\" or \"cuda\""),
+                "device" => match v.as_str().map(str::parse::<DeviceChoice>) {
+                    Some(Ok(d)) => self.device = d,
+                    _ => bad("\"auto\", \"cpu\", \"cuda\" or \"cuda:N\""),
                 },
                 "maxTokens" => match as_usize(v) {
                     Some(n) if n > 0 => self.settings.max_tokens = n,
@@ -174,7 +167,7 @@ mod tests {
         let w = c.apply(&json!({"foresight": {"model": "/m", "device": "cuda", "speculative": true, "maxTokens": -1}}));
         assert_eq!(w.len(), 1, "{w:?}");
         assert_eq!(c.model, Some(PathBuf::from("/m")));
-        assert_eq!(c.device, DeviceChoice::Cuda);
+        assert_eq!(c.device, DeviceChoice::Cuda(0));
         assert_eq!(c.settings.mode, Mode::Spec);
         assert_eq!(c.settings.max_tokens, 32, "a bad value leaves the old one");
 

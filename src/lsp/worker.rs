@@ -9,14 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
-use candle_core::{DType, Device};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::complete::service::{CompletionService, Request, Settings, Suggestion};
+use crate::complete::service::{serving_capacity, CompletionService, Request, Settings, Suggestion};
 use crate::complete::snippets::SourceDoc;
 use crate::complete::Engine;
 use crate::model::weights::load_dir;
+use crate::model::weight_dtype;
 
 use super::config::DeviceChoice;
 
@@ -230,12 +230,8 @@ impl Drop for ReplyGuard {
 }
 
 fn load(dir: &std::path::Path, device: DeviceChoice) -> Result<Engine, String> {
-    let device = match device {
-        DeviceChoice::Cpu => Device::Cpu,
-        DeviceChoice::Cuda => Device::new_cuda(0).map_err(|e| format!("cannot use CUDA device 0: {e}"))?,
-    };
-    let loaded = load_dir(dir, &device, DType::F32).map_err(|e| format!("cannot load model {}: {e}", dir.display()))?;
-    // Prefix + suffix + snippets + generation, with room to spare for the largest settings.
-    let capacity = loaded.model.max_positions().clamp(256, 4096);
+    let device = device.device().map_err(|e| e.to_string())?;
+    let loaded = load_dir(dir, &device, weight_dtype(&device)).map_err(|e| format!("cannot load model {}: {e}", dir.display()))?;
+    let capacity = serving_capacity(&loaded.model);
     Ok(Engine::new(loaded, capacity))
 }

@@ -179,12 +179,14 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.is_file() {
         return Ok(vec![single]);
     }
-    let index = require_file(dir, WEIGHTS_INDEX_FILE, "expected model.safetensors or a sharded model.safetensors.index.json")
-        .map_err(|_| ModelError::MissingFile {
+    let index = dir.join(WEIGHTS_INDEX_FILE);
+    if !index.is_file() {
+        return Err(ModelError::MissingFile {
             dir: dir.to_path_buf(),
             file: WEIGHTS_FILE.into(),
             hint: "expected model.safetensors or a sharded model.safetensors.index.json",
-        })?;
+        });
+    }
     let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io { path: index.clone(), source })?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|source| ModelError::BadConfig { path: index.clone(), source })?;
