@@ -114,7 +114,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(loaded: LoadedModel, cache_capacity: usize) -> Self {
+    pub fn new(mut loaded: LoadedModel, cache_capacity: usize) -> Self {
+        // Halves the bytes a CPU decode step reads when the weights are bf16 values (lossless).
+        match loaded.model.compact_for_decode() {
+            Ok(n) => tracing::debug!("{n} projections keep a bf16 copy for decoding"),
+            Err(e) => tracing::warn!("cannot keep bf16 copies of the weights, decoding reads f32: {e}"),
+        }
         let mut text_tokenizer = loaded.tokenizer.clone();
         text_tokenizer.set_encode_special_tokens(true);
         // No cache may outgrow the positions the model knows (its RoPE table / trained context).

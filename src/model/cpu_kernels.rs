@@ -1,5 +1,6 @@
-//! Decode-time CPU kernels for short chunks (at most [`MAX_ROWS`] new tokens): a matmul that
-//! streams each weight row once for all rows, and causal attention over a KV cache. Each output
+//! Decode-time CPU kernels for short chunks (at most [`MAX_ROWS`] new tokens): a matmul over
+//! blocks of eight weight rows (one AVX2 accumulator per output, eight reduced at once), and
+//! causal attention over a KV cache. Each output
 //! row is computed by the same code whatever the chunk length, so verifying k drafts costs about
 //! one token's memory traffic, and verified rows are bit-identical to one-token decoding.
 //! Not for prefill, GPUs or training: those use candle's gemm and ops.
@@ -44,63 +45,105 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     acc[0]
 }
 
-/// Dots of `R` rows of `x` (row stride `k`) with one weight row, reading the weight once.
-/// Each result is bit-identical to [`dot`] of that row alone: same lanes, same reduction order.
+/// Dot product of `a` and `b` for the attention kernel: 16 lanes in two AVX2 accumulators, then
+/// a fixed reduction, so the same inputs always give the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_rows_avx2<const R: usize>(x: &[f32], k: usize, w: &[f32]) -> [f32; R] {
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     use std::arch::x86_64::*;
-    let (px, pw) = (x.as_ptr(), w.as_ptr());
-    let mut acc0 = [_mm256_setzero_ps(); R];
-    let mut acc1 = [_mm256_setzero_ps(); R];
+    let k = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let mut i = 0;
     while i + 16 <= k {
-        let w0 = _mm256_loadu_ps(pw.add(i));
-        let w1 = _mm256_loadu_ps(pw.add(i + 8));
-        for r in 0..R {
-            acc0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(r * k + i)), w0, acc0[r]);
-            acc1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(r * k + i + 8)), w1, acc1[r]);
-        }
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), acc1);
         i += 16;
     }
-    let mut out = [0f32; R];
-    for r in 0..R {
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc0[r], acc1[r]));
-        let mut sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-        for j in i..k {
-            sum += x[r * k + j] * w[j];
-        }
-        out[r] = sum;
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc0, acc1));
+    let mut sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    for j in i..k {
+        sum += a[j] * b[j];
     }
-    out
+    sum
 }
 
-/// Dots of every row of `x` (`rows` rows of length `k`) with `w_row`, into `out`.
+/// Weight rows per block of the matmul kernel: one AVX2 accumulator each, reduced together.
+const BLOCK: usize = 8;
+
+/// Lane `c` of the result is the sum of the lanes of `acc[c]`, added as
+/// `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))` whatever the other accumulators hold.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
-fn dot_rows(x: &[f32], rows: usize, k: usize, w_row: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        let mut r = 0;
-        while r < rows {
-            let xs = &x[r * k..];
-            // SAFETY: AVX2 and FMA are present; each call reads `n` whole rows of `x`.
-            let n = (rows - r).min(4);
-            unsafe {
-                match n {
-                    4 => out[r..r + 4].copy_from_slice(&dot_rows_avx2::<4>(xs, k, w_row)),
-                    3 => out[r..r + 3].copy_from_slice(&dot_rows_avx2::<3>(xs, k, w_row)),
-                    2 => out[r..r + 2].copy_from_slice(&dot_rows_avx2::<2>(xs, k, w_row)),
-                    _ => out[r] = dot_rows_avx2::<1>(xs, k, w_row)[0],
+unsafe fn reduce8(acc: &[std::arch::x86_64::__m256; BLOCK]) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let h01 = _mm256_hadd_ps(acc[0], acc[1]);
+    let h23 = _mm256_hadd_ps(acc[2], acc[3]);
+    let h45 = _mm256_hadd_ps(acc[4], acc[5]);
+    let h67 = _mm256_hadd_ps(acc[6], acc[7]);
+    let h0123 = _mm256_hadd_ps(h01, h23);
+    let h4567 = _mm256_hadd_ps(h45, h67);
+    let low = _mm256_permute2f128_ps(h0123, h4567, 0x20);
+    let high = _mm256_permute2f128_ps(h0123, h4567, 0x31);
+    _mm256_add_ps(low, high)
+}
+
+/// `out[r][c] = x[r] · w[c]` for every row `r` of `x` (`rows` rows of length `k`) and the
+/// [`BLOCK`] weight rows of `w` (row stride `k`). Each output sits in its own accumulator and is
+/// reduced by [`reduce8`], so its bits depend only on its own two rows: never on `rows`, on the
+/// other weight rows, or on threads.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2(x: &[f32], rows: usize, k: usize, w: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() >= rows * k && w.len() >= BLOCK * k && out.len() >= rows * BLOCK);
+    let pw = w.as_ptr();
+    let full = k / 8 * 8;
+    for r in 0..rows {
+        let px = x.as_ptr().add(r * k);
+        let mut acc = [_mm256_setzero_ps(); BLOCK];
+        let mut i = 0;
+        while i < full {
+            let xv = _mm256_loadu_ps(px.add(i));
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(xv, _mm256_loadu_ps(pw.add(c * k + i)), *a);
+            }
+            i += 8;
+        }
+        let sums = reduce8(&acc);
+        let o = &mut out[r * BLOCK..(r + 1) * BLOCK];
+        _mm256_storeu_ps(o.as_mut_ptr(), sums);
+        if full < k {
+            for (c, o) in o.iter_mut().enumerate() {
+                for j in full..k {
+                    *o += x[r * k + j] * w[c * k + j];
                 }
             }
-            r += n;
         }
-        return;
     }
-    for (i, o) in out[..rows].iter_mut().enumerate() {
-        *o = dot(&x[i * k..(i + 1) * k], w_row);
+}
+
+/// Portable form of [`block_avx2`] (same contract, its own summation order).
+fn block_lanes(x: &[f32], rows: usize, k: usize, w: &[f32], out: &mut [f32]) {
+    for r in 0..rows {
+        for c in 0..BLOCK {
+            out[r * BLOCK + c] = dot_lanes(&x[r * k..(r + 1) * k], &w[c * k..(c + 1) * k]);
+        }
     }
+}
+
+/// `out (rows, BLOCK) = x (rows, k) @ w (BLOCK, k)^T` through the best kernel this CPU has.
+#[inline]
+fn matmul_block(x: &[f32], rows: usize, k: usize, w: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present; the slices hold `rows` rows of `x`, BLOCK rows of `w`
+        // and rows * BLOCK outputs (checked by the callers' sizes).
+        return unsafe { block_avx2(x, rows, k, w, out) };
+    }
+    block_lanes(x, rows, k, w, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -116,7 +159,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked above).
-        return unsafe { dot_rows_avx2::<1>(&a[..b.len()], b.len(), b)[0] };
+        return unsafe { dot_avx2(&a[..b.len()], b) };
     }
     dot_lanes(a, b)
 }
@@ -157,31 +200,142 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     axpy_lanes(a, x, y)
 }
 
+/// `out[..src.len()] = src` widened to f32. bf16 is the high half of an f32: exact.
+fn widen_bf16(src: &[half::bf16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: AVX2 is present; `out` is at least as long as `src`.
+        return unsafe { widen_bf16_avx2(src, out) };
+    }
+    for (o, v) in out.iter_mut().zip(src) {
+        *o = f32::from_bits((v.to_bits() as u32) << 16);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn widen_bf16_avx2(src: &[half::bf16], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(out.len() >= src.len());
+    let (ps, po) = (src.as_ptr() as *const u16, out.as_mut_ptr());
+    let mut i = 0;
+    while i + 8 <= src.len() {
+        let halves = _mm_loadu_si128(ps.add(i) as *const __m128i);
+        _mm256_storeu_ps(po.add(i), _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves))));
+        i += 8;
+    }
+    for j in i..src.len() {
+        out[j] = f32::from_bits((src[j].to_bits() as u32) << 16);
+    }
+}
+
+/// One row of `x` against a full block of bf16 weight rows, widening as it reads (no scratch):
+/// the same sums, in the same order, as [`block_avx2`] on the widened rows. False (nothing
+/// done) where the CPU lacks AVX2.
+fn bf16_block_inline(x: &[f32], k: usize, w: &[half::bf16], out: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: AVX2 and FMA are present; `w` holds BLOCK rows of `k`, `x` one row, `out` BLOCK.
+        unsafe { block_bf16_avx2(x, k, w, out) };
+        return true;
+    }
+    let _ = (x, k, w, out);
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_bf16_avx2(x: &[f32], k: usize, w: &[half::bf16], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(x.len() >= k && w.len() >= BLOCK * k && out.len() >= BLOCK);
+    let (px, pw) = (x.as_ptr(), w.as_ptr() as *const u16);
+    let full = k / 8 * 8;
+    let mut acc = [_mm256_setzero_ps(); BLOCK];
+    let mut i = 0;
+    while i < full {
+        let xv = _mm256_loadu_ps(px.add(i));
+        for (c, a) in acc.iter_mut().enumerate() {
+            let halves = _mm_loadu_si128(pw.add(c * k + i) as *const __m128i);
+            let wv = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)));
+            *a = _mm256_fmadd_ps(xv, wv, *a);
+        }
+        i += 8;
+    }
+    _mm256_storeu_ps(out.as_mut_ptr(), reduce8(&acc));
+    for (c, o) in out[..BLOCK].iter_mut().enumerate() {
+        for j in full..k {
+            *o += x[j] * f32::from_bits((w[c * k + j].to_bits() as u32) << 16);
+        }
+    }
+}
+
+/// Weight matrix `(n, k)` of a small-chunk matmul: f32, or bf16 that the kernel widens to f32
+/// exactly (half the memory traffic, the same products).
+#[derive(Debug, Clone, Copy)]
+pub enum Weights<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
+}
+
 /// `x (rows, k) @ w (n, k)^T`, as `(rows, n)`.
-pub fn small_matmul(x: &[f32], rows: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
-    // Work in (n, rows) so threads own disjoint output columns, then transpose.
-    let mut out_t = vec![0f32; n * rows];
-    let fill = |j0: usize, chunk: &mut [f32]| {
-        for (dj, outs) in chunk.chunks_exact_mut(rows).enumerate() {
-            dot_rows(x, rows, k, &w[(j0 + dj) * k..(j0 + dj + 1) * k], outs);
+pub fn small_matmul(x: &[f32], rows: usize, k: usize, w: Weights, n: usize) -> Vec<f32> {
+    // Blocks of BLOCK weight rows; block b's outputs land in out_blocks[b] as (rows, BLOCK), so
+    // threads own disjoint slices. The last block is zero-padded when n is not a multiple, and
+    // bf16 blocks are widened into a scratch buffer first.
+    let n_blocks = n.div_ceil(BLOCK);
+    let block_len = rows * BLOCK;
+    let mut out_blocks = vec![0f32; n_blocks * block_len];
+    let fill = |b: usize, out: &mut [f32], scratch: &mut Vec<f32>| {
+        let (j0, j1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
+        match w {
+            Weights::F32(w) if j1 - j0 == BLOCK => matmul_block(x, rows, k, &w[j0 * k..j1 * k], out),
+            Weights::F32(w) => {
+                scratch.clear();
+                scratch.extend_from_slice(&w[j0 * k..j1 * k]);
+                scratch.resize(BLOCK * k, 0.0);
+                matmul_block(x, rows, k, scratch, out);
+            }
+            Weights::Bf16(w) if rows == 1 && j1 - j0 == BLOCK && bf16_block_inline(x, k, &w[j0 * k..j1 * k], out) => {}
+            Weights::Bf16(w) => {
+                scratch.clear();
+                scratch.resize(BLOCK * k, 0.0);
+                widen_bf16(&w[j0 * k..j1 * k], scratch);
+                matmul_block(x, rows, k, scratch, out);
+            }
         }
     };
     if n * k * rows >= PARALLEL_MIN_WORK {
-        let per_task = n.div_ceil(rayon::current_num_threads() * 4).max(16);
-        out_t.par_chunks_mut(per_task * rows).enumerate().for_each(|(c, chunk)| fill(c * per_task, chunk));
+        let per_task = n_blocks.div_ceil(rayon::current_num_threads() * 4).max(2);
+        out_blocks.par_chunks_mut(per_task * block_len).enumerate().for_each(|(t, chunk)| {
+            let mut scratch = Vec::with_capacity(BLOCK * k);
+            for (i, out) in chunk.chunks_exact_mut(block_len).enumerate() {
+                fill(t * per_task + i, out, &mut scratch);
+            }
+        });
     } else {
-        fill(0, &mut out_t);
+        let mut scratch = Vec::with_capacity(BLOCK * k);
+        for (b, out) in out_blocks.chunks_exact_mut(block_len).enumerate() {
+            fill(b, out, &mut scratch);
+        }
     }
     let mut out = vec![0f32; rows * n];
-    for j in 0..n {
-        for i in 0..rows {
-            out[i * n + j] = out_t[j * rows + i];
+    for (b, block) in out_blocks.chunks_exact(block_len).enumerate() {
+        let (j0, j1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
+        for r in 0..rows {
+            out[r * n + j0..r * n + j1].copy_from_slice(&block[r * BLOCK..r * BLOCK + (j1 - j0)]);
         }
     }
     out
 }
 
-/// `x (..., k)` times `w (n, k)` transposed, for at most [`MAX_ROWS`] rows of `x`.
+/// Whether every value of `w` is a bf16 value (its low 16 bits are zero), so that a bf16 copy
+/// loses nothing: true of weights stored as bf16 and loaded as f32.
+pub fn exactly_bf16(w: &[f32]) -> bool {
+    w.iter().all(|v| v.to_bits() & 0xffff == 0)
+}
+
+/// `x (..., k)` times `w (n, k)` transposed, for at most [`MAX_ROWS`] rows of `x`; `w` is f32 or
+/// bf16, the result f32.
 pub struct SmallMatmul;
 
 impl CustomOp2 for SmallMatmul {
@@ -191,7 +345,12 @@ impl CustomOp2 for SmallMatmul {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "small-matmul lhs")?;
-        let w = f32_slice(s2, l2, "small-matmul weight")?;
+        let Some((start, end)) = l2.contiguous_offsets() else { candle_core::bail!("small-matmul weight: must be contiguous") };
+        let w = match s2 {
+            CpuStorage::F32(w) => Weights::F32(&w[start..end]),
+            CpuStorage::BF16(w) => Weights::Bf16(&w[start..end]),
+            _ => candle_core::bail!("small-matmul weight: f32 or bf16"),
+        };
         let (n, k) = l2.shape().dims2()?;
         let dims = l1.shape().dims();
         if dims.last() != Some(&k) {
@@ -281,12 +440,28 @@ mod tests {
         let (k, n) = (70, 300);
         let x: Vec<f32> = (0..8 * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.05).collect();
-        let all = small_matmul(&x, 8, k, &w, n);
+        let all = small_matmul(&x, 8, k, Weights::F32(&w), n);
         for i in 0..8 {
-            let one = small_matmul(&x[i * k..(i + 1) * k], 1, k, &w, n);
+            let one = small_matmul(&x[i * k..(i + 1) * k], 1, k, Weights::F32(&w), n);
             assert_eq!(&all[i * n..(i + 1) * n], one.as_slice(), "row {i}");
             let want: f32 = (0..k).map(|c| x[i * k + c] * w[c]).sum();
             assert!((one[0] - want).abs() < 1e-4);
         }
+    }
+
+    #[test]
+    fn bf16_weights_give_the_bits_of_their_f32_values() {
+        let (k, n) = (70, 45);
+        let x: Vec<f32> = (0..3 * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+        let w16: Vec<half::bf16> = (0..n * k).map(|i| half::bf16::from_f32(((i * 5 % 11) as f32 - 5.0) * 0.0371)).collect();
+        let w32: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
+        assert!(exactly_bf16(&w32));
+        assert!(!exactly_bf16(&[0.1f32]));
+        for rows in [1, 3] {
+            // rows 1 takes the inline-widening kernel for full blocks, rows 3 the scratch path.
+            assert_eq!(small_matmul(&x, rows, k, Weights::Bf16(&w16), n), small_matmul(&x, rows, k, Weights::F32(&w32), n));
+        }
+        let one = small_matmul(&x[..k], 1, k, Weights::Bf16(&w16), n);
+        assert_eq!(&small_matmul(&x, 3, k, Weights::Bf16(&w16), n)[..n], one.as_slice());
     }
 }

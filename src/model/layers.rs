@@ -6,7 +6,7 @@ use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::ModelConfig;
-use super::cpu_kernels::{CachedAttention, SmallMatmul, MAX_ROWS};
+use super::cpu_kernels::{exactly_bf16, CachedAttention, SmallMatmul, MAX_ROWS};
 use super::error::Result;
 use super::gpu_ops::{FusedAttention, MAX_HEAD_DIM};
 use super::kv_cache::KvCache;
@@ -91,27 +91,71 @@ pub fn small_chunk(x: &Tensor, rows: usize, kernels: Kernels) -> bool {
     kernels == Kernels::Fused && rows <= MAX_ROWS && x.device().is_cpu() && x.dtype() == DType::F32
 }
 
-/// `lin(x)`, through the small-chunk kernel when `small`.
-pub fn apply_linear(lin: &Linear, x: &Tensor, small: bool) -> Result<Tensor> {
-    if !small {
-        return Ok(lin.forward(x)?);
+/// A linear layer. On the CPU it may also keep a bf16 copy of its f32 weight for the small-chunk
+/// kernel, which then streams half the bytes per decode step (see [`Proj::compact`]).
+#[derive(Debug, Clone)]
+pub struct Proj {
+    lin: Linear,
+    compact: Option<Tensor>,
+}
+
+impl Proj {
+    pub fn new(lin: Linear) -> Self {
+        Self { lin, compact: None }
     }
-    let y = x.contiguous()?.apply_op2_no_bwd(lin.weight(), &SmallMatmul)?;
+
+    pub fn weight(&self) -> &Tensor {
+        self.lin.weight()
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.lin.bias()
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.lin.forward(x)?)
+    }
+
+    /// Keeps a bf16 copy of the weight for the small-chunk kernel when the weight is an f32 CPU
+    /// tensor whose every value is a bf16 value (a model stored as bf16): lossless, so decoding
+    /// gives the same bits. Returns whether it did. The copy is not updated if the weight
+    /// changes later, so only inference calls this (never training).
+    pub fn compact(&mut self) -> Result<bool> {
+        let w = self.lin.weight();
+        if !w.device().is_cpu() || w.dtype() != DType::F32 {
+            return Ok(false);
+        }
+        let values = w.flatten_all()?.to_vec1::<f32>()?;
+        if !exactly_bf16(&values) {
+            return Ok(false);
+        }
+        self.compact = Some(w.to_dtype(DType::BF16)?);
+        Ok(true)
+    }
+}
+
+/// `lin(x)`, through the small-chunk kernel when `small` (reading the bf16 copy when there is one).
+pub fn apply_linear(lin: &Proj, x: &Tensor, small: bool) -> Result<Tensor> {
+    if !small {
+        return lin.forward(x);
+    }
+    let w = lin.compact.as_ref().unwrap_or(lin.weight());
+    let y = x.contiguous()?.apply_op2_no_bwd(w, &SmallMatmul)?;
     Ok(match lin.bias() {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     })
 }
 
-fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    Ok(if bias { candle_nn::linear(in_dim, out_dim, vb)? } else { candle_nn::linear_no_bias(in_dim, out_dim, vb)? })
+fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Proj> {
+    Ok(Proj::new(if bias { candle_nn::linear(in_dim, out_dim, vb)? } else { candle_nn::linear_no_bias(in_dim, out_dim, vb)? }))
 }
 
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
-    pub down_proj: Linear,
+    pub gate_proj: Proj,
+    pub up_proj: Proj,
+    pub down_proj: Proj,
 }
 
 impl Mlp {
@@ -133,10 +177,10 @@ impl Mlp {
 
 #[derive(Debug, Clone)]
 pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub o_proj: Linear,
+    pub q_proj: Proj,
+    pub k_proj: Proj,
+    pub v_proj: Proj,
+    pub o_proj: Proj,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -184,7 +228,7 @@ impl Attention {
                 let (k_all, v_all) = cache.buffers();
                 // One launch; q is read in place and the output is already (1, t, h, hd).
                 let out = q.apply_op3_no_bwd(k_all, v_all, &FusedAttention { len: cache.len(), scale: scale as f32 })?;
-                return Ok(self.o_proj.forward(&out.reshape((b, t, h * hd))?)?);
+                return self.o_proj.forward(&out.reshape((b, t, h * hd))?);
             }
             (Some(cache), _) => cache.append(&k, &v)?,
             (None, _) => (k, v),
@@ -208,7 +252,7 @@ impl Attention {
             candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?
         };
         let out = probs.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
-        Ok(self.o_proj.forward(&out)?)
+        self.o_proj.forward(&out)
     }
 }
 
@@ -237,6 +281,12 @@ impl DecoderLayer {
             post_attention_layernorm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
             mlp: Mlp::load(cfg, vb.pp("mlp"))?,
         })
+    }
+
+    /// Every projection of the layer, for [`Proj::compact`].
+    pub fn projections_mut(&mut self) -> [&mut Proj; 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]
     }
 
     pub fn forward(&self, x: &Tensor, offset: usize, rope: &Rope, cache: Option<&mut KvCache>, kernels: Kernels) -> Result<Tensor> {

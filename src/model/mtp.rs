@@ -9,7 +9,7 @@ use super::config::ModelConfig;
 use super::error::{ModelError, Result};
 use super::gpu_ops::logits_f32;
 use super::kv_cache::KvCache;
-use super::layers::{apply_linear, small_chunk, DecoderLayer, Kernels, RmsNorm};
+use super::layers::{apply_linear, small_chunk, DecoderLayer, Kernels, Proj, RmsNorm};
 use super::rope::Rope;
 
 /// RoPE tables are built for at most this many positions, whatever `max_position_embeddings` says.
@@ -92,7 +92,7 @@ pub struct MtpModel {
     /// `heads[0]` is head 1 (`layers[L-1]`); `heads[j]` is `extra_heads[j-1]`.
     heads: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     rope: Rope,
     kernels: Kernels,
     device: Device,
@@ -112,11 +112,11 @@ impl MtpModel {
             .map(|h| DecoderLayer::load(cfg, vb.pp(head_layer_prefix(cfg, h))))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("model.norm"))?;
-        let lm_head = if cfg.tie_word_embeddings {
+        let lm_head = Proj::new(if cfg.tie_word_embeddings {
             Linear::new(embed_tokens.embeddings().clone(), None)
         } else {
             candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
-        };
+        });
         let rope_positions = cfg.max_position_embeddings.min(MAX_ROPE_POSITIONS);
         let rope = Rope::new(cfg.head_dim(), rope_positions, cfg.rope_theta, cfg.rope_interleaved, vb.dtype(), vb.device())?;
         Ok(Self {
@@ -157,6 +157,19 @@ impl MtpModel {
     /// Longest sequence a cache may hold (the RoPE table length).
     pub fn max_positions(&self) -> usize {
         self.rope.max_positions()
+    }
+
+    /// Gives every projection a bf16 copy for the CPU decode kernels where that is lossless (see
+    /// [`Proj::compact`]); returns how many did. Inference only: the copies do not follow
+    /// later changes to the weights.
+    pub fn compact_for_decode(&mut self) -> Result<usize> {
+        let mut compacted = usize::from(self.lm_head.compact()?);
+        for layer in self.trunk.iter_mut().chain(self.heads.iter_mut()) {
+            for proj in layer.projections_mut() {
+                compacted += usize::from(proj.compact()?);
+            }
+        }
+        Ok(compacted)
     }
 
     pub fn set_kernels(&mut self, kernels: Kernels) {
@@ -250,7 +263,7 @@ impl MtpModel {
     pub fn forward_head(&self, head_idx: usize, z: &Tensor) -> Result<Tensor> {
         let h = self.heads[head_idx].forward(z, 0, &self.rope, None, self.kernels)?;
         let normed = self.norm.forward(&h, self.kernels)?;
-        Ok(self.lm_head.forward(&normed)?)
+        self.lm_head.forward(&normed)
     }
 
     /// Every weight under its Hugging Face name (tied `lm_head` is not repeated).
