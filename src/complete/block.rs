@@ -1,6 +1,7 @@
-//! Where a suggestion ends: at the end of its line (single-line), or at the end of the block it
-//! fills (multi-line: a blank line, a line dedented below the block, or a closing bracket that
-//! belongs to code outside the completion). Pure functions over the generated text; used both as
+//! Where a suggestion ends: at the end of its line (single-line, or earlier at a word boundary
+//! when the line would outgrow the line-length limit), or at the end of the block it fills
+//! (multi-line: a blank line, a line dedented below the block, or a closing bracket that belongs
+//! to code outside the completion). Pure functions over the generated text; used both as
 //! a stop rule during decoding and to cut the final text.
 
 use super::policy::{indent_width, Lines};
@@ -11,13 +12,47 @@ pub struct BlockRule {
     pub lines: Lines,
     /// Indentation width of the block the cursor is in (the cursor line's indentation).
     pub indent: usize,
+    /// Characters before the cursor on its line.
+    pub cursor_col: usize,
+    /// Longest line (in characters) a single-line suggestion may make; 0: no limit.
+    pub max_line_chars: usize,
 }
+
+/// However long the cursor's line already is, a single-line suggestion may add this many
+/// characters before the line-length limit cuts it.
+pub const MIN_LINE_ROOM: usize = 16;
 
 impl BlockRule {
     /// The rule for a cursor whose line starts with `cursor_line_prefix` (the text from the line
-    /// start up to the cursor).
+    /// start up to the cursor), with no line-length limit.
     pub fn new(lines: Lines, cursor_line_prefix: &str) -> Self {
-        Self { lines, indent: indent_width(cursor_line_prefix) }
+        Self { lines, indent: indent_width(cursor_line_prefix), cursor_col: cursor_line_prefix.chars().count(), max_line_chars: 0 }
+    }
+
+    /// The same rule, cutting single-line suggestions whose line would pass `max_line_chars`.
+    pub fn with_max_line(self, max_line_chars: usize) -> Self {
+        Self { max_line_chars, ..self }
+    }
+
+    /// Characters a suggestion may put on a line that already holds `col` characters.
+    fn line_room(&self, col: usize) -> usize {
+        match self.max_line_chars {
+            0 => usize::MAX,
+            max => max.saturating_sub(col).max(MIN_LINE_ROOM),
+        }
+    }
+}
+
+/// Where to cut `line` (generated text without a newline) so that it holds at most `room`
+/// characters: at the last space inside that room, so no word is split, else at the limit.
+/// `None` when it fits.
+pub fn clip_line(line: &str, room: usize) -> Option<usize> {
+    let (limit, _) = line.char_indices().nth(room)?;
+    let head = &line[..limit];
+    let content_start = head.len() - head.trim_start().len();
+    match head[content_start..].rfind(' ') {
+        Some(space) => Some(head[..content_start + space].trim_end().len()),
+        None => Some(limit),
     }
 }
 
@@ -37,11 +72,22 @@ pub fn block_end(text: &str, rule: &BlockRule) -> Option<usize> {
         Lines::Single => {
             // A suggestion that starts with a line break (cursor at the end of a line) may take
             // the next line, but no more.
-            let first = text.find('\n')?;
-            if !text[..first].trim().is_empty() {
+            let first = text.find('\n');
+            let first_line = &text[..first.unwrap_or(text.len())];
+            if let Some(cut) = clip_line(first_line, rule.line_room(rule.cursor_col)) {
+                return Some(cut);
+            }
+            let first = first?;
+            if !first_line.trim().is_empty() {
                 return Some(first);
             }
-            text[first + 1..].find('\n').map(|i| first + 1 + i)
+            let start = first + 1;
+            let end = text[start..].find('\n').map(|i| start + i);
+            let second_line = &text[start..end.unwrap_or(text.len())];
+            match clip_line(second_line, rule.line_room(0)) {
+                Some(cut) => Some(start + cut),
+                None => end,
+            }
         }
         Lines::Multi => multi_line_end(text, rule.indent),
     }
@@ -98,13 +144,23 @@ mod tests {
 
     #[test]
     fn block_end_table() {
-        let single = BlockRule { lines: Lines::Single, indent: 4 };
-        let multi = BlockRule { lines: Lines::Multi, indent: 4 };
+        let single = BlockRule { lines: Lines::Single, indent: 4, cursor_col: 8, max_line_chars: 0 };
+        let multi = BlockRule { lines: Lines::Multi, indent: 4, cursor_col: 8, max_line_chars: 0 };
+        // A 30-character limit with the cursor at column 8 leaves 22 characters; at column 28, 16.
+        let short = single.with_max_line(30);
+        let full = BlockRule { cursor_col: 28, ..short };
         // (text, rule, kept text)
         let cases = [
             ("foo();\nbar();", single, "foo();"),
             ("foo();", single, "foo();"),
             ("\n    foo();\n    bar();", single, "\n    foo();"),
+            ("the the the the the the the the", short, "the the the the the"), // 22 chars: "the the the the the th"
+            ("underscores________________________", short, "underscores___________"), // no space: cut at 22
+            ("fits(a, b);\nnext();", short, "fits(a, b);"),
+            ("growing line with no end yet", short, "growing line with no"),
+            ("   x.y.z(1, 2, 3) + w", full, "   x.y.z(1, 2,"), // 16 chars of room at column 28
+            ("\n    let value = compute(first, second);", short, "\n    let value ="), // line 2: room 30
+            ("the the the the the the", multi.with_max_line(10), "the the the the the the"), // multi-line: no limit
             ("let x = 1;\n    let y = 2;\n}\nfn next() {}", multi, "let x = 1;\n    let y = 2;"),
             ("let x = 1;\n\n    more();", multi, "let x = 1;"),
             ("let x = 1;\n    \n    more();", multi, "let x = 1;"),
@@ -120,7 +176,25 @@ mod tests {
     }
 
     #[test]
-    fn rule_takes_the_cursor_line_indentation() {
-        assert_eq!(BlockRule::new(Lines::Multi, "\t  ").indent, 6);
+    fn rule_takes_the_cursor_line_indentation_and_column() {
+        let rule = BlockRule::new(Lines::Multi, "\t  é");
+        assert_eq!((rule.indent, rule.cursor_col), (6, 4));
+    }
+
+    #[test]
+    fn clip_line_table() {
+        // (line, room, cut)
+        let cases = [
+            ("abc", 3, None),
+            ("abcd", 3, Some(3)),
+            ("ab cd", 4, Some(2)),
+            ("ab  cd", 5, Some(2)),  // trailing spaces before the cut go too
+            ("  abcdef", 4, Some(4)), // leading indentation is not a word boundary
+            ("éé éé", 4, Some("éé".len())),
+            ("ééééé", 2, Some("éé".len())), // a char boundary, never inside a character
+        ];
+        for (line, room, want) in cases {
+            assert_eq!(clip_line(line, room), want, "{line:?} {room}");
+        }
     }
 }

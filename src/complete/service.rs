@@ -39,7 +39,14 @@ pub struct Settings {
     pub kv_reuse: bool,
     /// Stop multi-line suggestions at the end of the block (off: only max tokens and the time cap).
     pub stop_at_block_end: bool,
+    /// Longest line, in characters, a single-line suggestion may make (it ends at the last word
+    /// boundary before); 0: no limit.
+    pub max_line_chars: usize,
 }
+
+/// Default line-length limit for single-line suggestions: rustfmt's `max_width`, above black's 88
+/// and PEP 8's 79. Code lines rarely run longer, and a ghost text wider than that is hard to read.
+pub const DEFAULT_MAX_LINE_CHARS: usize = 100;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -56,6 +63,7 @@ impl Default for Settings {
             result_cache: true,
             kv_reuse: true,
             stop_at_block_end: true,
+            max_line_chars: DEFAULT_MAX_LINE_CHARS,
         }
     }
 }
@@ -152,7 +160,7 @@ impl CompletionService {
         }
         let lines = choose_lines(prefix, suffix, settings.lines);
         let cursor_line = prefix.rsplit('\n').next().unwrap_or("");
-        let rule = BlockRule::new(lines, cursor_line);
+        let rule = BlockRule::new(lines, cursor_line).with_max_line(settings.max_line_chars);
         let block = (settings.stop_at_block_end || lines == Lines::Single).then_some(rule);
 
         let preamble = if settings.snippet_tokens > 0 && !req.neighbours.is_empty() {

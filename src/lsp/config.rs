@@ -33,7 +33,7 @@ impl Default for ServerConfig {
 }
 
 /// The keys `apply` understands.
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 17] = [
     "model",
     "device",
     "maxTokens",
@@ -50,6 +50,7 @@ pub const KEYS: [&str; 16] = [
     "resultCache",
     "kvReuse",
     "stopAtBlockEnd",
+    "maxLineLength",
 ];
 
 impl ServerConfig {
@@ -138,6 +139,10 @@ impl ServerConfig {
                     Some(b) => self.settings.stop_at_block_end = b,
                     None => bad("a boolean"),
                 },
+                "maxLineLength" => match as_usize(v) {
+                    Some(n) => self.settings.max_line_chars = n,
+                    None => bad("a non-negative integer (0: no limit)"),
+                },
                 _ => warnings.push(format!("unknown configuration key {key:?} ignored (known: {})", KEYS.join(", "))),
             }
         }
@@ -155,13 +160,14 @@ mod tests {
     #[test]
     fn apply_table() {
         let mut c = ServerConfig::default();
-        let w = c.apply(&json!({"maxTokens": 32, "speculative": false, "heads": 3, "lines": "single", "temperature": 0.5, "bogus": 1}));
+        let w = c.apply(&json!({"maxTokens": 32, "speculative": false, "heads": 3, "lines": "single", "temperature": 0.5, "maxLineLength": 80, "bogus": 1}));
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("bogus"));
         assert_eq!(c.settings.max_tokens, 32);
         assert_eq!(c.settings.mode, Mode::Plain);
         assert_eq!(c.settings.max_draft_len, 2);
         assert_eq!(c.settings.lines, LinePolicy::Single);
+        assert_eq!(c.settings.max_line_chars, 80);
         assert_eq!(c.settings.sampling.map(|s| s.temperature), Some(0.5));
 
         let w = c.apply(&json!({"foresight": {"model": "/m", "device": "cuda", "speculative": true, "maxTokens": -1}}));
