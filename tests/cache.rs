@@ -101,3 +101,41 @@ fn short_chunks_give_bit_identical_rows_to_one_token_forwards() {
         assert_eq!(model.extra_head_logits(&one, 0).unwrap(), model.extra_head_logits(&together, i).unwrap(), "extra heads, row {i}");
     }
 }
+
+#[test]
+fn verify_then_extend_heads_gives_the_full_forward_logits() {
+    // The decode loop's split forward (trunk + head 1, cut back, then the extra heads on the kept
+    // rows only) must give the drafts a full forward gives at the kept row, round after round.
+    let model = tiny();
+    let seq: Vec<u32> = (0..60).map(|i| (i * 29 + 7) % 256).collect();
+    let fresh = model.forward(&mut model.new_cache(64, 4).unwrap(), &seq, Logits::All).unwrap();
+    let mut cache = model.new_cache(64, 4).unwrap();
+    let mut pos = 0;
+    // (rows fed, rows kept): a prefill longer than the small-chunk limit, then verify rounds.
+    for (fed, kept) in [(30usize, 30usize), (4, 2), (1, 1), (5, 5), (3, 1), (9, 4)] {
+        // Rows past `kept` are a rejected draft: fill them with other tokens.
+        let mut chunk = seq[pos..pos + kept].to_vec();
+        chunk.extend((0..fed - kept).map(|i| (i as u32 * 3 + 200) % 256));
+        let out = model.forward_verify(&mut cache, &chunk, Logits::All).unwrap();
+        let want = fresh.logits.narrow(0, pos, kept).unwrap();
+        assert!(max_abs_diff(&out.logits.narrow(0, 0, kept).unwrap(), &want) < TOL, "head 1 at {pos}");
+        assert_eq!(cache.synced_len(), pos, "the extra heads wait for extend_heads");
+        cache.truncate(pos + kept);
+        let got = model.extend_heads(&mut cache, &out, kept, true).unwrap();
+        let want = model.extra_head_logits(&fresh, pos + kept - 1).unwrap();
+        assert_eq!(got.len(), 3);
+        for (h, (g, w)) in got.iter().zip(&want).enumerate() {
+            let d = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(d < TOL, "extra head {h} after {fed} fed / {kept} kept at {pos}: {d}");
+        }
+        pos += kept;
+        assert_eq!(cache.synced_len(), pos);
+    }
+    // Keys and values only (no drafts wanted) keep the heads in step just the same.
+    let out = model.forward_verify(&mut cache, &seq[pos..pos + 3], Logits::All).unwrap();
+    assert!(model.extend_heads(&mut cache, &out, 3, false).unwrap().is_empty());
+    assert_eq!(cache.synced_len(), pos + 3);
+    // A mismatch is a typed error, not a panic or silent corruption.
+    let out = model.forward_verify(&mut cache, &seq[pos + 3..pos + 5], Logits::All).unwrap();
+    assert!(model.extend_heads(&mut cache, &out, 3, true).is_err());
+}

@@ -1,6 +1,6 @@
 //! The generation loop: prefill with KV-cache reuse, then rounds of [pending token + draft] through
-//! one forward pass, verified by head 1 (greedy or speculative sampling), with every cache rolled
-//! back to the accepted length. Plain decoding is the same loop with no drafts.
+//! the trunk and head 1, verified (greedy or speculative sampling), the caches rolled back to the
+//! accepted length, and only then the extra heads run on the kept rows for the next drafts. Plain decoding is the same loop with no drafts.
 //! Not here: prompts and text post-processing (`complete`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,10 +100,15 @@ pub fn generate(
         return Ok(Generation { tokens, stop: StopReason::MaxTokens, stats });
     }
 
-    let keep = reuse_len(cache.tokens(), prompt);
+    let keep = reuse_len(cache.tokens(), prompt).min(cache.synced_len());
     cache.truncate(keep);
     stats.reused_tokens = keep;
-    let out = model.forward(cache, &prompt[keep..], Logits::Last)?;
+    // Trunk and head 1 first; the extra heads then see only the rows that stay in the cache, and
+    // run in full only where drafts are made (keys and values elsewhere, to stay in step).
+    let has_extra = cache.n_heads() > 1;
+    let uses_heads = drafter.uses_heads() && has_extra;
+    let out = model.forward_verify(cache, &prompt[keep..], Logits::Last)?;
+    let mut head_logits = if has_extra { model.extend_heads(cache, &out, prompt.len() - keep, uses_heads)? } else { Vec::new() };
     stats.forwards += 1;
     let last_row = out.logits.squeeze(0)?.to_vec1::<f32>()?;
     let pick = |row: &[f32], rng: &mut ChaCha8Rng| match &sampling {
@@ -111,8 +116,6 @@ pub fn generate(
         Some(s) => sample(&probs(row, s.temperature, s.top_p), rng),
     };
     let mut pending = pick(&last_row, &mut rng);
-    let uses_heads = drafter.uses_heads() && cache.n_heads() > 1;
-    let mut head_logits = if uses_heads { model.extra_head_logits(&out, prompt.len() - keep - 1)? } else { Vec::new() };
     stats.prefill_ms = ms_since(start);
 
     let mut context: Vec<u32> = prompt.to_vec();
@@ -155,7 +158,7 @@ pub fn generate(
         let mut chunk = Vec::with_capacity(1 + draft.tokens.len());
         chunk.push(pending);
         chunk.extend_from_slice(&draft.tokens);
-        let out = model.forward(cache, &chunk, Logits::All)?;
+        let out = model.forward_verify(cache, &chunk, Logits::All)?;
         stats.forwards += 1;
         stats.decode_forwards += 1;
         let rows = out.logits.to_vec2::<f32>()?;
@@ -171,8 +174,8 @@ pub fn generate(
         stats.decode_tokens += n_accepted + 1;
         // Keep the pending token and the accepted drafts; forget the rejected ones.
         cache.truncate(cache.len() - (draft.tokens.len() - n_accepted));
-        if uses_heads {
-            head_logits = model.extra_head_logits(&out, n_accepted)?;
+        if has_extra {
+            head_logits = model.extend_heads(cache, &out, n_accepted + 1, uses_heads)?;
         }
         for &t in &draft.tokens[..n_accepted] {
             if params.stop_tokens.contains(&t) {

@@ -45,30 +45,6 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     acc[0]
 }
 
-/// Dot product of `a` and `b` for the attention kernel: 16 lanes in two AVX2 accumulators, then
-/// a fixed reduction, so the same inputs always give the same bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let k = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut i = 0;
-    while i + 16 <= k {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), acc1);
-        i += 16;
-    }
-    let mut lanes = [0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc0, acc1));
-    let mut sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-    for j in i..k {
-        sum += a[j] * b[j];
-    }
-    sum
-}
-
 /// Weight rows per block of the matmul kernel: one AVX2 accumulator each, reduced together.
 const BLOCK: usize = 8;
 
@@ -150,18 +126,6 @@ fn matmul_block(x: &[f32], rows: usize, k: usize, w: &[f32], out: &mut [f32]) {
 fn has_avx2_fma() -> bool {
     static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *DETECTED.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-}
-
-/// `a · b`; the result depends only on the inputs (never on threads or chunk sizes).
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked above).
-        return unsafe { dot_avx2(&a[..b.len()], b) };
-    }
-    dot_lanes(a, b)
 }
 
 #[inline(always)]
@@ -290,6 +254,7 @@ pub fn small_matmul(x: &[f32], rows: usize, k: usize, w: Weights, n: usize) -> V
         match w {
             Weights::F32(w) if j1 - j0 == BLOCK => matmul_block(x, rows, k, &w[j0 * k..j1 * k], out),
             Weights::F32(w) => {
+                // The last, partial block: zero rows after the real ones.
                 scratch.clear();
                 scratch.extend_from_slice(&w[j0 * k..j1 * k]);
                 scratch.resize(BLOCK * k, 0.0);
@@ -297,9 +262,10 @@ pub fn small_matmul(x: &[f32], rows: usize, k: usize, w: Weights, n: usize) -> V
             }
             Weights::Bf16(w) if rows == 1 && j1 - j0 == BLOCK && bf16_block_inline(x, k, &w[j0 * k..j1 * k], out) => {}
             Weights::Bf16(w) => {
-                scratch.clear();
+                // Rows past the block's real ones must be zero; the rest is overwritten.
                 scratch.resize(BLOCK * k, 0.0);
                 widen_bf16(&w[j0 * k..j1 * k], scratch);
+                scratch[(j1 - j0) * k..].fill(0.0);
                 matmul_block(x, rows, k, scratch, out);
             }
         }
@@ -363,6 +329,25 @@ impl CustomOp2 for SmallMatmul {
     }
 }
 
+/// `q · key_j` for every key row of `keys` (`n` rows of `hd`), eight keys per kernel call (the
+/// last block zero-padded). Each score depends only on `q` and its key, never on `n`, so a query
+/// gets the same scores in a one-token step as in a verified chunk.
+fn key_scores(q: &[f32], keys: &[f32], hd: usize) -> Vec<f32> {
+    let n = keys.len() / hd;
+    let full = n / BLOCK * BLOCK;
+    let mut scores = vec![0f32; n.div_ceil(BLOCK) * BLOCK];
+    for (b, out) in scores[..full].chunks_exact_mut(BLOCK).enumerate() {
+        matmul_block(q, 1, hd, &keys[b * BLOCK * hd..(b + 1) * BLOCK * hd], out);
+    }
+    if full < n {
+        let mut padded = vec![0f32; BLOCK * hd];
+        padded[..(n - full) * hd].copy_from_slice(&keys[full * hd..]);
+        matmul_block(q, 1, hd, &padded, &mut scores[full..]);
+    }
+    scores.truncate(n);
+    scores
+}
+
 /// Causal attention of `q (1, heads, t, head_dim)` over the first `len` positions of full cache
 /// buffers `(1, kv_heads, capacity, head_dim)`; query row i sits at position `len - t + i`.
 pub struct CachedAttention {
@@ -402,7 +387,10 @@ impl CustomOp3 for CachedAttention {
             let keys = &k[kv * capacity * hd..];
             let values = &v[kv * capacity * hd..];
             let n_valid = offset + i + 1;
-            let mut scores: Vec<f32> = (0..n_valid).map(|j| dot(q_row, &keys[j * hd..(j + 1) * hd]) * self.scale).collect();
+            let mut scores = key_scores(q_row, &keys[..n_valid * hd], hd);
+            for s in &mut scores {
+                *s *= self.scale;
+            }
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             for s in &mut scores {
@@ -428,11 +416,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dot_matches_a_plain_sum_and_is_stable() {
-        let a: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
-        let b: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
-        let plain: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        assert!((dot(&a, &b) as f64 - plain).abs() < 1e-5);
+    fn key_scores_match_plain_sums_and_do_not_depend_on_the_key_count() {
+        let hd = 12;
+        let q: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.37).sin()).collect();
+        let keys: Vec<f32> = (0..19 * hd).map(|i| (i as f32 * 0.11).cos()).collect();
+        let all = key_scores(&q, &keys, hd);
+        for n in [1, 7, 8, 9, 16, 19] {
+            let some = key_scores(&q, &keys[..n * hd], hd);
+            assert_eq!(some.as_slice(), &all[..n], "{n} keys");
+        }
+        for (j, s) in all.iter().enumerate() {
+            let plain: f64 = (0..hd).map(|c| q[c] as f64 * keys[j * hd + c] as f64).sum();
+            assert!((*s as f64 - plain).abs() < 1e-5, "key {j}");
+        }
     }
 
     #[test]

@@ -43,6 +43,16 @@ pub struct ForwardOutput {
     pub extra_hidden: Vec<Tensor>,
 }
 
+/// What [`MtpModel::forward_verify`] gives back: head-1 logits, and the trunk output that
+/// [`MtpModel::extend_heads`] feeds to the extra heads once the kept rows are known.
+#[derive(Debug)]
+pub struct VerifyOutput {
+    /// Head-1 logits, f32, `(rows, vocab)` as in [`ForwardOutput::logits`].
+    pub logits: Tensor,
+    /// Trunk output `(1, t, hidden)` for the new positions.
+    trunk: Tensor,
+}
+
 /// KV caches of one sequence (every trunk layer and every head layer in use) and its tokens.
 #[derive(Debug, Clone)]
 pub struct ModelCache {
@@ -73,6 +83,13 @@ impl ModelCache {
     /// Heads this cache runs (1 = head 1 only, plain decoding).
     pub fn n_heads(&self) -> usize {
         self.layers.len() - self.n_trunk
+    }
+
+    /// Positions that every layer holds. The extra heads lag behind the trunk between
+    /// [`MtpModel::forward_verify`] and [`MtpModel::extend_heads`], and stay behind if a failure
+    /// came in between; a new generation reuses at most this much.
+    pub fn synced_len(&self) -> usize {
+        self.layers.iter().map(KvCache::len).min().unwrap_or(0).min(self.tokens.len())
     }
 
     /// Keeps positions `0..keep_len` in every layer. O(1) per layer.
@@ -223,6 +240,67 @@ impl MtpModel {
             Logits::Last => head1.narrow(0, tokens.len() - 1, 1)?,
         };
         Ok(ForwardOutput { logits: self.project(&head1)?, extra_hidden: outs })
+    }
+
+    /// Decoding's first half: feeds `tokens` through the trunk and head 1 only, and returns head-1
+    /// logits. The cache's tokens and trunk/head-1 layers advance; the extra heads wait for
+    /// [`Self::extend_heads`], which runs them only on the rows that are kept.
+    pub fn forward_verify(&self, cache: &mut ModelCache, tokens: &[u32], logits: Logits) -> Result<VerifyOutput> {
+        if tokens.is_empty() {
+            return Err(ModelError::InvalidConfig { reason: "forward needs at least one token".into() });
+        }
+        self.check_tokens(tokens)?;
+        let offset = cache.len();
+        let needed = offset + tokens.len();
+        if needed > cache.capacity() {
+            return Err(ModelError::CacheFull { capacity: cache.capacity(), needed });
+        }
+        let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let mut z = self.embed_tokens.forward(&ids)?;
+        let (trunk_caches, head_caches) = cache.layers.split_at_mut(cache.n_trunk);
+        for (layer, kv) in self.trunk.iter().zip(trunk_caches.iter_mut()) {
+            z = layer.forward(&z, offset, &self.rope, Some(kv), self.kernels)?;
+        }
+        let head1 = self.heads[0].forward(&z, offset, &self.rope, Some(&mut head_caches[0]), self.kernels)?.squeeze(0)?;
+        cache.tokens.extend_from_slice(tokens);
+        let head1 = match logits {
+            Logits::All => head1,
+            Logits::Last => head1.narrow(0, tokens.len() - 1, 1)?,
+        };
+        Ok(VerifyOutput { logits: self.project(&head1)?, trunk: z })
+    }
+
+    /// Decoding's second half: after the cache was cut back to keep the first `keep` rows of the
+    /// chunk `out` came from, appends those rows to every extra head's cache. Only keys and
+    /// values are computed, except for the last kept row when `want_logits`: its full head
+    /// layers give each extra head's logits there (the drafts for the next round), as
+    /// [`Self::extra_head_logits`] would. Empty when the cache runs no extra heads.
+    pub fn extend_heads(&self, cache: &mut ModelCache, out: &VerifyOutput, keep: usize, want_logits: bool) -> Result<Vec<Vec<f32>>> {
+        let t = out.trunk.dim(1)?;
+        let end = cache.len();
+        if keep == 0 || keep > t || keep > end {
+            return Err(ModelError::InvalidConfig { reason: format!("extend_heads: keep {keep} of {t} rows with {end} cached") });
+        }
+        let start = end - keep;
+        let (_, head_caches) = cache.layers.split_at_mut(cache.n_trunk);
+        let mut rows = Vec::with_capacity(head_caches.len().saturating_sub(1));
+        for (layer, kv) in self.heads.iter().zip(head_caches.iter_mut()).skip(1) {
+            if kv.len() != start {
+                return Err(ModelError::InvalidConfig { reason: format!("extend_heads: an extra head holds {} positions, not {start}", kv.len()) });
+            }
+            let kv_rows = if want_logits { keep - 1 } else { keep };
+            if kv_rows > 0 {
+                layer.append_keys_values(&out.trunk.narrow(1, 0, kv_rows)?, start, &self.rope, kv, self.kernels)?;
+            }
+            if want_logits {
+                let last = out.trunk.narrow(1, keep - 1, 1)?;
+                rows.push(layer.forward(&last, end - 1, &self.rope, Some(kv), self.kernels)?.squeeze(0)?);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.project(&Tensor::cat(&rows, 0)?)?.to_vec2::<f32>()?)
     }
 
     /// Final norm and unembedding of hidden states `(..., hidden)`, as f32 logits `(..., vocab)`.
