@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::complete::policy::{choose_lines, LinePolicy, Lines};
+
 /// One dev-set task: the text around a completion and what the author wrote there.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Task {
@@ -154,6 +156,11 @@ pub struct Report {
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub mean_ms: f64,
+    /// Requests where the server's `lines: auto` rule picks a single-line suggestion (the issue's
+    /// latency targets are for these), and their latency percentiles.
+    pub single_requests: usize,
+    pub single_p50_ms: f64,
+    pub single_p95_ms: f64,
     /// Share of requests answered from the result cache.
     pub cache_share: f64,
     /// KV tokens reused over prompt tokens, for requests that ran the model.
@@ -263,14 +270,21 @@ pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tas
     c.notify("textDocument/didClose", json!({"textDocument": {"uri": uri}}))?;
 
     let mut latencies = Vec::new();
+    let mut single = Vec::new();
     let mut shown = 0usize;
+    // The server's own rule, on the text around the cursor: is this a single-line request?
+    let is_single = |prefix: &str, suffix: &str| choose_lines(prefix, suffix, LinePolicy::Auto) == Lines::Single;
     for (i, task) in tasks.iter().enumerate() {
         let uri = format!("file:///bench/{i}.{}", extension(&task.language));
         let text = format!("{}{}", task.prefix, task.suffix);
         c.notify("textDocument/didOpen", json!({"textDocument": {"uri": uri, "languageId": task.language, "version": 1, "text": text}}))?;
         let (mut line, mut col) = end_position(&task.prefix);
+        let mut prefix = task.prefix.clone();
         let (ms, mut current) = inline(&mut c, &uri, line, col)?;
         latencies.push(ms);
+        if is_single(&prefix, &task.suffix) {
+            single.push(ms);
+        }
         shown += current.is_some() as usize;
         let mut author = task.middle.chars();
         for k in 0..keystrokes {
@@ -287,8 +301,12 @@ pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tas
             } else {
                 col += ch.len_utf8();
             }
+            prefix.push(ch);
             let (ms, next) = inline(&mut c, &uri, line, col)?;
             latencies.push(ms);
+            if is_single(&prefix, &task.suffix) {
+                single.push(ms);
+            }
             shown += next.is_some() as usize;
             current = next;
         }
@@ -300,6 +318,7 @@ pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tas
     let n = latencies.len();
     let mean = latencies.iter().sum::<f64>() / n.max(1) as f64;
     latencies.sort_by(f64::total_cmp);
+    single.sort_by(f64::total_cmp);
     let f = |k: &str| stats[k].as_f64().unwrap_or(0.0);
     let model_calls = f("modelCalls").max(1.0);
     Ok(Report {
@@ -308,6 +327,9 @@ pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tas
         p50_ms: percentile(&latencies, 50.0),
         p95_ms: percentile(&latencies, 95.0),
         mean_ms: mean,
+        single_requests: single.len(),
+        single_p50_ms: percentile(&single, 50.0),
+        single_p95_ms: percentile(&single, 95.0),
         cache_share: f("fromCache") / f("completions").max(1.0),
         kv_reused_share: f("reusedTokens") / f("promptTokens").max(1.0),
         mean_reused_tokens: f("reusedTokens") / model_calls,
@@ -322,16 +344,19 @@ pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tas
 /// The reports as a Markdown table.
 pub fn markdown(reports: &[Report]) -> String {
     let mut out = String::from(
-        "| variant | requests | p50 ms | p95 ms | mean ms | from result cache | KV reused / prompt | reused tokens / model call | generated tokens / model call | generated tokens / forward | shown | cold first request |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| variant | requests | p50 ms | p95 ms | mean ms | single-line: requests, p50 / p95 ms | from result cache | KV reused / prompt | reused tokens / model call | generated tokens / model call | generated tokens / forward | shown | cold first request |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
         out.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0}% | {:.0}% | {:.0} | {:.1} | {:.2} | {:.0}% | {:.0} ms ({} lines) |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {}: {:.1} / {:.1} | {:.0}% | {:.0}% | {:.0} | {:.1} | {:.2} | {:.0}% | {:.0} ms ({} lines) |\n",
             r.label,
             r.requests,
             r.p50_ms,
             r.p95_ms,
             r.mean_ms,
+            r.single_requests,
+            r.single_p50_ms,
+            r.single_p95_ms,
             r.cache_share * 100.0,
             r.kv_reused_share * 100.0,
             r.mean_reused_tokens,
