@@ -211,9 +211,10 @@ impl MtpModel {
         }
     }
 
-    /// Feeds `tokens` at positions `cache.len()..`, appending to every cached layer, and returns
-    /// head-1 logits plus the extra heads' hidden states for the new positions.
-    pub fn forward(&self, cache: &mut ModelCache, tokens: &[u32], logits: Logits) -> Result<ForwardOutput> {
+    /// Feeds `tokens` at positions `cache.len()..` through the trunk and the first `n_run` heads the
+    /// cache holds, appending to their caches; returns those heads' outputs `(t, hidden)` and the
+    /// trunk output `(1, t, hidden)`.
+    fn run_chunk(&self, cache: &mut ModelCache, tokens: &[u32], n_run: usize) -> Result<(Vec<Tensor>, Tensor)> {
         if tokens.is_empty() {
             return Err(ModelError::InvalidConfig { reason: "forward needs at least one token".into() });
         }
@@ -229,45 +230,37 @@ impl MtpModel {
         for (layer, kv) in self.trunk.iter().zip(trunk_caches.iter_mut()) {
             z = layer.forward(&z, offset, &self.rope, Some(kv), self.kernels)?;
         }
-        let mut outs = Vec::with_capacity(head_caches.len());
-        for (layer, kv) in self.heads.iter().zip(head_caches.iter_mut()) {
+        let mut outs = Vec::with_capacity(n_run);
+        for (layer, kv) in self.heads.iter().zip(head_caches.iter_mut()).take(n_run) {
             outs.push(layer.forward(&z, offset, &self.rope, Some(kv), self.kernels)?.squeeze(0)?);
         }
         cache.tokens.extend_from_slice(tokens);
+        Ok((outs, z))
+    }
+
+    /// Head-1 logits of the rows `logits` asks for.
+    fn head1_logits(&self, head1: Tensor, logits: Logits) -> Result<Tensor> {
+        let rows = head1.dim(0)?;
+        match logits {
+            Logits::All => self.project(&head1),
+            Logits::Last => self.project(&head1.narrow(0, rows - 1, 1)?),
+        }
+    }
+
+    /// Feeds `tokens` at positions `cache.len()..`, appending to every cached layer, and returns
+    /// head-1 logits plus the extra heads' hidden states for the new positions.
+    pub fn forward(&self, cache: &mut ModelCache, tokens: &[u32], logits: Logits) -> Result<ForwardOutput> {
+        let (mut outs, _) = self.run_chunk(cache, tokens, cache.n_heads())?;
         let head1 = outs.remove(0);
-        let head1 = match logits {
-            Logits::All => head1,
-            Logits::Last => head1.narrow(0, tokens.len() - 1, 1)?,
-        };
-        Ok(ForwardOutput { logits: self.project(&head1)?, extra_hidden: outs })
+        Ok(ForwardOutput { logits: self.head1_logits(head1, logits)?, extra_hidden: outs })
     }
 
     /// Decoding's first half: feeds `tokens` through the trunk and head 1 only, and returns head-1
     /// logits. The cache's tokens and trunk/head-1 layers advance; the extra heads wait for
     /// [`Self::extend_heads`], which runs them only on the rows that are kept.
     pub fn forward_verify(&self, cache: &mut ModelCache, tokens: &[u32], logits: Logits) -> Result<VerifyOutput> {
-        if tokens.is_empty() {
-            return Err(ModelError::InvalidConfig { reason: "forward needs at least one token".into() });
-        }
-        self.check_tokens(tokens)?;
-        let offset = cache.len();
-        let needed = offset + tokens.len();
-        if needed > cache.capacity() {
-            return Err(ModelError::CacheFull { capacity: cache.capacity(), needed });
-        }
-        let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let mut z = self.embed_tokens.forward(&ids)?;
-        let (trunk_caches, head_caches) = cache.layers.split_at_mut(cache.n_trunk);
-        for (layer, kv) in self.trunk.iter().zip(trunk_caches.iter_mut()) {
-            z = layer.forward(&z, offset, &self.rope, Some(kv), self.kernels)?;
-        }
-        let head1 = self.heads[0].forward(&z, offset, &self.rope, Some(&mut head_caches[0]), self.kernels)?.squeeze(0)?;
-        cache.tokens.extend_from_slice(tokens);
-        let head1 = match logits {
-            Logits::All => head1,
-            Logits::Last => head1.narrow(0, tokens.len() - 1, 1)?,
-        };
-        Ok(VerifyOutput { logits: self.project(&head1)?, trunk: z })
+        let (mut outs, trunk) = self.run_chunk(cache, tokens, 1)?;
+        Ok(VerifyOutput { logits: self.head1_logits(outs.remove(0), logits)?, trunk })
     }
 
     /// Decoding's second half: after the cache was cut back to keep the first `keep` rows of the
