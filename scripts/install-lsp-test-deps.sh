@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the LSP integration tests use: the Python packages (pytest-lsp and friends) and
-# headless Neovim 0.12 (scripts/install-nvim-0.12.sh). Idempotent: each part does nothing when it
+# headless Neovim 0.12 (scripts/install_nvim.sh, shared with the editor tests). Idempotent: each part does nothing when it
 # is already there. Called by .ci/run (through scripts/test) before `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,5 +13,6 @@ else
   echo "lsp test deps: python packages installed"
 fi
 if [ "${FORESIGHT_SKIP_NVIM:-0}" != 1 ]; then
-  echo "lsp test deps: neovim at $(scripts/install-nvim-0.12.sh)"
+  scripts/install_nvim.sh >&2
+  echo "lsp test deps: neovim at ${FORESIGHT_CACHE:-$HOME/.cache/foresight}/bin/nvim-0.12"
 fi

@@ -1,5 +1,5 @@
 """End to end with headless Neovim 0.12 (Debian sid's build, installed by
-scripts/install-nvim-0.12.sh): ghost text from `foresight serve` appears and is accepted.
+scripts/install_nvim.sh): ghost text from `foresight serve` appears and is accepted.
 FORESIGHT_NVIM names the nvim to run (default: the install script's wrapper). Without it the test
 fails and says how to install it; set FORESIGHT_SKIP_NVIM=1 to skip it deliberately."""
 import os
@@ -11,12 +11,13 @@ import pytest
 from conftest import MODEL, foresight_bin
 
 HERE = pathlib.Path(__file__).resolve().parent
-NVIM = os.environ.get("FORESIGHT_NVIM", str(pathlib.Path.home() / ".cache/foresight/nvim-sid/nvim"))
+CACHE = pathlib.Path(os.environ.get("FORESIGHT_CACHE", pathlib.Path.home() / ".cache/foresight"))
+NVIM = os.environ.get("FORESIGHT_NVIM", str(CACHE / "bin/nvim-0.12"))
 
 
 @pytest.mark.skipif(os.environ.get("FORESIGHT_SKIP_NVIM") == "1", reason="FORESIGHT_SKIP_NVIM=1")
 def test_ghost_text_appears_and_is_accepted(tmp_path):
-    assert os.access(NVIM, os.X_OK), f"no Neovim 0.12 at {NVIM}: run scripts/install-nvim-0.12.sh"
+    assert os.access(NVIM, os.X_OK), f"no Neovim 0.12 at {NVIM}: run scripts/install_nvim.sh"
     sample = tmp_path / "sample.py"
     # A context where the tiny fixture model's 4-token suggestion is printable ASCII.
     sample.write_text("def f(a, b):\n    return a + b\n\nx = f56(\n")
