@@ -139,3 +139,42 @@ fn verify_then_extend_heads_gives_the_full_forward_logits() {
     let out = model.forward_verify(&mut cache, &seq[pos + 3..pos + 5], Logits::All).unwrap();
     assert!(model.extend_heads(&mut cache, &out, 3, true).is_err());
 }
+
+#[test]
+fn bf16_copies_decode_the_same_bits_and_only_where_lossless() {
+    use candle_core::DType;
+    use foresight::decode::{GenerateParams, HeadDrafts};
+    use foresight::model::tiny::TinySpec;
+    use foresight::model::weights::{init_weights, model_from_tensors};
+
+    // Random f32 weights are not bf16 values: nothing may be compacted.
+    assert_eq!(tiny().compact_for_decode().unwrap(), 0);
+
+    // The same weights rounded to bf16 (as a model stored in bf16 loads): every projection is.
+    let spec = TinySpec::default();
+    let cfg = spec.config();
+    let rounded = || {
+        let t = init_weights(&cfg, spec.seed, spec.weight_std, &Device::Cpu).unwrap();
+        let t = t.into_iter().map(|(k, v)| (k, v.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap())).collect();
+        model_from_tensors(&cfg, t, DType::F32, &Device::Cpu).unwrap()
+    };
+    let plain = rounded();
+    let mut compact = rounded();
+    let layers = cfg.num_hidden_layers + cfg.n_heads() - 1;
+    assert_eq!(compact.compact_for_decode().unwrap(), 7 * layers + 1, "7 projections a layer, plus the unembedding");
+
+    // Decode steps (the small-chunk path) give the same bits with and without the copies.
+    let prompt: Vec<u32> = (0..12).map(|i| (i * 31 + 3) % 256).collect();
+    let (mut a, mut b) = (plain.new_cache(64, 4).unwrap(), compact.new_cache(64, 4).unwrap());
+    plain.forward(&mut a, &prompt, Logits::Last).unwrap();
+    compact.forward(&mut b, &prompt, Logits::Last).unwrap();
+    let step = [5u32, 77, 130];
+    let (x, y) = (plain.forward(&mut a, &step, Logits::All).unwrap(), compact.forward(&mut b, &step, Logits::All).unwrap());
+    assert_eq!(x.logits.to_vec2::<f32>().unwrap(), y.logits.to_vec2::<f32>().unwrap());
+    assert_eq!(plain.extra_head_logits(&x, 2).unwrap(), compact.extra_head_logits(&y, 2).unwrap());
+    let params = GenerateParams { max_tokens: 20, max_draft_len: 3, ..Default::default() };
+    let ga = common::run(&plain, &mut plain.new_cache(64, 4).unwrap(), &prompt, &params, &mut HeadDrafts);
+    let gb = common::run(&compact, &mut compact.new_cache(64, 4).unwrap(), &prompt, &params, &mut HeadDrafts);
+    assert_eq!(ga.tokens, gb.tokens);
+    assert_eq!(ga.stats.forwards, gb.stats.forwards, "the drafts agree too");
+}
