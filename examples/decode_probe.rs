@@ -7,6 +7,16 @@ use candle_core::{DType, Device};
 use foresight::decode::{generate, Control, DraftSource, GenerateParams, HeadDrafts, NoDrafts};
 
 fn main() {
+    // INSTALL=1: run everything on a rayon pool worker, so the decoding thread itself takes part in
+    // the parallel kernels instead of handing each one to the pool and sleeping.
+    if std::env::var_os("INSTALL").is_some() {
+        foresight::model::cpu_kernels::run_on_kernel_pool(body);
+    } else {
+        body();
+    }
+}
+
+fn body() {
     let dir = std::env::var("MODEL").unwrap_or_else(|_| "models/default".into());
     let iters: usize = std::env::var("ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     let mut loaded = foresight::model::weights::load_dir(std::path::Path::new(&dir), &Device::Cpu, DType::F32).unwrap();

@@ -4,6 +4,7 @@
 mod cli;
 
 use clap::Parser;
+use foresight::model::cpu_kernels::run_on_kernel_pool;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(log_file: Option<&std::path::Path>) -> anyhow::Result<()> {
@@ -37,8 +38,9 @@ fn main() {
     let cli = cli::Cli::parse();
     let logging_to_file = cli.log_file.is_some();
     let result = init_logging(cli.log_file.as_deref()).and_then(|()| match cli.command {
-        cli::Command::Complete(args) => cli::complete(args),
-        cli::Command::Eval(args) => cli::eval(args),
+        // Decoding runs on a pool thread, so it takes part in the kernels' parallel loops.
+        cli::Command::Complete(args) => run_on_kernel_pool(|| cli::complete(args)),
+        cli::Command::Eval(args) => run_on_kernel_pool(|| cli::eval(args)),
         cli::Command::Inspect { dir } => cli::inspect(&dir),
         cli::Command::Train(args) => cli::train(*args),
         cli::Command::Serve(args) => cli::serve(args),

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use crate::complete::service::{serving_capacity, CompletionService, Request, Settings, Suggestion};
 use crate::complete::snippets::SourceDoc;
 use crate::complete::Engine;
+use crate::model::cpu_kernels::run_on_kernel_pool;
 use crate::model::weights::load_dir;
 use crate::model::weight_dtype;
 
@@ -90,7 +91,7 @@ impl Worker {
         let shared = stats.clone();
         std::thread::Builder::new()
             .name("foresight-model".into())
-            .spawn(move || run(rx, shared))
+            .spawn(move || run_on_kernel_pool(move || run(rx, shared)))
             .expect("cannot spawn the model worker thread");
         Self { tx, stats }
     }

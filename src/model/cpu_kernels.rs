@@ -45,6 +45,20 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     acc[0]
 }
 
+/// Runs `f` on a thread of a rayon pool of its own and returns its result. The kernels' parallel
+/// loops then split their work between that thread and the pool's others; called from outside a
+/// pool, each loop is handed to the global pool while the caller sleeps, two context switches per
+/// matmul. Wrap whole decoding loops in it (the server's model worker, `eval`, `complete`).
+pub fn run_on_kernel_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match rayon::ThreadPoolBuilder::new().thread_name(|i| format!("foresight-kernels-{i}")).build() {
+        Ok(pool) => pool.install(f),
+        Err(e) => {
+            tracing::warn!("cannot start the kernel thread pool ({e}); decoding on the global pool");
+            f()
+        }
+    }
+}
+
 /// Weight rows per block of the matmul kernel: one AVX2 accumulator each, reduced together.
 const BLOCK: usize = 8;
 
