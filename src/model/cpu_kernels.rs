@@ -1,9 +1,9 @@
 //! Decode-time CPU kernels for short chunks (at most [`MAX_ROWS`] new tokens): a matmul over
-//! blocks of eight weight rows (one AVX2 accumulator per output, eight reduced at once), and
-//! causal attention over a KV cache. Each output
-//! row is computed by the same code whatever the chunk length, so verifying k drafts costs about
-//! one token's memory traffic, and verified rows are bit-identical to one-token decoding.
-//! Not for prefill, GPUs or training: those use candle's gemm and ops.
+//! blocks of eight weight rows (f32, or bf16 widened as it is read; one AVX2 accumulator per
+//! output, eight reduced at once), and causal attention over a KV cache. Each output row is
+//! computed by the same code whatever the chunk length, so verifying k drafts reads the weights
+//! once, and verified rows are bit-identical to one-token decoding. Also the thread pool decoding
+//! runs on. Not for prefill, GPUs or training: those use candle's gemm and ops.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
