@@ -178,3 +178,24 @@ fn bf16_copies_decode_the_same_bits_and_only_where_lossless() {
     assert_eq!(ga.tokens, gb.tokens);
     assert_eq!(ga.stats.forwards, gb.stats.forwards, "the drafts agree too");
 }
+
+#[test]
+fn a_generation_after_an_interrupted_round_reuses_only_what_every_layer_holds() {
+    use foresight::decode::{GenerateParams, HeadDrafts};
+    let model = tiny();
+    let prompt: Vec<u32> = (0..20).map(|i| (i * 17 + 9) % 256).collect();
+    let params = GenerateParams { max_tokens: 12, max_draft_len: 3, ..Default::default() };
+    let want = common::run(&model, &mut model.new_cache(64, 4).unwrap(), &prompt, &params, &mut HeadDrafts).tokens;
+
+    // A round whose second half never ran: the extra heads stay 8 positions behind.
+    let mut cache = model.new_cache(64, 4).unwrap();
+    let first = model.forward_verify(&mut cache, &prompt[..12], Logits::Last).unwrap();
+    model.extend_heads(&mut cache, &first, 12, false).unwrap();
+    model.forward_verify(&mut cache, &prompt[12..], Logits::Last).unwrap();
+    assert_eq!((cache.len(), cache.synced_len()), (20, 12));
+    // Feeding more on top of the lagging heads is refused, not written at the wrong positions.
+    assert!(model.forward(&mut cache, &[1], Logits::Last).is_err());
+    let got = common::run(&model, &mut cache, &prompt, &params, &mut HeadDrafts);
+    assert_eq!(got.stats.reused_tokens, 12);
+    assert_eq!(got.tokens, want);
+}

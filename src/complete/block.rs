@@ -12,7 +12,8 @@ pub struct BlockRule {
     pub lines: Lines,
     /// Indentation width of the block the cursor is in (the cursor line's indentation).
     pub indent: usize,
-    /// Characters before the cursor on its line.
+    /// Characters before the cursor on its line. Text after the cursor on that line is not
+    /// counted: the limit is on what the suggestion adds to the line's start.
     pub cursor_col: usize,
     /// Longest line (in characters) a single-line suggestion may make; 0: no limit.
     pub max_line_chars: usize,

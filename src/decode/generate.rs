@@ -9,6 +9,7 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::model::cpu_kernels::MAX_ROWS;
 use crate::model::{Logits, ModelCache, MtpModel, Result};
 
 use super::accept::{accept_greedy, acceptance_probability, residual};
@@ -145,7 +146,9 @@ pub fn generate(
         if room == 0 {
             break StopReason::ContextFull;
         }
-        let max_len = params.max_draft_len.min(params.max_tokens - tokens.len() - 1).min(room - 1);
+        // Chunks stay within the small-chunk kernels' rows, where verified rows are bit-identical
+        // to one-token decoding (a longer chunk would go through gemm).
+        let max_len = params.max_draft_len.min(MAX_ROWS - 1).min(params.max_tokens - tokens.len() - 1).min(room - 1);
         let draft = if max_len > 0 {
             let req = DraftRequest { context: &context, head_logits: &head_logits, max_len, sampling: sampling.as_ref() };
             let mut d = drafter.propose(&req, &mut rng);

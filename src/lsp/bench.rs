@@ -273,7 +273,8 @@ pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tas
     let mut single = Vec::new();
     let mut shown = 0usize;
     // The server's own rule, on the text around the cursor: is this a single-line request?
-    let is_single = |prefix: &str, suffix: &str| choose_lines(prefix, suffix, LinePolicy::Auto) == Lines::Single;
+    let policy = variant.options["lines"].as_str().and_then(|s| s.parse::<LinePolicy>().ok()).unwrap_or_default();
+    let is_single = |prefix: &str, suffix: &str| choose_lines(prefix, suffix, policy) == Lines::Single;
     for (i, task) in tasks.iter().enumerate() {
         let uri = format!("file:///bench/{i}.{}", extension(&task.language));
         let text = format!("{}{}", task.prefix, task.suffix);

@@ -130,7 +130,8 @@ fn matmul_block(x: &[f32], rows: usize, k: usize, w: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: AVX2 and FMA are present; the slices hold `rows` rows of `x`, BLOCK rows of `w`
-        // and rows * BLOCK outputs (checked by the callers' sizes).
+        // and rows * BLOCK outputs (small_matmul asserts its inputs' sizes and pads the last block;
+        // key_scores passes whole key rows and a padded last block).
         return unsafe { block_avx2(x, rows, k, w, out) };
     }
     block_lanes(x, rows, k, w, out)
@@ -256,10 +257,20 @@ pub enum Weights<'a> {
 }
 
 /// `x (rows, k) @ w (n, k)^T`, as `(rows, n)`.
+/// Panics if `x` holds fewer than `rows * k` values or `w` fewer than `n * k` (the unsafe
+/// kernels below rely on it).
 pub fn small_matmul(x: &[f32], rows: usize, k: usize, w: Weights, n: usize) -> Vec<f32> {
+    let w_len = match w {
+        Weights::F32(w) => w.len(),
+        Weights::Bf16(w) => w.len(),
+    };
+    assert!(x.len() >= rows * k && w_len >= n * k, "small_matmul: {} x values for {rows}x{k}, {w_len} weights for {n}x{k}", x.len());
+    if rows == 0 || n == 0 {
+        return Vec::new();
+    }
     // Blocks of BLOCK weight rows; block b's outputs land in out_blocks[b] as (rows, BLOCK), so
-    // threads own disjoint slices. The last block is zero-padded when n is not a multiple, and
-    // bf16 blocks are widened into a scratch buffer first.
+    // threads own disjoint slices. The last block is zero-padded when n is not a multiple; bf16
+    // blocks are widened as they are read for one row, into a scratch buffer for several.
     let n_blocks = n.div_ceil(BLOCK);
     let block_len = rows * BLOCK;
     let mut out_blocks = vec![0f32; n_blocks * block_len];
@@ -473,5 +484,24 @@ mod tests {
         }
         let one = small_matmul(&x[..k], 1, k, Weights::Bf16(&w16), n);
         assert_eq!(&small_matmul(&x, 3, k, Weights::Bf16(&w16), n)[..n], one.as_slice());
+    }
+
+    #[test]
+    fn parallel_products_equal_one_thread_bit_for_bit() {
+        // Big enough for the parallel branch (n * k * rows >= PARALLEL_MIN_WORK), with a partial
+        // last block; the split between threads must not change a single output.
+        let (rows, k, n) = (4, 136, 1003);
+        assert!(rows * k * n >= PARALLEL_MIN_WORK);
+        let x: Vec<f32> = (0..rows * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.05).collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| small_matmul(&x, rows, k, Weights::F32(&w), n))
+        };
+        let one = run(1);
+        assert_eq!(run(3), one);
+        let serial: Vec<f32> = (0..rows).flat_map(|r| small_matmul(&x[r * k..(r + 1) * k], 1, k, Weights::F32(&w), n)).collect();
+        assert_eq!(serial, one, "row by row, below the parallel threshold");
+        assert!(small_matmul(&x, 0, k, Weights::F32(&w), n).is_empty());
     }
 }

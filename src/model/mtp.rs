@@ -227,6 +227,11 @@ impl MtpModel {
         let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
         let mut z = self.embed_tokens.forward(&ids)?;
         let (trunk_caches, head_caches) = cache.layers.split_at_mut(cache.n_trunk);
+        // A layer behind the others (an extra head that missed extend_heads) would store keys at
+        // the wrong positions: refuse rather than corrupt the cache.
+        if let Some(kv) = trunk_caches.iter().chain(head_caches.iter().take(n_run)).find(|kv| kv.len() != offset) {
+            return Err(ModelError::InvalidConfig { reason: format!("a layer holds {} positions, not {offset}: truncate to synced_len() first", kv.len()) });
+        }
         for (layer, kv) in self.trunk.iter().zip(trunk_caches.iter_mut()) {
             z = layer.forward(&z, offset, &self.rope, Some(kv), self.kernels)?;
         }
@@ -267,7 +272,8 @@ impl MtpModel {
     /// chunk `out` came from, appends those rows to every extra head's cache. Only keys and
     /// values are computed, except for the last kept row when `want_logits`: its full head
     /// layers give each extra head's logits there (the drafts for the next round), as
-    /// [`Self::extra_head_logits`] would. Empty when the cache runs no extra heads.
+    /// [`Self::extra_head_logits`] would. Empty when the cache runs no extra heads or when
+    /// `want_logits` is false.
     pub fn extend_heads(&self, cache: &mut ModelCache, out: &VerifyOutput, keep: usize, want_logits: bool) -> Result<Vec<Vec<f32>>> {
         let t = out.trunk.dim(1)?;
         let end = cache.len();
