@@ -385,6 +385,7 @@ pub fn bench_lsp(args: BenchLspArgs) -> Result<()> {
     let v = |label: &str, options: serde_json::Value, follow_suggestions: bool| Variant { label: label.into(), options: with(options), follow_suggestions };
     let variants = [
         v("speculative, KV reuse, result cache", serde_json::json!({"speculative": true}), false),
+        v("speculative, heads always draft", serde_json::json!({"speculative": true, "adaptiveDrafts": false}), false),
         v("plain, KV reuse, result cache", serde_json::json!({"speculative": false}), false),
         v("speculative, no KV reuse, result cache", serde_json::json!({"speculative": true, "kvReuse": false}), false),
         v("speculative, KV reuse, no result cache", serde_json::json!({"speculative": true, "resultCache": false}), false),

@@ -2,6 +2,7 @@
 //! cleaned text. Owns a loaded model and its KV cache. No LSP types, no files.
 
 pub mod block;
+pub mod drafts;
 pub mod location;
 pub mod overlap;
 pub mod policy;
@@ -19,6 +20,8 @@ use tokenizers::Tokenizer;
 
 use crate::decode::{self, Control, DraftSource, GenerateParams, GenerationStats, HeadDrafts, NoDrafts, PromptLookup, StopReason};
 use crate::model::{LoadedModel, ModelCache, Result};
+
+use drafts::DraftArm;
 pub use block::BlockRule;
 pub use policy::{LinePolicy, Lines};
 pub use prompt::{FimOrder, PromptBudget, PromptOptions};
@@ -58,6 +61,9 @@ pub struct CompletionParams {
     pub stop_strings: Vec<String>,
     pub sampling: Option<decode::SamplingParams>,
     pub max_draft_len: usize,
+    /// Speculative mode only: let [`drafts::DraftPolicy`] turn drafting off while plain steps
+    /// measure faster (false: always draft, to measure speculation itself).
+    pub adaptive_drafts: bool,
     /// Set from another thread to stop the generation between forward passes.
     pub cancel: Option<Arc<AtomicBool>>,
     /// Time cap: the generation stops at the first forward pass boundary after it.
@@ -81,6 +87,7 @@ impl Default for CompletionParams {
             stop_strings: Vec::new(),
             sampling: None,
             max_draft_len: 8,
+            adaptive_drafts: false,
             cancel: None,
             deadline: None,
             prefix_start_hint: None,
@@ -111,6 +118,8 @@ pub struct Engine {
     plain_cache: Option<ModelCache>,
     spec_cache: Option<ModelCache>,
     cache_capacity: usize,
+    /// Measured cost of drafting vs not, for speculative requests with `adaptive_drafts`.
+    drafts: drafts::DraftPolicy,
 }
 
 impl Engine {
@@ -124,7 +133,7 @@ impl Engine {
         text_tokenizer.set_encode_special_tokens(true);
         // No cache may outgrow the positions the model knows (its RoPE table / trained context).
         let cache_capacity = cache_capacity.min(loaded.model.max_positions());
-        Self { loaded, text_tokenizer, plain_cache: None, spec_cache: None, cache_capacity }
+        Self { loaded, text_tokenizer, plain_cache: None, spec_cache: None, cache_capacity, drafts: drafts::DraftPolicy::default() }
     }
 
     pub fn loaded(&self) -> &LoadedModel {
@@ -154,8 +163,12 @@ impl Engine {
         let prompt = prompt::build_prompt_with(&self.text_tokenizer, &self.loaded.special, text, cursor, params.budget, params.order, &opts);
         let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
         let model = &self.loaded.model;
+        let adaptive = params.adaptive_drafts && params.mode == Mode::Spec && model.n_heads() > 1;
+        let arm = if adaptive { self.drafts.choose() } else { DraftArm::Heads };
         let (cache_slot, n_heads, mut drafter): (_, _, Box<dyn DraftSource>) = match params.mode {
             Mode::Plain => (&mut self.plain_cache, 1, Box::new(NoDrafts)),
+            // Without drafts the spec cache still works: its extra heads only take keys and values.
+            Mode::Spec if model.n_heads() > 1 && arm == DraftArm::NoDrafts => (&mut self.spec_cache, model.n_heads(), Box::new(NoDrafts)),
             Mode::Spec if model.n_heads() > 1 => (&mut self.spec_cache, model.n_heads(), Box::new(HeadDrafts)),
             Mode::Spec | Mode::Lookup => (&mut self.plain_cache, 1, Box::new(PromptLookup::default())),
         };
@@ -179,6 +192,9 @@ impl Engine {
             stop_fn: block_stop.as_ref().map(|f| f as &dyn Fn(&str) -> Option<usize>),
         };
         let generation = decode::generate(model, cache, ids, &gen_params, drafter.as_mut(), &control)?;
+        if adaptive {
+            self.drafts.record(arm, generation.stats.decode_ms, generation.stats.decode_tokens);
+        }
         let raw = decode::Detokenize::detokenize(&self.loaded.tokenizer, &generation.tokens);
         Ok(Completion {
             text: postprocess::clean_completion(&raw, &generation.stop),

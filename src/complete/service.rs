@@ -30,6 +30,8 @@ pub struct Settings {
     pub sampling: Option<SamplingParams>,
     /// Most draft tokens per forward: the number of heads used minus one.
     pub max_draft_len: usize,
+    /// Speculative mode: stop drafting while plain steps measure faster (see `complete::drafts`).
+    pub adaptive_drafts: bool,
     /// A generation stops at the first forward-pass boundary after this long.
     pub time_cap: Duration,
     /// Prefix-clipping hysteresis in tokens.
@@ -58,6 +60,7 @@ impl Default for Settings {
             lines: LinePolicy::Auto,
             sampling: None,
             max_draft_len: 8,
+            adaptive_drafts: true,
             time_cap: Duration::from_millis(1500),
             prefix_slack_tokens: 256,
             result_cache: true,
@@ -187,6 +190,7 @@ impl CompletionService {
             stop_strings: Vec::new(),
             sampling: settings.sampling,
             max_draft_len: settings.max_draft_len,
+            adaptive_drafts: settings.adaptive_drafts,
             cancel,
             deadline: Some(started + settings.time_cap),
             prefix_start_hint: hint,

@@ -194,6 +194,8 @@ pub fn eval_settings(max_tokens: usize) -> Settings {
         snippet_tokens: 0,
         result_cache: false,
         time_cap: std::time::Duration::from_secs(3600),
+        // Measure speculation itself: the heads always draft.
+        adaptive_drafts: false,
         ..Settings::default()
     }
 }

@@ -33,7 +33,7 @@ impl Default for ServerConfig {
 }
 
 /// The keys `apply` understands.
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 18] = [
     "model",
     "device",
     "maxTokens",
@@ -51,6 +51,7 @@ pub const KEYS: [&str; 17] = [
     "kvReuse",
     "stopAtBlockEnd",
     "maxLineLength",
+    "adaptiveDrafts",
 ];
 
 impl ServerConfig {
@@ -137,6 +138,10 @@ impl ServerConfig {
                 },
                 "stopAtBlockEnd" => match v.as_bool() {
                     Some(b) => self.settings.stop_at_block_end = b,
+                    None => bad("a boolean"),
+                },
+                "adaptiveDrafts" => match v.as_bool() {
+                    Some(b) => self.settings.adaptive_drafts = b,
                     None => bad("a boolean"),
                 },
                 "maxLineLength" => match as_usize(v) {
