@@ -168,8 +168,10 @@ impl Engine {
         let (cache_slot, n_heads, mut drafter): (_, _, Box<dyn DraftSource>) = match params.mode {
             Mode::Plain => (&mut self.plain_cache, 1, Box::new(NoDrafts)),
             // Without drafts the spec cache still works: its extra heads only take keys and values.
-            Mode::Spec if model.n_heads() > 1 && arm == DraftArm::NoDrafts => (&mut self.spec_cache, model.n_heads(), Box::new(NoDrafts)),
-            Mode::Spec if model.n_heads() > 1 => (&mut self.spec_cache, model.n_heads(), Box::new(HeadDrafts)),
+            Mode::Spec if model.n_heads() > 1 => match arm {
+                DraftArm::Heads => (&mut self.spec_cache, model.n_heads(), Box::new(HeadDrafts)),
+                DraftArm::NoDrafts => (&mut self.spec_cache, model.n_heads(), Box::new(NoDrafts)),
+            },
             Mode::Spec | Mode::Lookup => (&mut self.plain_cache, 1, Box::new(PromptLookup::default())),
         };
         if cache_slot.is_none() {

@@ -1,6 +1,7 @@
 //! The generation loop: prefill with KV-cache reuse, then rounds of [pending token + draft] through
 //! the trunk and head 1, verified (greedy or speculative sampling), the caches rolled back to the
-//! accepted length, and only then the extra heads run on the kept rows for the next drafts. Plain decoding is the same loop with no drafts.
+//! accepted length, and only then the extra heads run on the kept rows for the next drafts.
+//! Plain decoding is the same loop with no drafts.
 //! Not here: prompts and text post-processing (`complete`).
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -285,11 +285,14 @@ pub fn small_matmul(x: &[f32], rows: usize, k: usize, w: Weights, n: usize) -> V
                 scratch.resize(BLOCK * k, 0.0);
                 matmul_block(x, rows, k, scratch, out);
             }
-            Weights::Bf16(w) if rows == 1 && j1 - j0 == BLOCK && bf16_block_inline(x, k, &w[j0 * k..j1 * k], out) => {}
             Weights::Bf16(w) => {
+                let block = &w[j0 * k..j1 * k];
+                if rows == 1 && j1 - j0 == BLOCK && bf16_block_inline(x, k, block, out) {
+                    return;
+                }
                 // Rows past the block's real ones must be zero; the rest is overwritten.
                 scratch.resize(BLOCK * k, 0.0);
-                widen_bf16(&w[j0 * k..j1 * k], scratch);
+                widen_bf16(block, scratch);
                 scratch[(j1 - j0) * k..].fill(0.0);
                 matmul_block(x, rows, k, scratch, out);
             }

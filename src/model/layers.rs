@@ -116,6 +116,19 @@ impl Proj {
         Ok(self.lin.forward(x)?)
     }
 
+    /// `self(x)`, through the small-chunk kernel when `small` (reading the bf16 copy when there is one).
+    pub fn apply(&self, x: &Tensor, small: bool) -> Result<Tensor> {
+        if !small {
+            return self.forward(x);
+        }
+        let w = self.compact.as_ref().unwrap_or(self.weight());
+        let y = x.contiguous()?.apply_op2_no_bwd(w, &SmallMatmul)?;
+        Ok(match self.bias() {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
     /// Keeps a bf16 copy of the weight for the small-chunk kernel when the weight is an f32 CPU
     /// tensor whose every value is a bf16 value (a model stored as bf16): lossless, so decoding
     /// gives the same bits. Returns whether it did. The copy is not updated if the weight
@@ -132,19 +145,6 @@ impl Proj {
         self.compact = Some(w.to_dtype(DType::BF16)?);
         Ok(true)
     }
-}
-
-/// `lin(x)`, through the small-chunk kernel when `small` (reading the bf16 copy when there is one).
-pub fn apply_linear(lin: &Proj, x: &Tensor, small: bool) -> Result<Tensor> {
-    if !small {
-        return lin.forward(x);
-    }
-    let w = lin.compact.as_ref().unwrap_or(lin.weight());
-    let y = x.contiguous()?.apply_op2_no_bwd(w, &SmallMatmul)?;
-    Ok(match lin.bias() {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    })
 }
 
 fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Proj> {
@@ -169,9 +169,9 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor, small: bool) -> Result<Tensor> {
-        let gate = apply_linear(&self.gate_proj, x, small)?.silu()?;
-        let up = apply_linear(&self.up_proj, x, small)?;
-        apply_linear(&self.down_proj, &(gate * up)?, small)
+        let gate = self.gate_proj.apply(x, small)?.silu()?;
+        let up = self.up_proj.apply(x, small)?;
+        self.down_proj.apply(&(gate * up)?, small)
     }
 }
 
@@ -205,8 +205,8 @@ impl Attention {
     fn keys_values(&self, x: &Tensor, offset: usize, rope: &Rope, small: bool, differentiable: bool) -> Result<(Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
         let (kv, hd) = (self.n_kv_heads, self.head_dim);
-        let k = apply_linear(&self.k_proj, x, small)?.reshape((b, t, kv, hd))?.transpose(1, 2)?;
-        let v = apply_linear(&self.v_proj, x, small)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = self.k_proj.apply(x, small)?.reshape((b, t, kv, hd))?.transpose(1, 2)?;
+        let v = self.v_proj.apply(x, small)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
         Ok((rope.apply(&k, offset, differentiable)?, v))
     }
 
@@ -218,7 +218,7 @@ impl Attention {
         let differentiable = kernels.differentiable();
         let small = small_chunk(x, b * t, kernels);
         let path = attention_path(kernels, x.device().is_cuda(), cache.is_some() && b == 1, small, t, hd);
-        let q = apply_linear(&self.q_proj, x, small)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
+        let q = self.q_proj.apply(x, small)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
         let q = rope.apply(&q, offset, differentiable)?;
         let (k, v) = self.keys_values(x, offset, rope, small, differentiable)?;
         let scale = 1.0 / (hd as f64).sqrt();
@@ -229,7 +229,7 @@ impl Attention {
                 let op = CachedAttention { len: cache.len(), scale: scale as f32 };
                 let out = q.contiguous()?.apply_op3_no_bwd(k_all, v_all, &op)?;
                 let out = out.transpose(1, 2)?.reshape((b, t, h * hd))?;
-                return apply_linear(&self.o_proj, &out, small);
+                return self.o_proj.apply(&out, small);
             }
             (Some(cache), AttentionPath::Fused) => {
                 cache.append(&k, &v)?;

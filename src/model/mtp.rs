@@ -9,7 +9,7 @@ use super::config::ModelConfig;
 use super::error::{ModelError, Result};
 use super::gpu_ops::logits_f32;
 use super::kv_cache::KvCache;
-use super::layers::{apply_linear, small_chunk, DecoderLayer, Kernels, Proj, RmsNorm};
+use super::layers::{small_chunk, DecoderLayer, Kernels, Proj, RmsNorm};
 use super::rope::Rope;
 
 /// RoPE tables are built for at most this many positions, whatever `max_position_embeddings` says.
@@ -310,7 +310,7 @@ impl MtpModel {
         let rows = hidden.elem_count() / self.config.hidden_size;
         let small = small_chunk(&normed, rows, self.kernels);
         if self.dtype == DType::F32 || self.kernels.differentiable() {
-            return Ok(apply_linear(&self.lm_head, &normed, small)?.to_dtype(DType::F32)?);
+            return Ok(self.lm_head.apply(&normed, small)?.to_dtype(DType::F32)?);
         }
         let mut dims = hidden.dims().to_vec();
         let logits = logits_f32(&normed.reshape((rows, self.config.hidden_size))?, self.lm_head.weight())?;
