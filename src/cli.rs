@@ -15,8 +15,10 @@ use foresight::model::weights::{load_dir, param_counts, read_config};
 use foresight::model::{weight_dtype, DeviceChoice, LoadedModel};
 
 mod bench_gpu;
+mod bench_train;
 mod train;
 pub use bench_gpu::{bench_gpu, BenchGpuArgs};
+pub use bench_train::{bench_train, BenchTrainArgs};
 pub use train::{train, TrainArgs};
 
 #[derive(Parser, Debug)]
@@ -82,6 +84,9 @@ pub enum BenchCommand {
     /// Replay typing over dev-set tasks against `foresight serve` over stdio and report latency,
     /// result-cache share and KV reuse, for speculative vs plain and prefix reuse vs none.
     Lsp(BenchLspArgs),
+    /// Training tokens/s of `foresight train`'s step beside the PyTorch reference on the same
+    /// shapes (random tokens), and their ratio.
+    Train(BenchTrainArgs),
 }
 
 #[derive(Args, Debug)]

@@ -46,6 +46,7 @@ fn main() {
         cli::Command::Serve(args) => cli::serve(args),
         cli::Command::TinyModel { dir } => cli::tiny_model(&dir),
         cli::Command::Bench { which: cli::BenchCommand::Lsp(args) } => cli::bench_lsp(args),
+        cli::Command::Bench { which: cli::BenchCommand::Train(args) } => cli::bench_train(args),
         cli::Command::BenchGpu(args) => cli::bench_gpu(*args),
     });
     if let Err(err) = result {

@@ -14,7 +14,7 @@ pub const MAX_ROWS: usize = 16;
 /// Below this many multiply-adds a kernel runs on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 18;
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else { candle_core::bail!("{what}: small-chunk kernels take f32") };
     let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("{what}: must be contiguous") };
     Ok(&data[start..end])

@@ -11,6 +11,7 @@ use super::error::Result;
 use super::gpu_ops::{FusedAttention, MAX_HEAD_DIM};
 use super::kv_cache::KvCache;
 use super::rope::Rope;
+use super::train_kernels::{self, CausalAttentionOp, RmsNormOp, SwiGluOp};
 
 /// Which kernels a forward pass uses. Several fused candle kernels silently drop gradients,
 /// so training must use the plain-op forms.
@@ -26,13 +27,23 @@ pub enum Kernels {
     /// Fused kernels with `FusedAttention` wherever a cache is used, on any device (the CPU runs
     /// the op's reference implementation): tests the op's contract without a GPU.
     FusedAttention,
-    /// Plain differentiable ops: training.
+    /// Plain differentiable ops: training anywhere, and the reference the training kernels are
+    /// tested against.
     Differentiable,
+    /// Differentiable, with the fused training kernels of `train_kernels.rs` (RMSNorm, SwiGLU,
+    /// causal attention, and the unembedding with cross-entropy in `train::objective`) wherever
+    /// tensors are f32 on the CPU; plain differentiable ops elsewhere. Training on the CPU.
+    Training,
 }
 
 impl Kernels {
     pub fn differentiable(self) -> bool {
-        self == Kernels::Differentiable
+        matches!(self, Kernels::Differentiable | Kernels::Training)
+    }
+
+    /// Whether `x` takes the fused training kernels under these kernels.
+    pub fn fused_training(self, x: &Tensor) -> bool {
+        self == Kernels::Training && train_kernels::supported(x.device(), x.dtype())
     }
 }
 
@@ -45,6 +56,8 @@ pub enum AttentionPath {
     CpuSmallChunk,
     /// One `FusedAttention` launch over the cache.
     Fused,
+    /// The training kernel `CausalAttentionOp` over the whole sequence (no cache; f32 CPU tensors).
+    CpuTraining,
 }
 
 /// Most new rows for which `Kernels::Fused` takes the fused kernel on a GPU. The kernel runs on CUDA
@@ -55,7 +68,8 @@ pub const FUSED_MAX_ROWS: usize = 16;
 /// Picks the attention path: a pure decision on the kernels wanted and where the call runs.
 pub fn attention_path(kernels: Kernels, on_gpu: bool, has_cache: bool, small: bool, rows: usize, head_dim: usize) -> AttentionPath {
     match kernels {
-        Kernels::Differentiable | Kernels::PlainAttention => AttentionPath::Plain,
+        Kernels::Training if !on_gpu && !has_cache => AttentionPath::CpuTraining,
+        Kernels::Differentiable | Kernels::PlainAttention | Kernels::Training => AttentionPath::Plain,
         _ if !has_cache => AttentionPath::Plain,
         Kernels::Fused if small => AttentionPath::CpuSmallChunk,
         Kernels::Fused if on_gpu && rows <= FUSED_MAX_ROWS && head_dim <= MAX_HEAD_DIM => AttentionPath::Fused,
@@ -78,7 +92,9 @@ impl RmsNorm {
 
     pub fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         // The fused kernel keeps the mean of squares and the scaling in f32 for bf16 inputs too.
-        Ok(if kernels.differentiable() {
+        Ok(if kernels.fused_training(x) {
+            x.contiguous()?.apply_op2(&self.weight, RmsNormOp { eps: self.eps as f32 })?
+        } else if kernels.differentiable() {
             candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32)?
         } else {
             candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?
@@ -168,10 +184,12 @@ impl Mlp {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, small: bool) -> Result<Tensor> {
-        let gate = self.gate_proj.apply(x, small)?.silu()?;
+    /// `fused_swiglu`: `silu(gate) * up` as the training kernel `SwiGluOp` (f32 CPU tensors).
+    pub fn forward(&self, x: &Tensor, small: bool, fused_swiglu: bool) -> Result<Tensor> {
+        let gate = self.gate_proj.apply(x, small)?;
         let up = self.up_proj.apply(x, small)?;
-        self.down_proj.apply(&(gate * up)?, small)
+        let act = if fused_swiglu { gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGluOp)? } else { (gate.silu()? * up)? };
+        self.down_proj.apply(&act, small)
     }
 }
 
@@ -237,6 +255,10 @@ impl Attention {
                 // One launch; q is read in place and the output is already (1, t, h, hd).
                 let out = q.apply_op3_no_bwd(k_all, v_all, &FusedAttention { len: cache.len(), scale: scale as f32 })?;
                 return self.o_proj.forward(&out.reshape((b, t, h * hd))?);
+            }
+            (None, AttentionPath::CpuTraining) if offset == 0 && kernels.fused_training(&q) => {
+                let out = q.contiguous()?.apply_op3(&k.contiguous()?, &v, CausalAttentionOp { scale: scale as f32 })?;
+                return self.o_proj.forward(&out.transpose(1, 2)?.reshape((b, t, h * hd))?);
             }
             (Some(cache), _) => cache.append(&k, &v)?,
             (None, _) => (k, v),
@@ -312,7 +334,7 @@ impl DecoderLayer {
         let attn = self.self_attn.forward(&self.input_layernorm.forward(x, kernels)?, offset, rope, cache, kernels)?;
         let x = (x + attn)?;
         let (b, t, _) = x.dims3()?;
-        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x, kernels)?, small_chunk(&x, b * t, kernels))?;
+        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x, kernels)?, small_chunk(&x, b * t, kernels), kernels.fused_training(&x))?;
         Ok((x + mlp)?)
     }
 }
@@ -339,6 +361,10 @@ mod tests {
             ((Kernels::FusedAttention, true, true, false, 2048, 64), Fused),
             ((Kernels::FusedAttention, false, false, false, 1, 64), Plain),
             ((Kernels::Differentiable, true, true, false, 1, 64), Plain),
+            ((Kernels::Differentiable, false, false, false, 512, 64), Plain),
+            ((Kernels::Training, false, false, false, 512, 64), CpuTraining),
+            ((Kernels::Training, true, false, false, 512, 64), Plain),
+            ((Kernels::Training, false, true, false, 512, 64), Plain),
         ];
         for ((kernels, gpu, cache, small, rows, hd), want) in cases {
             assert_eq!(attention_path(kernels, gpu, cache, small, rows, hd), want, "{kernels:?} gpu={gpu} cache={cache} small={small} rows={rows} hd={hd}");

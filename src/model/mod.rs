@@ -13,6 +13,7 @@ pub mod mtp;
 pub mod rope;
 pub mod tiny;
 pub mod tokenizer;
+pub mod train_kernels;
 pub mod weights;
 
 pub use config::ModelConfig;

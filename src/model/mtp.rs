@@ -338,9 +338,23 @@ impl MtpModel {
 
     /// Training: head `head_idx` (0 = next token) on trunk output `z`; returns logits `(b, t, vocab)`.
     pub fn forward_head(&self, head_idx: usize, z: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(&self.forward_head_normed(head_idx, z)?)
+    }
+
+    /// Training: head `head_idx` on trunk output `z` through the final norm, before the
+    /// unembedding: `(b, t, hidden)`.
+    pub fn forward_head_normed(&self, head_idx: usize, z: &Tensor) -> Result<Tensor> {
         let h = self.heads[head_idx].forward(z, 0, &self.rope, None, self.kernels)?;
-        let normed = self.norm.forward(&h, self.kernels)?;
-        self.lm_head.forward(&normed)
+        self.norm.forward(&h, self.kernels)
+    }
+
+    /// The unembedding `(vocab, hidden)` (the input embedding when tied).
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.weight()
+    }
+
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     /// Every weight under its Hugging Face name (tied `lm_head` is not repeated).

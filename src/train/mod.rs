@@ -16,6 +16,7 @@ pub mod packing;
 pub mod params;
 pub mod presets;
 pub mod run;
+pub mod throughput;
 
 pub use error::{Result, TrainError};
 pub use objective::LossOrder;

@@ -4,13 +4,16 @@
 //! in turn with the gradient at the trunk output accumulated and the head's logits freed, then one
 //! trunk backward. `Joint` is the naive backward of the summed loss, kept as the reference the
 //! sequential order is tested against and for the memory benchmark. Also the validation metrics.
-//! The model must run `Kernels::Differentiable`. Not here: the optimizer (`optim.rs`).
+//! The model must run `Kernels::Differentiable` or `Kernels::Training` (then, on f32 CPU tensors,
+//! each head's unembedding and cross-entropy are one fused op whose full logits never exist).
+//! Not here: the optimizer (`optim.rs`).
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, TensorId, Var, D};
 
 use super::error::{Result, TrainError};
+use crate::model::train_kernels::linear_cross_entropy;
 use crate::model::MtpModel;
 
 /// Which backward order computes the gradients.
@@ -68,6 +71,22 @@ fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (b, keep, v) = logits.dims3()?;
     let flat = logits.reshape((b * keep, v))?;
     Ok(candle_nn::loss::cross_entropy(&flat, &targets.reshape(b * keep)?)?)
+}
+
+/// Head `head_idx`'s mean cross-entropy on trunk output `z` over `windows`: the fused unembedding
+/// with cross-entropy under `Kernels::Training` on f32 CPU tensors, logits and plain ops otherwise.
+fn head_loss(model: &MtpModel, head_idx: usize, z: &Tensor, windows: &Tensor) -> Result<Tensor> {
+    if !model.kernels().fused_training(z) {
+        let (logits, targets) = head_logits_and_targets(model, head_idx, z, windows)?;
+        return cross_entropy(&logits, &targets);
+    }
+    let t = z.dim(1)?;
+    let keep = scored_positions(t, head_idx);
+    let z = if keep == t { z.clone() } else { z.narrow(1, 0, keep)? };
+    let normed = model.forward_head_normed(head_idx, &z)?;
+    let (b, keep, d) = normed.dims3()?;
+    let targets = windows.narrow(1, head_idx + 1, keep)?;
+    Ok(linear_cross_entropy(&normed.reshape((b * keep, d))?, model.lm_head_weight(), &targets)?)
 }
 
 /// Result of one forward/backward on a batch.
@@ -128,8 +147,7 @@ pub fn batch_grads(
             let z = model.forward_trunk(&inputs)?;
             let mut total: Option<Tensor> = None;
             for (i, w) in weights.iter().enumerate() {
-                let (logits, targets) = head_logits_and_targets(model, i, &z, windows)?;
-                let loss = cross_entropy(&logits, &targets)?;
+                let loss = head_loss(model, i, &z, windows)?;
                 head_losses.push(loss.to_scalar::<f32>()?);
                 let weighted = (loss * f64::from(*w))?;
                 total = Some(match total {
@@ -148,8 +166,7 @@ pub fn batch_grads(
             let mut dz: Option<Tensor> = None;
             for (i, w) in weights.iter().enumerate() {
                 let mut store = {
-                    let (logits, targets) = head_logits_and_targets(model, i, z_leaf.as_tensor(), windows)?;
-                    let loss = cross_entropy(&logits, &targets)?;
+                    let loss = head_loss(model, i, z_leaf.as_tensor(), windows)?;
                     head_losses.push(loss.to_scalar::<f32>()?);
                     (loss * f64::from(*w))?.backward()?
                     // logits, the loss and their graph are dropped here, before the next head.

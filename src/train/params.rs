@@ -119,7 +119,8 @@ impl ParamSet {
             .collect::<candle_core::Result<HashMap<_, _>>>()?;
         let device = self.params[&self.names[0]].tensor().device().clone();
         let mut model = MtpModel::load(&self.config, VarBuilder::from_tensors(tensors, compute, &device))?;
-        model.set_kernels(Kernels::Differentiable);
+        // The fused training kernels where they run (f32 on the CPU), plain differentiable ops elsewhere.
+        model.set_kernels(Kernels::Training);
         Ok(model)
     }
 

@@ -1,0 +1,553 @@
+//! Fused CPU training kernels with their own backward, as candle custom ops: RMSNorm, SwiGLU,
+//! causal self-attention (blocked, upper-triangle blocks skipped, probabilities recomputed in the
+//! backward instead of stored) and the unembedding with a chunked cross-entropy whose full logits
+//! never exist. Each replaces a chain of plain ops, so autograd keeps one node (one gradient
+//! buffer) instead of five to ten. f32 and CPU only; each is tested against the plain
+//! differentiable ops it replaces (tests/train_kernels.rs). Not here: the inference kernels
+//! (`cpu_kernels.rs`), the GPU ops (`gpu_ops.rs`), and the choice of when to use them (`layers.rs`).
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Storage, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::cpu_kernels::f32_slice;
+
+/// A strided matrix view into a slice: element `(i, j)` sits at `i * rs + j * cs`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// The row-major `rows x cols` matrix at the start of `data`.
+    fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self { data, rows, cols, rs: cols, cs: 1 }
+    }
+
+    fn t(self) -> Self {
+        Self { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+
+    fn in_bounds(&self) -> bool {
+        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst = scale * a b` (or `dst += scale * a b` when `accumulate`), `dst` row-major `m x n` with
+/// row stride `ld`. The matmul is the `gemm` crate's (the one candle uses).
+fn matmul(dst: &mut [f32], ld: usize, a: View, b: View, scale: f32, accumulate: bool, par: Parallelism) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner sizes");
+    assert!(a.in_bounds() && b.in_bounds(), "matmul operand out of bounds");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(n <= ld && (m - 1) * ld + n <= dst.len(), "matmul destination out of bounds");
+    if k == 0 {
+        if !accumulate {
+            for row in dst.chunks_mut(ld).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    // SAFETY: every index the call touches was checked above to lie inside its slice, and `dst`
+    // is borrowed mutably, so it overlaps neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            ld as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+fn threads() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// Runs `f` on the f32 contents of a CPU tensor (made contiguous first).
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("training kernels run on the CPU") };
+    Ok(f(f32_slice(cpu, layout, "training kernel input")?))
+}
+
+fn cpu_tensor(data: Vec<f32>, shape: &[usize]) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(data, shape, &Device::Cpu)
+}
+
+/// Rows of at most this many elements go to one rayon task in element-wise kernels.
+const PAR_CHUNK: usize = 16 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+/// `x / sqrt(mean(x^2) + eps) * w` over the last dimension, with backward.
+pub struct RmsNormOp {
+    pub eps: f32,
+}
+
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "train-rms-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "rms-norm input")?;
+        let w = f32_slice(s2, l2, "rms-norm weight")?;
+        let d = w.len();
+        if d == 0 || l1.dims().last() != Some(&d) {
+            candle_core::bail!("rms-norm: weight of {d} for input {:?}", l1.dims());
+        }
+        let mut out = vec![0f32; x.len()];
+        let rows_per_task = (PAR_CHUNK / d).max(1);
+        out.par_chunks_mut(rows_per_task * d).zip(x.par_chunks(rows_per_task * d)).for_each(|(o, x)| {
+            for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+                let r = inv_rms(x, self.eps);
+                for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
+                    *o = x * r * w;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let eps = self.eps;
+        let (dx, dw) = with_f32(x, |x| {
+            with_f32(w, |w| {
+                with_f32(dy, |dy| {
+                    let mut dx = vec![0f32; x.len()];
+                    let rows_per_task = (PAR_CHUNK / d).max(1);
+                    let dw = dx
+                        .par_chunks_mut(rows_per_task * d)
+                        .zip(x.par_chunks(rows_per_task * d))
+                        .zip(dy.par_chunks(rows_per_task * d))
+                        .map(|((dx, x), dy)| {
+                            let mut dw = vec![0f32; d];
+                            for ((dx, x), dy) in dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d)) {
+                                let r = inv_rms(x, eps);
+                                // g = dy * w; dx = r * (g - xhat * mean(g * xhat)), xhat = x * r.
+                                let mut dot = 0f32;
+                                for i in 0..d {
+                                    let xhat = x[i] * r;
+                                    dot += dy[i] * w[i] * xhat;
+                                    dw[i] += dy[i] * xhat;
+                                }
+                                let mean = dot / d as f32;
+                                for i in 0..d {
+                                    dx[i] = r * (dy[i] * w[i] - x[i] * r * mean);
+                                }
+                            }
+                            dw
+                        })
+                        .reduce(|| vec![0f32; d], |mut a, b| {
+                            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                            a
+                        });
+                    (dx, dw)
+                })
+            })
+        })???;
+        Ok((Some(cpu_tensor(dx, x.dims())?), Some(cpu_tensor(dw, w.dims())?)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU
+
+/// `silu(gate) * up`, element-wise, with backward.
+pub struct SwiGluOp;
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+impl CustomOp2 for SwiGluOp {
+    fn name(&self) -> &'static str {
+        "train-swiglu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = f32_slice(s1, l1, "swiglu gate")?;
+        let u = f32_slice(s2, l2, "swiglu up")?;
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("swiglu: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
+        }
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(PAR_CHUNK).zip(g.par_chunks(PAR_CHUNK)).zip(u.par_chunks(PAR_CHUNK)).for_each(|((o, g), u)| {
+            for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                *o = g * sigmoid(*g) * u;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, g: &Tensor, u: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dg, du) = with_f32(g, |g| {
+            with_f32(u, |u| {
+                with_f32(dy, |dy| {
+                    let mut dg = vec![0f32; g.len()];
+                    let mut du = vec![0f32; g.len()];
+                    dg.par_chunks_mut(PAR_CHUNK)
+                        .zip(du.par_chunks_mut(PAR_CHUNK))
+                        .zip(g.par_chunks(PAR_CHUNK).zip(u.par_chunks(PAR_CHUNK)).zip(dy.par_chunks(PAR_CHUNK)))
+                        .for_each(|((dg, du), ((g, u), dy))| {
+                            for i in 0..g.len() {
+                                let s = sigmoid(g[i]);
+                                let silu = g[i] * s;
+                                dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+                                du[i] = dy[i] * silu;
+                            }
+                        });
+                    (dg, du)
+                })
+            })
+        })???;
+        Ok((Some(cpu_tensor(dg, g.dims())?), Some(cpu_tensor(du, u.dims())?)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Causal self-attention
+
+/// Query rows per block: a block attends to the keys up to its last row, so blocks above the
+/// diagonal are never computed.
+const ATTN_BLOCK: usize = 64;
+
+/// Causal self-attention over a whole sequence (no cache, positions from 0): `q (b, h, t, hd)`,
+/// `k, v (b, kv, t, hd)` with `h` a multiple of `kv` (query head `i` reads kv head `i / (h / kv)`),
+/// output `(b, h, t, hd)`. Softmax in f32 with the max subtracted; the backward recomputes the
+/// probabilities block by block instead of keeping the `t x t` matrix.
+pub struct CausalAttentionOp {
+    pub scale: f32,
+}
+
+struct AttnDims {
+    h: usize,
+    kv: usize,
+    t: usize,
+    hd: usize,
+}
+
+impl AttnDims {
+    fn check(q: &[usize], k: &[usize], v: &[usize]) -> candle_core::Result<Self> {
+        let (&[b, h, t, hd], &[kb, kv, kt, khd]) = (q, k) else {
+            candle_core::bail!("causal attention: q {q:?} and k {k:?} must be 4-d")
+        };
+        if kb != b || kt != t || khd != hd || v != k || kv == 0 || h % kv != 0 {
+            candle_core::bail!("causal attention: q {q:?}, k {k:?}, v {v:?} do not fit");
+        }
+        Ok(Self { h, kv, t, hd })
+    }
+
+    fn group(&self) -> usize {
+        self.h / self.kv
+    }
+}
+
+/// Softmax of each row of `s (rows x keys)` over its causal prefix: row `i` sees keys
+/// `0..=first_row + i`, the rest are set to 0. `s` holds scaled scores on entry.
+fn causal_softmax_rows(s: &mut [f32], rows: usize, keys: usize, first_row: usize) {
+    for i in 0..rows {
+        let row = &mut s[i * keys..(i + 1) * keys];
+        let seen = (first_row + i + 1).min(keys);
+        let max = row[..seen].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for v in &mut row[..seen] {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        row[..seen].iter_mut().for_each(|v| *v *= inv);
+        row[seen..].fill(0.0);
+    }
+}
+
+/// The probabilities `P (rows x keys)` of query rows `r0..r0 + rows` of one head, into `p`.
+fn block_probs(p: &mut [f32], q: &[f32], k: &[f32], r0: usize, rows: usize, hd: usize, scale: f32) {
+    let keys = r0 + rows;
+    let qb = View::rows(&q[r0 * hd..(r0 + rows) * hd], rows, hd);
+    let kb = View::rows(&k[..keys * hd], keys, hd);
+    matmul(p, keys, qb, kb.t(), scale, false, Parallelism::None);
+    causal_softmax_rows(&mut p[..rows * keys], rows, keys, r0);
+}
+
+impl CustomOp3 for CausalAttentionOp {
+    fn name(&self) -> &'static str {
+        "train-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = AttnDims::check(l1.dims(), l2.dims(), l3.dims())?;
+        let (q, k, v) = (f32_slice(s1, l1, "attention q")?, f32_slice(s2, l2, "attention k")?, f32_slice(s3, l3, "attention v")?);
+        let AttnDims { t, hd, .. } = dims;
+        let group = dims.group();
+        let mut out = vec![0f32; q.len()];
+        if t > 0 && hd > 0 {
+            out.par_chunks_mut(t * hd).enumerate().for_each(|(bh, o)| {
+                let (bi, hi) = (bh / dims.h, bh % dims.h);
+                let kvh = bi * dims.kv + hi / group;
+                let (q, k, v) = (&q[bh * t * hd..(bh + 1) * t * hd], &k[kvh * t * hd..(kvh + 1) * t * hd], &v[kvh * t * hd..(kvh + 1) * t * hd]);
+                let mut p = vec![0f32; ATTN_BLOCK * t];
+                for r0 in (0..t).step_by(ATTN_BLOCK) {
+                    let rows = ATTN_BLOCK.min(t - r0);
+                    let keys = r0 + rows;
+                    block_probs(&mut p, q, k, r0, rows, hd, self.scale);
+                    let pb = View::rows(&p[..rows * keys], rows, keys);
+                    matmul(&mut o[r0 * hd..], hd, pb, View::rows(&v[..keys * hd], keys, hd), 1.0, false, Parallelism::None);
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[allow(clippy::many_single_char_names)]
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, d_o: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dims = AttnDims::check(q.dims(), k.dims(), v.dims())?;
+        let AttnDims { t, hd, .. } = dims;
+        let group = dims.group();
+        let scale = self.scale;
+        let per_head = t * hd;
+        let (dq, dk, dv) = with_f32(q, |q| {
+            with_f32(k, |k| {
+                with_f32(v, |v| {
+                    with_f32(o, |o| {
+                        with_f32(d_o, |d_o| {
+                            let mut dq = vec![0f32; q.len()];
+                            let mut dk = vec![0f32; k.len()];
+                            let mut dv = vec![0f32; v.len()];
+                            if per_head == 0 {
+                                return (dq, dk, dv);
+                            }
+                            // One task per (batch row, kv head): it owns that kv head's dK, dV and
+                            // the dQ of its query group.
+                            dq.par_chunks_mut(group * per_head)
+                                .zip(dk.par_chunks_mut(per_head))
+                                .zip(dv.par_chunks_mut(per_head))
+                                .enumerate()
+                                .for_each(|(bkv, ((dq, dk), dv))| {
+                                    let kr = bkv * per_head..(bkv + 1) * per_head;
+                                    let (k, v) = (&k[kr.clone()], &v[kr]);
+                                    let mut p = vec![0f32; ATTN_BLOCK * t];
+                                    let mut ds = vec![0f32; ATTN_BLOCK * t];
+                                    for g in 0..group {
+                                        let bh = bkv * group + g;
+                                        let hr = bh * per_head..(bh + 1) * per_head;
+                                        let (q, o, d_o) = (&q[hr.clone()], &o[hr.clone()], &d_o[hr]);
+                                        let dq = &mut dq[g * per_head..(g + 1) * per_head];
+                                        for r0 in (0..t).step_by(ATTN_BLOCK) {
+                                            let rows = ATTN_BLOCK.min(t - r0);
+                                            let keys = r0 + rows;
+                                            block_probs(&mut p, q, k, r0, rows, hd, scale);
+                                            let dob = View::rows(&d_o[r0 * hd..keys * hd], rows, hd);
+                                            // dP = dO V^T
+                                            matmul(&mut ds, keys, dob, View::rows(&v[..keys * hd], keys, hd).t(), 1.0, false, Parallelism::None);
+                                            // dS = P * (dP - rowsum(dO * O))
+                                            for i in 0..rows {
+                                                let r = r0 + i;
+                                                let di: f32 = d_o[r * hd..(r + 1) * hd].iter().zip(&o[r * hd..(r + 1) * hd]).map(|(a, b)| a * b).sum();
+                                                let (ps, dss) = (&p[i * keys..(i + 1) * keys], &mut ds[i * keys..(i + 1) * keys]);
+                                                for (d, p) in dss.iter_mut().zip(ps) {
+                                                    *d = p * (*d - di);
+                                                }
+                                            }
+                                            let dsb = View::rows(&ds[..rows * keys], rows, keys);
+                                            let pb = View::rows(&p[..rows * keys], rows, keys);
+                                            // dQ = scale dS K; dK += scale dS^T Q; dV += P^T dO
+                                            matmul(&mut dq[r0 * hd..], hd, dsb, View::rows(&k[..keys * hd], keys, hd), scale, false, Parallelism::None);
+                                            let qb = View::rows(&q[r0 * hd..keys * hd], rows, hd);
+                                            matmul(dk, hd, dsb.t(), qb, scale, true, Parallelism::None);
+                                            matmul(dv, hd, pb.t(), dob, 1.0, true, Parallelism::None);
+                                        }
+                                    }
+                                });
+                            (dq, dk, dv)
+                        })
+                    })
+                })
+            })
+        })?????;
+        Ok((Some(cpu_tensor(dq, q.dims())?), Some(cpu_tensor(dk, k.dims())?), Some(cpu_tensor(dv, v.dims())?)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unembedding + cross-entropy
+
+/// Rows of the unembedding computed at once: `LOSS_CHUNK x vocab` logits exist at a time.
+const LOSS_CHUNK: usize = 256;
+
+/// Mean cross-entropy of `x (N, d) W^T` against `targets` (N), without the `(N, vocab)` logits:
+/// the forward walks the rows in chunks and, since the loss is a scalar, computes the gradients
+/// of `x` and `W` on the way (a second pass would recompute the logits). The backward scales
+/// them by the incoming gradient. One op instance serves one forward and one backward.
+pub struct LinearCrossEntropyOp {
+    targets: Vec<u32>,
+    grads: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
+impl LinearCrossEntropyOp {
+    pub fn new(targets: Vec<u32>) -> Self {
+        Self { targets, grads: Mutex::new(None) }
+    }
+}
+
+/// Per-row loss and gradient of the logits in place: `row` holds logits on entry and
+/// `(softmax - onehot(target)) * inv_n` on exit; returns `logsumexp - logit[target]`.
+fn softmax_xent_row(row: &mut [f32], target: usize, inv_n: f32) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let shifted_target = row[target] - max;
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    // -log p_t = log(sum) - (logit_t - max)
+    let loss = sum.ln() - shifted_target;
+    let scale = inv_n / sum;
+    row.iter_mut().for_each(|v| *v *= scale);
+    row[target] -= inv_n;
+    loss
+}
+
+impl CustomOp2 for LinearCrossEntropyOp {
+    fn name(&self) -> &'static str {
+        "train-linear-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "cross-entropy input")?;
+        let w = f32_slice(s2, l2, "unembedding")?;
+        let (&[n, d], &[vocab, wd]) = (l1.dims(), l2.dims()) else {
+            candle_core::bail!("linear cross-entropy: input {:?} and weight {:?} must be 2-d", l1.dims(), l2.dims())
+        };
+        if wd != d || self.targets.len() != n || n == 0 {
+            candle_core::bail!("linear cross-entropy: input {:?}, weight {:?}, {} targets", l1.dims(), l2.dims(), self.targets.len());
+        }
+        if let Some(bad) = self.targets.iter().find(|&&t| t as usize >= vocab) {
+            candle_core::bail!("linear cross-entropy: target {bad} outside the vocabulary of {vocab}");
+        }
+        let inv_n = 1.0 / n as f32;
+        let mut dx = vec![0f32; n * d];
+        let mut dw = vec![0f32; vocab * d];
+        let mut logits = vec![0f32; LOSS_CHUNK.min(n) * vocab];
+        let wv = View::rows(w, vocab, d);
+        let mut loss = 0f64;
+        for r0 in (0..n).step_by(LOSS_CHUNK) {
+            let rows = LOSS_CHUNK.min(n - r0);
+            let xb = View::rows(&x[r0 * d..(r0 + rows) * d], rows, d);
+            matmul(&mut logits, vocab, xb, wv.t(), 1.0, false, threads());
+            let targets = &self.targets[r0..r0 + rows];
+            loss += logits[..rows * vocab]
+                .par_chunks_mut(vocab)
+                .zip(targets.par_iter())
+                .map(|(row, &t)| f64::from(softmax_xent_row(row, t as usize, inv_n)))
+                .sum::<f64>();
+            let gb = View::rows(&logits[..rows * vocab], rows, vocab);
+            matmul(&mut dx[r0 * d..], d, gb, wv, 1.0, false, threads());
+            matmul(&mut dw, d, gb.t(), xb, 1.0, true, threads());
+        }
+        *self.grads.lock().map_err(|_| candle_core::Error::Msg("cross-entropy gradients poisoned".into()))? = Some((dx, dw));
+        Ok((CpuStorage::F32(vec![(loss * f64::from(inv_n)) as f32]), Shape::from(())))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        let taken = self.grads.lock().map_err(|_| candle_core::Error::Msg("cross-entropy gradients poisoned".into()))?.take();
+        let Some((mut dx, mut dw)) = taken else { candle_core::bail!("linear cross-entropy: backward without a forward, or twice") };
+        if g != 1.0 {
+            dx.iter_mut().for_each(|v| *v *= g);
+            dw.iter_mut().for_each(|v| *v *= g);
+        }
+        Ok((Some(cpu_tensor(dx, x.dims())?), Some(cpu_tensor(dw, w.dims())?)))
+    }
+}
+
+/// Mean cross-entropy of `x (N, d) W^T` against `targets (N)` (u32) through [`LinearCrossEntropyOp`].
+pub fn linear_cross_entropy(x: &Tensor, w: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    let targets = targets.flatten_all()?.to_vec1::<u32>()?;
+    x.contiguous()?.apply_op2(&w.contiguous()?, LinearCrossEntropyOp::new(targets))
+}
+
+/// Whether tensors on `device` in `dtype` can take these kernels.
+pub fn supported(device: &Device, dtype: candle_core::DType) -> bool {
+    device.is_cpu() && dtype == candle_core::DType::F32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causal_softmax_rows_table() {
+        // Two rows starting at row 1: row 0 sees 2 keys, row 1 sees 3.
+        let mut s = vec![0.0, 0.0, 5.0, 1.0f32.ln(), 2.0f32.ln(), 1.0f32.ln()];
+        causal_softmax_rows(&mut s, 2, 3, 1);
+        let want = [0.5, 0.5, 0.0, 0.25, 0.5, 0.25];
+        for (a, b) in s.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn softmax_xent_row_table() {
+        let mut row = vec![0.0f32; 4];
+        let loss = softmax_xent_row(&mut row, 2, 0.5);
+        assert!((loss - 4f32.ln()).abs() < 1e-6);
+        assert_eq!(row, vec![0.125, 0.125, 0.125 - 0.5, 0.125]);
+    }
+
+    #[test]
+    fn matmul_strided_and_accumulating() {
+        let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0f32]; // 2x3
+        let b = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0f32]; // 3x2
+        let mut c = vec![0f32; 4];
+        matmul(&mut c, 2, View::rows(&a, 2, 3), View::rows(&b, 3, 2), 1.0, false, Parallelism::None);
+        assert_eq!(c, vec![4.0, 5.0, 10.0, 11.0]);
+        // c += 2 * a a^T
+        matmul(&mut c, 2, View::rows(&a, 2, 3), View::rows(&a, 2, 3).t(), 2.0, true, Parallelism::None);
+        assert_eq!(c, vec![4.0 + 28.0, 5.0 + 64.0, 10.0 + 64.0, 11.0 + 154.0]);
+    }
+}
