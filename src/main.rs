@@ -33,9 +33,21 @@ fn pin_thread_count() {
     }
 }
 
+/// Training spends its time in matmuls (the `gemm` crate on rayon's threads) and fused kernels
+/// (rayon); candle's own pool then only runs small element-wise ops, and its workers spin at a
+/// barrier while the cores are busy elsewhere (about 30% of a training profile). One candle
+/// thread removes the spinning: measured in docs/BENCHMARKS.md ("Training throughput").
+fn single_candle_thread_for_training(command: &cli::Command) {
+    let training = matches!(command, cli::Command::Train(_) | cli::Command::Bench { which: cli::BenchCommand::Train(_) });
+    if training && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 fn main() {
     pin_thread_count();
     let cli = cli::Cli::parse();
+    single_candle_thread_for_training(&cli.command);
     let logging_to_file = cli.log_file.is_some();
     let result = init_logging(cli.log_file.as_deref()).and_then(|()| match cli.command {
         // Decoding runs on a pool thread, so it takes part in the kernels' parallel loops.
