@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Stora
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::cpu_kernels::f32_slice;
+use super::cpu_kernels::{f32_slice, has_avx2_fma};
 
 /// A strided matrix view into a slice: element `(i, j)` sits at `i * rs + j * cs`.
 #[derive(Clone, Copy)]
@@ -106,6 +106,73 @@ fn cpu_tensor(data: Vec<f32>, shape: &[usize]) -> candle_core::Result<Tensor> {
 /// Rows of at most this many elements go to one rayon task in element-wise kernels.
 const PAR_CHUNK: usize = 16 * 1024;
 
+/// `e^x` within about 2e-7 relative error for x in [-87, 88] (clamped outside that range),
+/// branch-free so that loops over it vectorize (libm's `expf` is a scalar call): round
+/// `x log2(e)` to n, reduce with ln 2 split in two parts, Cephes' degree-6 polynomial, scale by 2^n.
+#[inline(always)]
+fn exp_fast(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to an integer
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    (p * r * r + r + 1.0) * scale
+}
+
+/// Runs `$body` compiled for AVX2 + FMA when the CPU has them (so `exp_fast` loops vectorize),
+/// plainly otherwise. The same operations in the same order either way: only the speed differs.
+macro_rules! wide {
+    ($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+        fn $name($($arg: $ty),*) -> $ret {
+            #[inline(always)]
+            fn body($($arg: $ty),*) -> $ret $body
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) -> $ret {
+                body($($arg),*)
+            }
+            if has_avx2_fma() {
+                // SAFETY: the CPU has the features `avx2` was compiled for.
+                unsafe { avx2($($arg),*) }
+            } else {
+                body($($arg),*)
+            }
+        }
+    };
+}
+
+wide!(exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
+    // row[i] = e^(row[i] - max); returns the sum, accumulated in 16 lanes.
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        for (v, acc) in chunk.iter_mut().zip(lanes.iter_mut()) {
+            *v = exp_fast(*v - max);
+            *acc += *v;
+        }
+    }
+    let mut sum = 0f32;
+    for v in chunks.into_remainder() {
+        *v = exp_fast(*v - max);
+        sum += *v;
+    }
+    lanes.iter().sum::<f32>() + sum
+});
+
+wide!(swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) -> () {
+    for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + exp_fast(-g)) * u;
+    }
+});
+
+wide!(swiglu_backward(dg: &mut [f32], du: &mut [f32], gate: &[f32], up: &[f32], dy: &[f32]) -> () {
+    for i in 0..gate.len().min(dg.len()).min(du.len()).min(up.len()).min(dy.len()) {
+        let s = 1.0 / (1.0 + exp_fast(-gate[i]));
+        dg[i] = dy[i] * up[i] * s * (1.0 + gate[i] * (1.0 - s));
+        du[i] = dy[i] * gate[i] * s;
+    }
+});
+
 // ---------------------------------------------------------------------------------------------
 // RMSNorm
 
@@ -192,10 +259,6 @@ impl CustomOp2 for RmsNormOp {
 /// `silu(gate) * up`, element-wise, with backward.
 pub struct SwiGluOp;
 
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
-}
-
 impl CustomOp2 for SwiGluOp {
     fn name(&self) -> &'static str {
         "train-swiglu"
@@ -208,11 +271,7 @@ impl CustomOp2 for SwiGluOp {
             candle_core::bail!("swiglu: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
         }
         let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(PAR_CHUNK).zip(g.par_chunks(PAR_CHUNK)).zip(u.par_chunks(PAR_CHUNK)).for_each(|((o, g), u)| {
-            for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                *o = g * sigmoid(*g) * u;
-            }
-        });
+        out.par_chunks_mut(PAR_CHUNK).zip(g.par_chunks(PAR_CHUNK)).zip(u.par_chunks(PAR_CHUNK)).for_each(|((o, g), u)| swiglu_forward(o, g, u));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -225,14 +284,7 @@ impl CustomOp2 for SwiGluOp {
                     dg.par_chunks_mut(PAR_CHUNK)
                         .zip(du.par_chunks_mut(PAR_CHUNK))
                         .zip(g.par_chunks(PAR_CHUNK).zip(u.par_chunks(PAR_CHUNK)).zip(dy.par_chunks(PAR_CHUNK)))
-                        .for_each(|((dg, du), ((g, u), dy))| {
-                            for i in 0..g.len() {
-                                let s = sigmoid(g[i]);
-                                let silu = g[i] * s;
-                                dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-                                du[i] = dy[i] * silu;
-                            }
-                        });
+                        .for_each(|((dg, du), ((g, u), dy))| swiglu_backward(dg, du, g, u, dy));
                     (dg, du)
                 })
             })
@@ -286,12 +338,7 @@ fn causal_softmax_rows(s: &mut [f32], rows: usize, keys: usize, first_row: usize
         let row = &mut s[i * keys..(i + 1) * keys];
         let seen = (first_row + i + 1).min(keys);
         let max = row[..seen].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for v in &mut row[..seen] {
-            *v = (*v - max).exp();
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
+        let inv = 1.0 / exp_shifted_sum(&mut row[..seen], max);
         row[..seen].iter_mut().for_each(|v| *v *= inv);
         row[seen..].fill(0.0);
     }
@@ -439,11 +486,7 @@ impl LinearCrossEntropyOp {
 fn softmax_xent_row(row: &mut [f32], target: usize, inv_n: f32) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let shifted_target = row[target] - max;
-    let mut sum = 0f32;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
+    let sum = exp_shifted_sum(row, max);
     // -log p_t = log(sum) - (logit_t - max)
     let loss = sum.ln() - shifted_target;
     let scale = inv_n / sum;
@@ -519,6 +562,31 @@ pub fn supported(device: &Device, dtype: candle_core::DType) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exp_fast_is_within_3e7_of_exp() {
+        let (mut worst, mut at) = (0f64, 0f32);
+        for i in -86_999..=87_999 {
+            let x = i as f32 * 1e-3;
+            let want = f64::from(x).exp();
+            let err = (f64::from(exp_fast(x)) - want).abs() / want;
+            if err > worst {
+                (worst, at) = (err, x);
+            }
+        }
+        assert!(worst < 3e-7, "relative error {worst} at {at}");
+        assert_eq!(exp_fast(0.0), 1.0);
+        assert!(exp_fast(-1000.0) > 0.0 && exp_fast(1000.0).is_finite(), "clamped");
+    }
+
+    #[test]
+    fn exp_shifted_sum_table() {
+        let mut row: Vec<f32> = (0..37).map(|i| i as f32 * 0.1).collect();
+        let want: f32 = row.iter().map(|v| (v - 3.6).exp()).sum();
+        let sum = exp_shifted_sum(&mut row, 3.6);
+        assert!((sum - want).abs() < 1e-5 * want, "{sum} vs {want}");
+        assert!((row[36] - 1.0).abs() < 1e-6);
+    }
 
     #[test]
     fn causal_softmax_rows_table() {
