@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var, D};
 use foresight::model::layers::causal_mask;
 use foresight::model::tiny::TinySpec;
+use foresight::model::rope::Rope;
 use foresight::model::train_kernels::{linear_cross_entropy, CausalAttentionOp, RmsNormOp, SwiGluOp};
 use foresight::model::weights::init_weights;
 use foresight::model::Kernels;
@@ -64,34 +65,53 @@ fn rms_norm_matches_plain_ops() {
 
 #[test]
 fn swiglu_matches_plain_ops() {
-    let inputs = [randn(&[2, 9, 40], 3), randn(&[2, 9, 40], 4)];
-    check(&inputs, |t| t[0].apply_op2(&t[1], SwiGluOp).unwrap(), |t| (t[0].silu().unwrap() * &t[1]).unwrap(), 1e-5);
+    // Rows of the fused gate-and-up projection: 40 gate values, then 40 up values.
+    let inputs = [randn(&[2, 9, 80], 3)];
+    check(
+        &inputs,
+        |t| t[0].apply_op1(SwiGluOp { ff: 40 }).unwrap(),
+        |t| (t[0].narrow(2, 0, 40).unwrap().silu().unwrap() * t[0].narrow(2, 40, 40).unwrap()).unwrap(),
+        1e-5,
+    );
+    let err = Tensor::zeros((3, 81), DType::F32, &Device::Cpu).unwrap().apply_op1(SwiGluOp { ff: 40 }).unwrap_err().to_string();
+    assert!(err.contains("is not (.., 2 x 40)"), "{err}");
 }
 
-fn plain_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
-    let (b, h, t, hd) = q.dims4().unwrap();
-    let kv = k.dim(1).unwrap();
+/// The plain differentiable path over the fused projection's output `(b * t, (h + 2kv) * hd)`:
+/// split, to `(b, heads, t, hd)`, RoPE, scores, causal mask, softmax, weighted values, back.
+fn plain_attention(qkv: &Tensor, b: usize, h: usize, kv: usize, hd: usize, rope: &Rope) -> Tensor {
+    let t = qkv.dim(0).unwrap() / b;
+    let part = |start: usize, n: usize| qkv.narrow(1, start * hd, n * hd).unwrap().reshape((b, t, n, hd)).unwrap().transpose(1, 2).unwrap();
+    let q = rope.apply(&part(0, h), 0, true).unwrap();
+    let k = rope.apply(&part(h, kv), 0, true).unwrap();
+    let v = part(h + kv, kv).contiguous().unwrap();
     let group = h / kv;
-    let q = q.reshape((b, kv, group * t, hd)).unwrap();
+    let q = q.contiguous().unwrap().reshape((b, kv, group * t, hd)).unwrap();
+    let scale = 1.0 / (hd as f64).sqrt();
     let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
     let mask = causal_mask(t, t, 0, DType::F32, &Device::Cpu).unwrap();
     let scores = scores.reshape((b, kv, group, t, t)).unwrap().broadcast_add(&mask).unwrap().reshape((b, kv, group * t, t)).unwrap();
     let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
-    probs.matmul(v).unwrap().reshape((b, h, t, hd)).unwrap()
+    let out = probs.matmul(&v).unwrap().reshape((b, h, t, hd)).unwrap();
+    out.transpose(1, 2).unwrap().reshape((b * t, h * hd)).unwrap()
 }
 
 #[test]
-fn causal_attention_matches_plain_ops_across_blocks_with_grouped_queries() {
+fn causal_attention_matches_plain_ops_across_blocks_with_grouped_queries_and_rope() {
     // t = 150 spans three 64-row blocks, the last one partial; 4 query heads share 2 kv heads.
-    for (h, kv, t) in [(4, 2, 150), (2, 2, 64), (3, 1, 5)] {
-        let inputs = [randn(&[2, h, t, 8], 5), randn(&[2, kv, t, 8], 6), randn(&[2, kv, t, 8], 7)];
-        let scale = 1.0 / (8f64).sqrt();
-        check(
-            &inputs,
-            |x| x[0].apply_op3(&x[1], &x[2], CausalAttentionOp { scale: scale as f32 }).unwrap(),
-            |x| plain_attention(&x[0], &x[1], &x[2], scale),
-            1e-4,
-        );
+    for (h, kv, t, interleaved) in [(4, 2, 150, false), (2, 2, 64, true), (3, 1, 5, false)] {
+        let (b, hd) = (2, 8);
+        let rope = Rope::new(hd, 256, 10_000.0, interleaved, DType::F32, &Device::Cpu).unwrap();
+        let inputs = [randn(&[b * t, (h + 2 * kv) * hd], 5)];
+        let op = || CausalAttentionOp {
+            batch: b,
+            heads: h,
+            kv_heads: kv,
+            head_dim: hd,
+            scale: (1.0 / (hd as f64).sqrt()) as f32,
+            rope: rope.tables(t).unwrap(),
+        };
+        check(&inputs, |x| x[0].apply_op1(op()).unwrap(), |x| plain_attention(&x[0], b, h, kv, hd, &rope), 1e-4);
     }
 }
 

@@ -184,12 +184,18 @@ impl Mlp {
         })
     }
 
-    /// `fused_swiglu`: `silu(gate) * up` as the training kernel `SwiGluOp` (f32 CPU tensors).
-    pub fn forward(&self, x: &Tensor, small: bool, fused_swiglu: bool) -> Result<Tensor> {
-        let gate = self.gate_proj.apply(x, small)?;
+    /// `fused_training` (f32 CPU tensors, no biases): one matmul for gate and up (their weights
+    /// concatenated), then the training kernel `SwiGluOp` on its output.
+    pub fn forward(&self, x: &Tensor, small: bool, fused_training: bool) -> Result<Tensor> {
+        if fused_training && self.gate_proj.bias().is_none() && self.up_proj.bias().is_none() {
+            let ff = self.gate_proj.weight().dim(0)?;
+            let w = Tensor::cat(&[self.gate_proj.weight(), self.up_proj.weight()], 0)?;
+            let gate_up = x.contiguous()?.broadcast_matmul(&w.t()?)?;
+            return self.down_proj.forward(&gate_up.apply_op1(SwiGluOp { ff })?);
+        }
+        let gate = self.gate_proj.apply(x, small)?.silu()?;
         let up = self.up_proj.apply(x, small)?;
-        let act = if fused_swiglu { gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGluOp)? } else { (gate.silu()? * up)? };
-        self.down_proj.apply(&act, small)
+        self.down_proj.apply(&(gate * up)?, small)
     }
 }
 
@@ -228,6 +234,31 @@ impl Attention {
         Ok((rope.apply(&k, offset, differentiable)?, v))
     }
 
+    /// Training on f32 CPU tensors: one matmul for q, k and v (their weights concatenated), then
+    /// `CausalAttentionOp` (RoPE inside, no transposes), then the output projection. `None` when
+    /// only some of q, k, v have a bias (the plain path handles that).
+    fn forward_training(&self, x: &Tensor, rope: &Rope) -> Result<Option<Tensor>> {
+        let (b, t, d) = x.dims3()?;
+        let projs = [&self.q_proj, &self.k_proj, &self.v_proj];
+        let weights: Vec<Tensor> = projs.iter().map(|p| p.weight().clone()).collect();
+        let qkv = x.contiguous()?.reshape((b * t, d))?.matmul(&Tensor::cat(&weights, 0)?.t()?)?;
+        let qkv = match projs.map(|p| p.bias()) {
+            [Some(bq), Some(bk), Some(bv)] => qkv.broadcast_add(&Tensor::cat(&[bq, bk, bv], 0)?)?,
+            [None, None, None] => qkv,
+            _ => return Ok(None),
+        };
+        let op = CausalAttentionOp {
+            batch: b,
+            heads: self.n_heads,
+            kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            scale: (1.0 / (self.head_dim as f64).sqrt()) as f32,
+            rope: rope.tables(t)?,
+        };
+        let out = qkv.apply_op1(op)?.reshape((b, t, self.n_heads * self.head_dim))?;
+        Ok(Some(self.o_proj.forward(&out)?))
+    }
+
     /// `x`: `(b, t, hidden)` at positions `offset..offset+t`. With a cache (b must be 1), the new
     /// keys and values are appended and attention covers every cached position.
     pub fn forward(&self, x: &Tensor, offset: usize, rope: &Rope, cache: Option<&mut KvCache>, kernels: Kernels) -> Result<Tensor> {
@@ -236,6 +267,11 @@ impl Attention {
         let differentiable = kernels.differentiable();
         let small = small_chunk(x, b * t, kernels);
         let path = attention_path(kernels, x.device().is_cuda(), cache.is_some() && b == 1, small, t, hd);
+        if path == AttentionPath::CpuTraining && cache.is_none() && offset == 0 && kernels.fused_training(x) {
+            if let Some(out) = self.forward_training(x, rope)? {
+                return Ok(out);
+            }
+        }
         let q = self.q_proj.apply(x, small)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
         let q = rope.apply(&q, offset, differentiable)?;
         let (k, v) = self.keys_values(x, offset, rope, small, differentiable)?;
@@ -255,10 +291,6 @@ impl Attention {
                 // One launch; q is read in place and the output is already (1, t, h, hd).
                 let out = q.apply_op3_no_bwd(k_all, v_all, &FusedAttention { len: cache.len(), scale: scale as f32 })?;
                 return self.o_proj.forward(&out.reshape((b, t, h * hd))?);
-            }
-            (None, AttentionPath::CpuTraining) if offset == 0 && kernels.fused_training(&q) => {
-                let out = q.contiguous()?.apply_op3(&k.contiguous()?, &v, CausalAttentionOp { scale: scale as f32 })?;
-                return self.o_proj.forward(&out.transpose(1, 2)?.reshape((b, t, h * hd))?);
             }
             (Some(cache), _) => cache.append(&k, &v)?,
             (None, _) => (k, v),

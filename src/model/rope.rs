@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::error::Result;
+use super::train_kernels::RopeTables;
 
 /// Precomputed cos/sin tables of shape `(max_positions, head_dim / 2)`.
 #[derive(Debug, Clone)]
@@ -34,6 +35,12 @@ impl Rope {
 
     pub fn max_positions(&self) -> usize {
         self.cos.dims()[0]
+    }
+
+    /// The tables of positions `0..t` in f32, for the training attention kernel.
+    pub fn tables(&self, t: usize) -> Result<RopeTables> {
+        let flat = |m: &Tensor| m.narrow(0, 0, t)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+        Ok(RopeTables { cos: flat(&self.cos)?, sin: flat(&self.sin)?, interleaved: self.interleaved })
     }
 
     /// Rotates `x` of shape `(b, heads, t, head_dim)` for positions `offset..offset+t`.

@@ -8,7 +8,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -256,40 +256,67 @@ impl CustomOp2 for RmsNormOp {
 // ---------------------------------------------------------------------------------------------
 // SwiGLU
 
-/// `silu(gate) * up`, element-wise, with backward.
-pub struct SwiGluOp;
+/// `silu(gate) * up` over the output of the fused gate-and-up projection: each row of the input
+/// `(rows, 2 * ff)` holds the gate's `ff` values, then the up projection's; the output is
+/// `(rows, ff)`. With backward (a gradient for the whole input row).
+pub struct SwiGluOp {
+    pub ff: usize,
+}
 
-impl CustomOp2 for SwiGluOp {
+impl SwiGluOp {
+    fn rows(&self, dims: &[usize]) -> candle_core::Result<usize> {
+        match dims.split_last() {
+            Some((&last, lead)) if self.ff > 0 && last == 2 * self.ff => Ok(lead.iter().product()),
+            _ => candle_core::bail!("swiglu: input {dims:?} is not (.., 2 x {})", self.ff),
+        }
+    }
+
+    fn out_dims(&self, dims: &[usize]) -> Vec<usize> {
+        let mut out = dims.to_vec();
+        *out.last_mut().expect("checked by rows") = self.ff;
+        out
+    }
+}
+
+impl CustomOp1 for SwiGluOp {
     fn name(&self) -> &'static str {
         "train-swiglu"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = f32_slice(s1, l1, "swiglu gate")?;
-        let u = f32_slice(s2, l2, "swiglu up")?;
-        if l1.dims() != l2.dims() {
-            candle_core::bail!("swiglu: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
-        }
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(PAR_CHUNK).zip(g.par_chunks(PAR_CHUNK)).zip(u.par_chunks(PAR_CHUNK)).for_each(|((o, g), u)| swiglu_forward(o, g, u));
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let gu = f32_slice(s, l, "swiglu input")?;
+        let rows = self.rows(l.dims())?;
+        let ff = self.ff;
+        let mut out = vec![0f32; rows * ff];
+        let rows_per_task = (PAR_CHUNK / ff).max(1);
+        out.par_chunks_mut(rows_per_task * ff).zip(gu.par_chunks(rows_per_task * 2 * ff)).for_each(|(o, gu)| {
+            for (o, gu) in o.chunks_mut(ff).zip(gu.chunks(2 * ff)) {
+                swiglu_forward(o, &gu[..ff], &gu[ff..]);
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from(self.out_dims(l.dims()))))
     }
 
-    fn bwd(&self, g: &Tensor, u: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dg, du) = with_f32(g, |g| {
-            with_f32(u, |u| {
-                with_f32(dy, |dy| {
-                    let mut dg = vec![0f32; g.len()];
-                    let mut du = vec![0f32; g.len()];
-                    dg.par_chunks_mut(PAR_CHUNK)
-                        .zip(du.par_chunks_mut(PAR_CHUNK))
-                        .zip(g.par_chunks(PAR_CHUNK).zip(u.par_chunks(PAR_CHUNK)).zip(dy.par_chunks(PAR_CHUNK)))
-                        .for_each(|((dg, du), ((g, u), dy))| swiglu_backward(dg, du, g, u, dy));
-                    (dg, du)
-                })
+    fn bwd(&self, gu: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let ff = self.ff;
+        self.rows(gu.dims())?;
+        let dgu = with_f32(gu, |gu| {
+            with_f32(dy, |dy| {
+                let mut dgu = vec![0f32; gu.len()];
+                let rows_per_task = (PAR_CHUNK / ff).max(1);
+                dgu.par_chunks_mut(rows_per_task * 2 * ff)
+                    .zip(gu.par_chunks(rows_per_task * 2 * ff))
+                    .zip(dy.par_chunks(rows_per_task * ff))
+                    .for_each(|((dgu, gu), dy)| {
+                        for ((dgu, gu), dy) in dgu.chunks_mut(2 * ff).zip(gu.chunks(2 * ff)).zip(dy.chunks(ff)) {
+                            let (dg, du) = dgu.split_at_mut(ff);
+                            swiglu_backward(dg, du, &gu[..ff], &gu[ff..], dy);
+                        }
+                    });
+                dgu
             })
-        })???;
-        Ok((Some(cpu_tensor(dg, g.dims())?), Some(cpu_tensor(du, u.dims())?)))
+        })??;
+        Ok(Some(cpu_tensor(dgu, gu.dims())?))
     }
 }
 
@@ -300,34 +327,79 @@ impl CustomOp2 for SwiGluOp {
 /// diagonal are never computed.
 const ATTN_BLOCK: usize = 64;
 
-/// Causal self-attention over a whole sequence (no cache, positions from 0): `q (b, h, t, hd)`,
-/// `k, v (b, kv, t, hd)` with `h` a multiple of `kv` (query head `i` reads kv head `i / (h / kv)`),
-/// output `(b, h, t, hd)`. Softmax in f32 with the max subtracted; the backward recomputes the
+/// RoPE tables for positions `0..t`: `(t, head_dim / 2)` each, and the layout.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+    /// Meta's layout (pairs `2i, 2i + 1`) instead of Hugging Face's (halves `i, i + hd/2`).
+    pub interleaved: bool,
+}
+
+impl RopeTables {
+    /// Rotates `src` (one head's row at position `pos`) into `dst`; `inverse` rotates back (the
+    /// transpose of the rotation: the backward of RoPE).
+    fn rotate(&self, src: &[f32], dst: &mut [f32], pos: usize, inverse: bool) {
+        let half = src.len() / 2;
+        let (cos, sin) = (&self.cos[pos * half..(pos + 1) * half], &self.sin[pos * half..(pos + 1) * half]);
+        let sign = if inverse { -1.0 } else { 1.0 };
+        for i in 0..half {
+            let (c, s) = (cos[i], sign * sin[i]);
+            let (a, b) = if self.interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+            dst[a] = src[a] * c - src[b] * s;
+            dst[b] = src[a] * s + src[b] * c;
+        }
+    }
+}
+
+/// Causal self-attention over whole sequences (no cache, positions from 0), straight from the
+/// fused q/k/v projection: the input `(b * t, (h + 2 kv) * hd)` holds, per position, the `h`
+/// query heads, then the `kv` key heads, then the `kv` value heads (query head `i` reads kv head
+/// `i / (h / kv)`); RoPE is applied inside; the output `(b * t, h * hd)` is in the layout the
+/// output projection reads. Softmax in f32 with the max subtracted; the backward recomputes the
 /// probabilities block by block instead of keeping the `t x t` matrix.
 pub struct CausalAttentionOp {
+    pub batch: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
     pub scale: f32,
+    pub rope: RopeTables,
 }
 
-struct AttnDims {
-    h: usize,
-    kv: usize,
-    t: usize,
-    hd: usize,
-}
-
-impl AttnDims {
-    fn check(q: &[usize], k: &[usize], v: &[usize]) -> candle_core::Result<Self> {
-        let (&[b, h, t, hd], &[kb, kv, kt, khd]) = (q, k) else {
-            candle_core::bail!("causal attention: q {q:?} and k {k:?} must be 4-d")
-        };
-        if kb != b || kt != t || khd != hd || v != k || kv == 0 || h % kv != 0 {
-            candle_core::bail!("causal attention: q {q:?}, k {k:?}, v {v:?} do not fit");
-        }
-        Ok(Self { h, kv, t, hd })
+impl CausalAttentionOp {
+    fn width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
     }
 
-    fn group(&self) -> usize {
-        self.h / self.kv
+    /// Sequence length, after checking the input's shape and the tables.
+    fn seq_len(&self, dims: &[usize]) -> candle_core::Result<usize> {
+        let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let &[rows, width] = dims else { candle_core::bail!("causal attention: input {dims:?} must be 2-d") };
+        if self.batch == 0 || rows % self.batch != 0 || width != self.width() || kv == 0 || h % kv != 0 || hd % 2 != 0 {
+            candle_core::bail!("causal attention: input {dims:?} for batch {}, {h} heads, {kv} kv heads of {hd}", self.batch);
+        }
+        let t = rows / self.batch;
+        if self.rope.cos.len() < t * hd / 2 || self.rope.sin.len() < t * hd / 2 {
+            candle_core::bail!("causal attention: RoPE tables shorter than {t} positions");
+        }
+        Ok(t)
+    }
+
+    /// One head's rows `(t, hd)` of sequence `bi`, starting at column `col`, rotated by RoPE.
+    fn rotated(&self, qkv: &[f32], bi: usize, t: usize, col: usize) -> Vec<f32> {
+        let (w, hd) = (self.width(), self.head_dim);
+        let mut out = vec![0f32; t * hd];
+        for (r, dst) in out.chunks_mut(hd).enumerate() {
+            let at = (bi * t + r) * w + col;
+            self.rope.rotate(&qkv[at..at + hd], dst, r, false);
+        }
+        out
+    }
+
+    /// A strided view of one head's rows `r0..r0 + rows` of sequence `bi` in a `(b * t, width)` buffer.
+    fn head_rows<'a>(data: &'a [f32], width: usize, bi: usize, t: usize, col: usize, r0: usize, rows: usize, hd: usize) -> View<'a> {
+        View { data: &data[(bi * t + r0) * width + col..], rows, cols: hd, rs: width, cs: 1 }
     }
 }
 
@@ -344,7 +416,8 @@ fn causal_softmax_rows(s: &mut [f32], rows: usize, keys: usize, first_row: usize
     }
 }
 
-/// The probabilities `P (rows x keys)` of query rows `r0..r0 + rows` of one head, into `p`.
+/// The probabilities `P (rows x keys)` of query rows `r0..r0 + rows` of one head (`q`, `k`
+/// row-major `(t, hd)`, rotated), into `p`.
 fn block_probs(p: &mut [f32], q: &[f32], k: &[f32], r0: usize, rows: usize, hd: usize, scale: f32) {
     let keys = r0 + rows;
     let qb = View::rows(&q[r0 * hd..(r0 + rows) * hd], rows, hd);
@@ -353,110 +426,124 @@ fn block_probs(p: &mut [f32], q: &[f32], k: &[f32], r0: usize, rows: usize, hd: 
     causal_softmax_rows(&mut p[..rows * keys], rows, keys, r0);
 }
 
-impl CustomOp3 for CausalAttentionOp {
+impl CustomOp1 for CausalAttentionOp {
     fn name(&self) -> &'static str {
         "train-causal-attention"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = AttnDims::check(l1.dims(), l2.dims(), l3.dims())?;
-        let (q, k, v) = (f32_slice(s1, l1, "attention q")?, f32_slice(s2, l2, "attention k")?, f32_slice(s3, l3, "attention v")?);
-        let AttnDims { t, hd, .. } = dims;
-        let group = dims.group();
-        let mut out = vec![0f32; q.len()];
-        if t > 0 && hd > 0 {
-            out.par_chunks_mut(t * hd).enumerate().for_each(|(bh, o)| {
-                let (bi, hi) = (bh / dims.h, bh % dims.h);
-                let kvh = bi * dims.kv + hi / group;
-                let (q, k, v) = (&q[bh * t * hd..(bh + 1) * t * hd], &k[kvh * t * hd..(kvh + 1) * t * hd], &v[kvh * t * hd..(kvh + 1) * t * hd]);
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let qkv = f32_slice(s, l, "attention input")?;
+        let t = self.seq_len(l.dims())?;
+        let (b, h, kv, hd, w) = (self.batch, self.heads, self.kv_heads, self.head_dim, self.width());
+        let group = h / kv;
+        // One task per (sequence, query head); each returns its head's output rows (t, hd).
+        let heads: Vec<Vec<f32>> = (0..b * h)
+            .into_par_iter()
+            .map(|bh| {
+                let (bi, hi) = (bh / h, bh % h);
+                let kvi = hi / group;
+                let q = self.rotated(qkv, bi, t, hi * hd);
+                let k = self.rotated(qkv, bi, t, (h + kvi) * hd);
+                let mut o = vec![0f32; t * hd];
                 let mut p = vec![0f32; ATTN_BLOCK * t];
                 for r0 in (0..t).step_by(ATTN_BLOCK) {
                     let rows = ATTN_BLOCK.min(t - r0);
                     let keys = r0 + rows;
-                    block_probs(&mut p, q, k, r0, rows, hd, self.scale);
-                    let pb = View::rows(&p[..rows * keys], rows, keys);
-                    matmul(&mut o[r0 * hd..], hd, pb, View::rows(&v[..keys * hd], keys, hd), 1.0, false, Parallelism::None);
+                    block_probs(&mut p, &q, &k, r0, rows, hd, self.scale);
+                    let v = Self::head_rows(qkv, w, bi, t, (h + kv + kvi) * hd, 0, keys, hd);
+                    matmul(&mut o[r0 * hd..], hd, View::rows(&p[..rows * keys], rows, keys), v, 1.0, false, Parallelism::None);
                 }
-            });
+                o
+            })
+            .collect();
+        let mut out = vec![0f32; b * t * h * hd];
+        for (bh, o) in heads.iter().enumerate() {
+            let (bi, hi) = (bh / h, bh % h);
+            for (r, row) in o.chunks(hd).enumerate() {
+                let at = (bi * t + r) * h * hd + hi * hd;
+                out[at..at + hd].copy_from_slice(row);
+            }
         }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(out), Shape::from((b * t, h * hd))))
     }
 
-    #[allow(clippy::many_single_char_names)]
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, d_o: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dims = AttnDims::check(q.dims(), k.dims(), v.dims())?;
-        let AttnDims { t, hd, .. } = dims;
-        let group = dims.group();
-        let scale = self.scale;
-        let per_head = t * hd;
-        let (dq, dk, dv) = with_f32(q, |q| {
-            with_f32(k, |k| {
-                with_f32(v, |v| {
-                    with_f32(o, |o| {
-                        with_f32(d_o, |d_o| {
-                            let mut dq = vec![0f32; q.len()];
-                            let mut dk = vec![0f32; k.len()];
-                            let mut dv = vec![0f32; v.len()];
-                            if per_head == 0 {
-                                return (dq, dk, dv);
-                            }
-                            // One task per (batch row, kv head): it owns that kv head's dK, dV and
-                            // the dQ of its query group.
-                            dq.par_chunks_mut(group * per_head)
-                                .zip(dk.par_chunks_mut(per_head))
-                                .zip(dv.par_chunks_mut(per_head))
-                                .enumerate()
-                                .for_each(|(bkv, ((dq, dk), dv))| {
-                                    let kr = bkv * per_head..(bkv + 1) * per_head;
-                                    let (k, v) = (&k[kr.clone()], &v[kr]);
-                                    let mut p = vec![0f32; ATTN_BLOCK * t];
-                                    let mut ds = vec![0f32; ATTN_BLOCK * t];
-                                    for g in 0..group {
-                                        let bh = bkv * group + g;
-                                        let hr = bh * per_head..(bh + 1) * per_head;
-                                        let (q, o, d_o) = (&q[hr.clone()], &o[hr.clone()], &d_o[hr]);
-                                        let dq = &mut dq[g * per_head..(g + 1) * per_head];
-                                        for r0 in (0..t).step_by(ATTN_BLOCK) {
-                                            let rows = ATTN_BLOCK.min(t - r0);
-                                            let keys = r0 + rows;
-                                            block_probs(&mut p, q, k, r0, rows, hd, scale);
-                                            let dob = View::rows(&d_o[r0 * hd..keys * hd], rows, hd);
-                                            // dP = dO V^T
-                                            matmul(&mut ds, keys, dob, View::rows(&v[..keys * hd], keys, hd).t(), 1.0, false, Parallelism::None);
-                                            // dS = P * (dP - rowsum(dO * O))
-                                            for i in 0..rows {
-                                                let r = r0 + i;
-                                                let di: f32 = d_o[r * hd..(r + 1) * hd].iter().zip(&o[r * hd..(r + 1) * hd]).map(|(a, b)| a * b).sum();
-                                                let (ps, dss) = (&p[i * keys..(i + 1) * keys], &mut ds[i * keys..(i + 1) * keys]);
-                                                for (d, p) in dss.iter_mut().zip(ps) {
-                                                    *d = p * (*d - di);
-                                                }
-                                            }
-                                            let dsb = View::rows(&ds[..rows * keys], rows, keys);
-                                            let pb = View::rows(&p[..rows * keys], rows, keys);
-                                            // dQ = scale dS K; dK += scale dS^T Q; dV += P^T dO
-                                            matmul(&mut dq[r0 * hd..], hd, dsb, View::rows(&k[..keys * hd], keys, hd), scale, false, Parallelism::None);
-                                            let qb = View::rows(&q[r0 * hd..keys * hd], rows, hd);
-                                            matmul(dk, hd, dsb.t(), qb, scale, true, Parallelism::None);
-                                            matmul(dv, hd, pb.t(), dob, 1.0, true, Parallelism::None);
+    fn bwd(&self, qkv: &Tensor, o: &Tensor, d_o: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let t = self.seq_len(qkv.dims())?;
+        let (b, h, kv, hd, w) = (self.batch, self.heads, self.kv_heads, self.head_dim, self.width());
+        let (group, scale, ow) = (h / kv, self.scale, h * hd);
+        let dqkv = with_f32(qkv, |qkv| {
+            with_f32(o, |o| {
+                with_f32(d_o, |d_o| {
+                    // One task per (sequence, kv head): it owns that kv head's dK, dV and the dQ
+                    // of its query group; each returns (dQ of the group, dK, dV), un-rotated.
+                    let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..b * kv)
+                        .into_par_iter()
+                        .map(|bkv| {
+                            let (bi, kvi) = (bkv / kv, bkv % kv);
+                            let k = self.rotated(qkv, bi, t, (h + kvi) * hd);
+                            let vcol = (h + kv + kvi) * hd;
+                            let mut dk_rot = vec![0f32; t * hd];
+                            let mut dv = vec![0f32; t * hd];
+                            let mut dq = vec![0f32; group * t * hd];
+                            let mut dq_rot = vec![0f32; t * hd];
+                            let mut p = vec![0f32; ATTN_BLOCK * t];
+                            let mut ds = vec![0f32; ATTN_BLOCK * t];
+                            for g in 0..group {
+                                let hi = kvi * group + g;
+                                let q = self.rotated(qkv, bi, t, hi * hd);
+                                for r0 in (0..t).step_by(ATTN_BLOCK) {
+                                    let rows = ATTN_BLOCK.min(t - r0);
+                                    let keys = r0 + rows;
+                                    block_probs(&mut p, &q, &k, r0, rows, hd, scale);
+                                    let dob = Self::head_rows(d_o, ow, bi, t, hi * hd, r0, rows, hd);
+                                    let v = Self::head_rows(qkv, w, bi, t, vcol, 0, keys, hd);
+                                    // dP = dO V^T
+                                    matmul(&mut ds, keys, dob, v.t(), 1.0, false, Parallelism::None);
+                                    // dS = P * (dP - rowsum(dO * O))
+                                    for i in 0..rows {
+                                        let at = (bi * t + r0 + i) * ow + hi * hd;
+                                        let di: f32 = d_o[at..at + hd].iter().zip(&o[at..at + hd]).map(|(a, b)| a * b).sum();
+                                        for (d, p) in ds[i * keys..(i + 1) * keys].iter_mut().zip(&p[i * keys..(i + 1) * keys]) {
+                                            *d = p * (*d - di);
                                         }
                                     }
-                                });
+                                    let dsb = View::rows(&ds[..rows * keys], rows, keys);
+                                    let pb = View::rows(&p[..rows * keys], rows, keys);
+                                    // dQ = scale dS K; dK += scale dS^T Q; dV += P^T dO
+                                    matmul(&mut dq_rot[r0 * hd..], hd, dsb, View::rows(&k[..keys * hd], keys, hd), scale, false, Parallelism::None);
+                                    matmul(&mut dk_rot, hd, dsb.t(), View::rows(&q[r0 * hd..keys * hd], rows, hd), scale, true, Parallelism::None);
+                                    matmul(&mut dv, hd, pb.t(), dob, 1.0, true, Parallelism::None);
+                                }
+                                let dq_g = &mut dq[g * t * hd..(g + 1) * t * hd];
+                                for (r, (src, dst)) in dq_rot.chunks(hd).zip(dq_g.chunks_mut(hd)).enumerate() {
+                                    self.rope.rotate(src, dst, r, true);
+                                }
+                            }
+                            let mut dk = vec![0f32; t * hd];
+                            for (r, (src, dst)) in dk_rot.chunks(hd).zip(dk.chunks_mut(hd)).enumerate() {
+                                self.rope.rotate(src, dst, r, true);
+                            }
                             (dq, dk, dv)
                         })
-                    })
+                        .collect();
+                    let mut dqkv = vec![0f32; b * t * w];
+                    for (bkv, (dq, dk, dv)) in parts.iter().enumerate() {
+                        let (bi, kvi) = (bkv / kv, bkv % kv);
+                        for r in 0..t {
+                            let row = &mut dqkv[(bi * t + r) * w..(bi * t + r + 1) * w];
+                            for g in 0..group {
+                                let hi = kvi * group + g;
+                                row[hi * hd..(hi + 1) * hd].copy_from_slice(&dq[(g * t + r) * hd..(g * t + r + 1) * hd]);
+                            }
+                            row[(h + kvi) * hd..(h + kvi + 1) * hd].copy_from_slice(&dk[r * hd..(r + 1) * hd]);
+                            row[(h + kv + kvi) * hd..(h + kv + kvi + 1) * hd].copy_from_slice(&dv[r * hd..(r + 1) * hd]);
+                        }
+                    }
+                    dqkv
                 })
             })
-        })?????;
-        Ok((Some(cpu_tensor(dq, q.dims())?), Some(cpu_tensor(dk, k.dims())?), Some(cpu_tensor(dv, v.dims())?)))
+        })???;
+        Ok(Some(cpu_tensor(dqkv, qkv.dims())?))
     }
 }
 
