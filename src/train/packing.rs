@@ -261,6 +261,32 @@ mod tests {
     }
 
     #[test]
+    fn a_tokenized_source_gives_the_tokenizers_windows() {
+        let mut docs = docs();
+        for (i, d) in docs.iter_mut().enumerate() {
+            d.text.push_str(&format!("  it's   héllo 🦀 {i}\n\n\t  <fim_middle>  '''  \r\n"));
+        }
+        let corpus: String = docs.iter().map(|d| d.text.as_str()).collect();
+        let trained = crate::train::bpe::train_bpe([corpus.as_str()].into_iter(), 320).unwrap();
+        for tok in [byte_level_tokenizer(), trained] {
+            let tok = crate::train::fim::text_tokenizer(&tok);
+            let splicer = Splicer::new(&tok);
+            assert!(splicer.splices());
+            let tokenized = TokenSource::Tokenized { splicer: splicer.clone(), docs: docs.iter().map(|d| splicer.tokenize(&d.text)).collect() };
+            let direct = TokenSource::from(tok.clone());
+            let fim = Some(FimTokens { prefix: 257, suffix: 258, middle: 259 });
+            for (framing, rate) in [(Framing { bos: None, end_of_text: 256, fim }, 0.9), (Framing { bos: Some(1), end_of_text: 256, fim: None }, 0.5)] {
+                let rates = FimRates { fim_rate: rate, spm_rate: 0.5 };
+                for epoch in 0..8 {
+                    let a = epoch_sequences(&docs, &tokenized, &framing, rates, 16, 3, epoch);
+                    assert_eq!(a, epoch_sequences(&docs, &direct, &framing, rates, 16, 3, epoch), "epoch {epoch}");
+                }
+                assert_eq!(validation_sequences(&docs, &tokenized, &framing, rates, 16, 3), validation_sequences(&docs, &direct, &framing, rates, 16, 3));
+            }
+        }
+    }
+
+    #[test]
     fn a_stream_resumed_at_its_position_continues_identically() {
         let tok = byte_level_tokenizer();
         let framing = Framing { bos: None, end_of_text: 256, fim: None };
