@@ -150,6 +150,13 @@ fn an_unreadable_entry_is_rebuilt_with_a_warning_on_stderr() {
     std::fs::write(&flipped, &bytes).unwrap();
     let garbage = entry_of(&cache, &repo_dir.path().join("src/module_5.rs"));
     std::fs::write(&garbage, "not an entry").unwrap();
+    // What a writer killed before its rename leaves: removed once stale, kept while it may be live.
+    let tok_dir = garbage.parent().unwrap();
+    let (stale, live) = (tok_dir.join(".x.tok.1.0.tmp"), tok_dir.join(".y.tok.2.0.tmp"));
+    std::fs::write(&stale, "half").unwrap();
+    std::fs::write(&live, "half").unwrap();
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&stale).unwrap().set_modified(hour_ago).unwrap();
 
     // Through the command line: the warnings go to stderr, stdout stays empty, the run finishes.
     let out = tmp.path().join("run");
@@ -176,6 +183,8 @@ fn an_unreadable_entry_is_rebuilt_with_a_warning_on_stderr() {
         assert!(bytes.starts_with(b"FSTK"), "{} rewritten", path.display());
     }
     assert_eq!(stats(repo_dir.path(), &tmp.path().join("again"), &cache), CacheStats { hits: n, ..Default::default() });
+    assert!(!stale.exists() && live.exists());
+    std::fs::remove_file(&live).unwrap();
     assert!(entries(&cache).iter().all(|p| p.extension().is_some_and(|e| e == "tok")), "no temporary files left: {:?}", entries(&cache));
 }
 

@@ -3,7 +3,8 @@
 //! (content, tokenizer) and reused by every run and every resume, and a changed file invalidates
 //! only its own entry. Entries are written to a temporary file and renamed into place; an entry
 //! that does not read back (truncated, corrupt, another format) is tokenized again and rewritten,
-//! with a warning on the log. Also where the cache lives (`resolve_dir`). Not here: splicing FIM
+//! with a warning on the log; temporary files a killed writer left are removed after ten minutes.
+//! Also where the cache lives (`resolve_dir`). Not here: splicing FIM
 //! pieces (`splice.rs`); no eviction (old file versions stay until the folder is deleted).
 
 use std::ffi::OsString;
@@ -22,6 +23,9 @@ pub const CACHE_ENV: &str = "FORESIGHT_TOKEN_CACHE";
 pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8; 4] = b"FSTK";
 const ENTRY_EXT: &str = "tok";
+/// A temporary file older than this was left by a killed writer (a live one renames within
+/// moments) and is removed.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Where the cache lives: `--no-token-cache` (or `FORESIGHT_TOKEN_CACHE=off`) disables it,
 /// `--token-cache DIR` or `FORESIGHT_TOKEN_CACHE=DIR` names it, otherwise
@@ -148,6 +152,7 @@ impl TokenCache {
     /// The tokenization of every document, in order: read from the cache where an entry reads
     /// back, otherwise tokenized by `splicer` and written. Documents are handled in parallel.
     pub fn tokenize_all(&self, docs: &[Document], splicer: &Splicer) -> (Vec<DocTokens>, CacheStats) {
+        self.remove_stale_temporaries();
         let (hits, misses, rebuilt, write_failures) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
         let created = std::sync::OnceLock::new();
         let tokens = docs
@@ -194,6 +199,21 @@ impl TokenCache {
             write_failures: write_failures.into_inner(),
         };
         (tokens, stats)
+    }
+}
+
+impl TokenCache {
+    /// Removes temporary files that killed writers left behind (best effort).
+    fn remove_stale_temporaries(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let temporary = name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"));
+            let age = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+            if temporary && age.is_some_and(|a| a > STALE_TEMPORARY) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }
 
