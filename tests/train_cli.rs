@@ -9,8 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 fn bin() -> Command {
+    // The token cache of these runs lives with the test, not in the user's cache folder.
+    static CACHE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| tempfile::tempdir().unwrap());
     let mut c = Command::new(env!("CARGO_BIN_EXE_foresight"));
-    c.stdin(Stdio::null());
+    c.stdin(Stdio::null()).env("FORESIGHT_TOKEN_CACHE", cache.path());
     c
 }
 
@@ -121,6 +124,10 @@ fn the_command_line_refuses_clearly() {
         (vec!["--repo", tmp.path().to_str().unwrap(), "--out", out_s, "--config", "tiny"], "no usable source files"),
         (vec!["--resume", "--out", out_s], "no checkpoint"),
         (vec!["--resume", "--out", out_s, "--steps", "5"], "remove --steps"),
+        // The cache is not a run option: allowed with --resume (this one fails later, on the checkpoint).
+        (vec!["--resume", "--out", out_s, "--no-token-cache"], "no checkpoint"),
+        (vec!["--resume", "--out", out_s, "--token-cache", out_s], "no checkpoint"),
+        (vec!["--resume", "--out", out_s, "--token-cache", out_s, "--no-token-cache"], "cannot be used with"),
     ];
     for (args, needle) in cases {
         let stderr = run(&args);

@@ -129,6 +129,13 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Folder of the tokenized-corpus cache (also FORESIGHT_TOKEN_CACHE) [default:
+    /// $XDG_CACHE_HOME/foresight/tokens or ~/.cache/foresight/tokens]. Allowed with --resume.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_token_cache")]
+    pub token_cache: Option<PathBuf>,
+    /// Tokenize every piece of every sample each epoch, without the cache (same batches, slower).
+    #[arg(long)]
+    pub no_token_cache: bool,
     /// Stop with a checkpoint after this many steps, as Ctrl-C would (for tests).
     #[arg(long, hide = true)]
     pub stop_after: Option<u64>,
@@ -177,6 +184,14 @@ impl TrainArgs {
         flag(self.dtype.is_some(), "--dtype");
         flag(self.force, "--force");
         out
+    }
+
+    /// How the corpus is tokenized: through the cache unless it is disabled or has no home.
+    fn tokenization(&self) -> tr::Tokenization {
+        match tr::token_cache::resolve_dir(self.token_cache.as_deref(), self.no_token_cache, |k| std::env::var_os(k)) {
+            Some(dir) => tr::Tokenization::Cached(dir),
+            None => tr::Tokenization::Direct,
+        }
     }
 
     /// The run options, with defaults for what was not given.
@@ -245,6 +260,9 @@ fn report(prepared: &tr::Prepared, verbose: bool) {
             eprintln!("{line}");
         }
     }
+    if let Some(stats) = prepared.token_cache {
+        eprintln!("tokens: {stats}");
+    }
     let (trainable, total) = prepared.trainable_params();
     let cfg = &prepared.config;
     eprintln!(
@@ -280,10 +298,10 @@ pub fn train(args: TrainArgs) -> Result<()> {
         if !given.is_empty() {
             bail!("--resume continues the run in {} with the options it started with; remove {}", args.out.display(), given.join(", "));
         }
-        tr::prepare_resume(&args.out).with_context(|| format!("cannot resume the run in {}", args.out.display()))?
+        tr::prepare_resume_with(&args.out, &args.tokenization()).with_context(|| format!("cannot resume the run in {}", args.out.display()))?
     } else {
         let options = args.options()?;
-        tr::prepare(options, args.force).context("cannot start training")?
+        tr::prepare_with(options, args.force, &args.tokenization()).context("cannot start training")?
     };
     report(&prepared, args.verbose);
     let stop = Arc::new(AtomicBool::new(false));

@@ -4,6 +4,8 @@
 //! SPM `<fim_prefix><fim_suffix>suffix<fim_middle>prefix middle<|endoftext|>`.
 //! Split points are character positions. Not here: packing into sequences (`packing.rs`).
 
+use std::ops::Range;
+
 use rand::Rng;
 use tokenizers::Tokenizer;
 
@@ -88,26 +90,37 @@ pub fn text_tokenizer(tokenizer: &Tokenizer) -> Tokenizer {
 /// serving encodes prefix and suffix separately. FIM samples need `framing.fim`; without it they are
 /// encoded as the plain document they came from.
 pub fn encode_sample(tokenizer: &Tokenizer, framing: &Framing, sample: &FimSample) -> Vec<u32> {
+    encode_sample_with(framing, sample, |piece, _| encode(tokenizer, piece))
+}
+
+/// [`encode_sample`] with the encoding of each piece left to `encode_piece`, which gets the piece's
+/// text and its byte range in the document the sample was cut from (the pieces of a FIM sample
+/// are, in document order, prefix, middle and suffix, so the ranges follow from their lengths).
+/// This lets a caller that already holds the document's tokens splice them (`token_cache`).
+pub fn encode_sample_with(framing: &Framing, sample: &FimSample, mut encode_piece: impl FnMut(&str, Range<usize>) -> Vec<u32>) -> Vec<u32> {
     let mut ids: Vec<u32> = framing.bos.into_iter().collect();
     match (*sample, framing.fim) {
-        (FimSample::Plain(text), _) => ids.extend(encode(tokenizer, text)),
+        (FimSample::Plain(text), _) => ids.extend(encode_piece(text, 0..text.len())),
         (FimSample::Psm { prefix, middle, suffix }, Some(f)) => {
+            let (p, m) = (prefix.len(), prefix.len() + middle.len());
             ids.push(f.prefix);
-            ids.extend(encode(tokenizer, prefix));
+            ids.extend(encode_piece(prefix, 0..p));
             ids.push(f.suffix);
-            ids.extend(encode(tokenizer, suffix));
+            ids.extend(encode_piece(suffix, m..m + suffix.len()));
             ids.push(f.middle);
-            ids.extend(encode(tokenizer, middle));
+            ids.extend(encode_piece(middle, p..m));
         }
         (FimSample::Spm { prefix, middle, suffix }, Some(f)) => {
+            let (p, m) = (prefix.len(), prefix.len() + middle.len());
             ids.extend([f.prefix, f.suffix]);
-            ids.extend(encode(tokenizer, suffix));
+            ids.extend(encode_piece(suffix, m..m + suffix.len()));
             ids.push(f.middle);
-            ids.extend(encode(tokenizer, prefix));
-            ids.extend(encode(tokenizer, middle));
+            ids.extend(encode_piece(prefix, 0..p));
+            ids.extend(encode_piece(middle, p..m));
         }
         (FimSample::Psm { prefix, middle, suffix } | FimSample::Spm { prefix, middle, suffix }, None) => {
-            ids.extend(encode(tokenizer, &format!("{prefix}{middle}{suffix}")));
+            let whole = format!("{prefix}{middle}{suffix}");
+            ids.extend(encode_piece(&whole, 0..whole.len()));
         }
     }
     ids.push(framing.end_of_text);

@@ -1,5 +1,5 @@
 //! `foresight train`: finetune or train MTP models on code repositories. The repository walk and
-//! its filters, the BPE trainer, the FIM transform and packing, the MTP objective in the paper's
+//! its filters, the BPE trainer, the FIM transform and packing, the tokenized-corpus cache, the MTP objective in the paper's
 //! memory-efficient order, AdamW with its schedule, checkpoints, and the run loop. Imports `model`
 //! only; the command line lives in `cli.rs`.
 
@@ -16,12 +16,14 @@ pub mod packing;
 pub mod params;
 pub mod presets;
 pub mod run;
+pub mod splice;
 pub mod throughput;
+pub mod token_cache;
 
 pub use error::{Result, TrainError};
 pub use objective::LossOrder;
 pub use options::{ModelInit, RunLength, TrainOptions};
-pub use run::{prepare, prepare_resume, Control, Outcome, Prepared};
+pub use run::{prepare, prepare_resume, prepare_resume_with, prepare_with, Control, Outcome, Prepared, Tokenization};
 
 /// Tunes glibc malloc for training: never return memory to the OS between steps and serve large
 /// tensors from the heap instead of fresh mmaps. Training allocates and frees the same large

@@ -2,7 +2,11 @@
 //! documents, the FIM transform, encoding, concatenation with end-of-text separators, packing into
 //! windows of `seq_len + 1` tokens (inputs plus the shifted targets) and a seeded shuffle of the
 //! windows. Everything an epoch draws comes from `(seed, epoch)`, so a data position is just
-//! `(epoch, index)` and a resumed run sees the same batches. No tensors here.
+//! `(epoch, index)` and a resumed run sees the same batches. Documents are encoded either piece by
+//! piece with the tokenizer or, identically and much faster, from their cached tokenization
+//! (`TokenSource`). No tensors here.
+
+use std::sync::Arc;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -11,7 +15,53 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use super::corpus::Document;
-use super::fim::{encode_sample, transform, FimRates, Framing};
+use super::fim::{encode_sample, encode_sample_with, transform, FimRates, Framing};
+use super::splice::{DocTokens, Splicer};
+
+/// Where the ids of documents come from.
+#[derive(Clone)]
+pub enum TokenSource {
+    /// Every piece of every sample encoded by this (text) tokenizer, every epoch.
+    Tokenizer(Tokenizer),
+    /// Each document's tokenization, computed once (`token_cache`), in the order of the documents
+    /// it is used with; FIM pieces are spliced from it (`splice`). Gives the same ids.
+    Tokenized { splicer: Splicer, docs: Arc<[DocTokens]> },
+}
+
+impl From<Tokenizer> for TokenSource {
+    fn from(tokenizer: Tokenizer) -> Self {
+        TokenSource::Tokenizer(tokenizer)
+    }
+}
+
+impl TokenSource {
+    /// The ids of sample `sample`, cut from `doc`, the `index`-th document.
+    fn encode(&self, index: usize, doc: &Document, framing: &Framing, sample: &super::fim::FimSample) -> Vec<u32> {
+        match self {
+            TokenSource::Tokenizer(tokenizer) => encode_sample(tokenizer, framing, sample),
+            TokenSource::Tokenized { splicer, docs } => {
+                let tokens = &docs[index];
+                encode_sample_with(framing, sample, |piece, range| {
+                    let own_text = std::ptr::eq(piece.as_ptr(), doc.text.as_ptr().wrapping_add(range.start)) && piece.len() == range.len();
+                    if own_text && range.end <= doc.text.len() {
+                        splicer.piece(&doc.text, tokens, range)
+                    } else {
+                        // A piece that is not the document's own text (the no-FIM-token fallback
+                        // rebuilds the document): encode it as it is.
+                        splicer.encode(piece)
+                    }
+                })
+            }
+        }
+    }
+
+    /// Checks that a tokenized source lines up with `n` documents.
+    fn check_len(&self, n: usize) {
+        if let TokenSource::Tokenized { docs, .. } = self {
+            assert_eq!(docs.len(), n, "one tokenization per document");
+        }
+    }
+}
 
 /// The generator of epoch `epoch` of a run seeded with `seed`: one ChaCha stream per epoch.
 pub fn epoch_rng(seed: u64, epoch: u64) -> ChaCha8Rng {
@@ -34,6 +84,19 @@ pub fn encode_documents(docs: &[&Document], tokenizer: &Tokenizer, framing: &Fra
     stream
 }
 
+/// Encodes `docs[i]` for each `i` of `order`, with the FIM transform drawn from `rng`, concatenated.
+pub fn encode_in_order(docs: &[Document], order: &[usize], source: &TokenSource, framing: &Framing, rates: FimRates, rng: &mut ChaCha8Rng) -> Vec<u32> {
+    source.check_len(docs.len());
+    let rates = if framing.fim.is_some() { rates } else { FimRates { fim_rate: 0.0, ..rates } };
+    let mut stream = Vec::new();
+    for &i in order {
+        let doc = &docs[i];
+        let sample = transform(&doc.text, rates, rng);
+        stream.extend(source.encode(i, doc, framing, &sample));
+    }
+    stream
+}
+
 /// Cuts `stream` into windows of `window` tokens that overlap by one (a window's last token is the
 /// next window's first input), dropping the incomplete tail.
 pub fn pack(stream: &[u32], window: usize) -> Vec<Vec<u32>> {
@@ -51,7 +114,7 @@ pub fn pack(stream: &[u32], window: usize) -> Vec<Vec<u32>> {
 /// The windows of one training epoch, in the order they are used.
 pub fn epoch_sequences(
     docs: &[Document],
-    tokenizer: &Tokenizer,
+    source: &TokenSource,
     framing: &Framing,
     rates: FimRates,
     seq_len: usize,
@@ -59,9 +122,10 @@ pub fn epoch_sequences(
     epoch: u64,
 ) -> Vec<Vec<u32>> {
     let mut rng = epoch_rng(seed, epoch);
-    let mut order: Vec<&Document> = docs.iter().collect();
+    // Shuffling indices draws exactly what shuffling the documents did (only the length matters).
+    let mut order: Vec<usize> = (0..docs.len()).collect();
     order.shuffle(&mut rng);
-    let stream = encode_documents(&order, tokenizer, framing, rates, &mut rng);
+    let stream = encode_in_order(docs, &order, source, framing, rates, &mut rng);
     let mut windows = pack(&stream, seq_len + 1);
     windows.shuffle(&mut rng);
     windows
@@ -70,10 +134,10 @@ pub fn epoch_sequences(
 /// The validation windows: the documents in path order, the same FIM mix as training drawn from
 /// the validation stream, packed to `seq_len + 1`. When the whole validation text is shorter than
 /// one window, it forms one shorter window.
-pub fn validation_sequences(docs: &[Document], tokenizer: &Tokenizer, framing: &Framing, rates: FimRates, seq_len: usize, seed: u64) -> Vec<Vec<u32>> {
+pub fn validation_sequences(docs: &[Document], source: &TokenSource, framing: &Framing, rates: FimRates, seq_len: usize, seed: u64) -> Vec<Vec<u32>> {
     let mut rng = epoch_rng(seed, VALIDATION_STREAM);
-    let order: Vec<&Document> = docs.iter().collect();
-    let stream = encode_documents(&order, tokenizer, framing, rates, &mut rng);
+    let order: Vec<usize> = (0..docs.len()).collect();
+    let stream = encode_in_order(docs, &order, source, framing, rates, &mut rng);
     let windows = pack(&stream, seq_len + 1);
     if windows.is_empty() && stream.len() >= 2 {
         vec![stream]
@@ -92,8 +156,9 @@ pub struct DataPosition {
 /// Hands out batches of windows epoch after epoch, building each epoch when it starts.
 pub struct BatchStream {
     docs: Vec<Document>,
-    /// Encodes special-token names in text as text (see `fim::text_tokenizer`).
-    tokenizer: Tokenizer,
+    /// A text tokenizer (special-token names in text stay text, see `fim::text_tokenizer`), or
+    /// the documents' tokenizations by it.
+    source: TokenSource,
     framing: Framing,
     rates: FimRates,
     seq_len: usize,
@@ -104,8 +169,10 @@ pub struct BatchStream {
 }
 
 impl BatchStream {
-    pub fn new(docs: Vec<Document>, tokenizer: Tokenizer, framing: Framing, rates: FimRates, seq_len: usize, seed: u64, position: DataPosition) -> Self {
-        Self { docs, tokenizer, framing, rates, seq_len, seed, position, current: Vec::new(), built_epoch: None }
+    pub fn new(docs: Vec<Document>, source: impl Into<TokenSource>, framing: Framing, rates: FimRates, seq_len: usize, seed: u64, position: DataPosition) -> Self {
+        let source = source.into();
+        source.check_len(docs.len());
+        Self { docs, source, framing, rates, seq_len, seed, position, current: Vec::new(), built_epoch: None }
     }
 
     /// The documents this stream draws from.
@@ -125,7 +192,7 @@ impl BatchStream {
 
     fn ensure_epoch(&mut self) {
         if self.built_epoch != Some(self.position.epoch) {
-            self.current = epoch_sequences(&self.docs, &self.tokenizer, &self.framing, self.rates, self.seq_len, self.seed, self.position.epoch);
+            self.current = epoch_sequences(&self.docs, &self.source, &self.framing, self.rates, self.seq_len, self.seed, self.position.epoch);
             self.built_epoch = Some(self.position.epoch);
         }
     }
@@ -181,15 +248,42 @@ mod tests {
         let framing = Framing { bos: None, end_of_text: 256, fim: Some(FimTokens { prefix: 257, suffix: 258, middle: 259 }) };
         let rates = FimRates { fim_rate: 0.5, spm_rate: 0.5 };
         let docs = docs();
-        let a = epoch_sequences(&docs, &tok, &framing, rates, 16, 3, 0);
-        let b = epoch_sequences(&docs, &tok, &framing, rates, 16, 3, 0);
-        let c = epoch_sequences(&docs, &tok, &framing, rates, 16, 3, 1);
+        let src = TokenSource::from(tok.clone());
+        let a = epoch_sequences(&docs, &src, &framing, rates, 16, 3, 0);
+        let b = epoch_sequences(&docs, &src, &framing, rates, 16, 3, 0);
+        let c = epoch_sequences(&docs, &src, &framing, rates, 16, 3, 1);
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.iter().all(|w| w.len() == 17));
         // Every document ends with end-of-text: one separator per document in the packed stream.
         let stream = encode_documents(&docs.iter().collect::<Vec<_>>(), &tok, &framing, rates, &mut epoch_rng(3, 0));
         assert_eq!(stream.iter().filter(|&&t| t == 256).count(), docs.len());
+    }
+
+    #[test]
+    fn a_tokenized_source_gives_the_tokenizers_windows() {
+        let mut docs = docs();
+        for (i, d) in docs.iter_mut().enumerate() {
+            d.text.push_str(&format!("  it's   héllo 🦀 {i}\n\n\t  <fim_middle>  '''  \r\n"));
+        }
+        let corpus: String = docs.iter().map(|d| d.text.as_str()).collect();
+        let trained = crate::train::bpe::train_bpe([corpus.as_str()].into_iter(), 320).unwrap();
+        for tok in [byte_level_tokenizer(), trained] {
+            let tok = crate::train::fim::text_tokenizer(&tok);
+            let splicer = Splicer::new(&tok);
+            assert!(splicer.splices());
+            let tokenized = TokenSource::Tokenized { splicer: splicer.clone(), docs: docs.iter().map(|d| splicer.tokenize(&d.text)).collect() };
+            let direct = TokenSource::from(tok.clone());
+            let fim = Some(FimTokens { prefix: 257, suffix: 258, middle: 259 });
+            for (framing, rate) in [(Framing { bos: None, end_of_text: 256, fim }, 0.9), (Framing { bos: Some(1), end_of_text: 256, fim: None }, 0.5)] {
+                let rates = FimRates { fim_rate: rate, spm_rate: 0.5 };
+                for epoch in 0..8 {
+                    let a = epoch_sequences(&docs, &tokenized, &framing, rates, 16, 3, epoch);
+                    assert_eq!(a, epoch_sequences(&docs, &direct, &framing, rates, 16, 3, epoch), "epoch {epoch}");
+                }
+                assert_eq!(validation_sequences(&docs, &tokenized, &framing, rates, 16, 3), validation_sequences(&docs, &direct, &framing, rates, 16, 3));
+            }
+        }
     }
 
     #[test]

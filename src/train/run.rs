@@ -2,7 +2,7 @@
 //! optimizer and validation set, or all of it restored from a checkpoint), the step loop with
 //! gradient accumulation, clipping, the schedule, validation, checkpoints, the JSONL metrics log
 //! and the progress bar, and the final model directory. Not here: the math of the objective and
-//! the optimizer, or the command line.
+//! the optimizer, the token cache's format (`token_cache.rs`), or the command line.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,13 +15,15 @@ use tokenizers::Tokenizer;
 
 use super::bpe::train_bpe;
 use super::checkpoint::{self, TrainState, STATE_VERSION};
-use super::corpus::{collect, Corpus, Document, WalkOptions};
+use super::corpus::{collect, Corpus, WalkOptions};
 use super::error::{io_err, Result, TrainError};
 use super::fim::{text_tokenizer, Framing};
+use super::splice::Splicer;
+use super::token_cache::{CacheStats, TokenCache};
 use super::objective::{batch_grads, validate, windows_tensor, Validation};
 use super::optim::{clip_factor, global_norm, lr_at, AdamW};
 use super::options::{ModelInit, TrainOptions};
-use super::packing::{encode_documents, epoch_rng, validation_sequences, BatchStream, DataPosition};
+use super::packing::{encode_in_order, epoch_rng, validation_sequences, BatchStream, DataPosition, TokenSource};
 use super::params::{add_heads, ParamSet, Trainable};
 use super::presets::scratch_config;
 use crate::model::mtp::MAX_ROPE_POSITIONS;
@@ -40,6 +42,17 @@ pub struct Control {
     pub stop_after: Option<u64>,
     /// Draw a progress bar on stderr (when it is a terminal).
     pub progress: bool,
+}
+
+/// How a run turns its documents into token ids. Both give the same ids, so the same batches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Tokenization {
+    /// Encode every piece of every sample with the tokenizer, every epoch; nothing is stored.
+    #[default]
+    Direct,
+    /// Tokenize each document once per (content, tokenizer), kept in this cache folder
+    /// (`token_cache`), and splice FIM pieces from it (`splice`).
+    Cached(PathBuf),
 }
 
 /// How a run ended.
@@ -86,6 +99,10 @@ pub struct Prepared {
     valid_batches: Vec<Tensor>,
     stream: Option<BatchStream>,
     pub resumed_from: Option<PathBuf>,
+    /// What the token cache did while preparing (`None` without the cache).
+    pub token_cache: Option<CacheStats>,
+    /// When preparing began, for the time-to-first-step log line.
+    started: Instant,
 }
 
 impl Prepared {
@@ -164,8 +181,31 @@ fn check_context(opts: &TrainOptions, config: &ModelConfig) -> Result<()> {
     Ok(())
 }
 
-fn valid_batches(corpus: &Corpus, tokenizer: &Tokenizer, framing: &Framing, opts: &TrainOptions, n_heads: usize, device: &Device) -> Result<Vec<Tensor>> {
-    let windows = validation_sequences(&corpus.valid, tokenizer, framing, opts.fim, opts.seq_len, opts.seed);
+/// The token sources of the training and validation splits (`text_tok` is the text tokenizer),
+/// and what the cache did.
+fn token_sources(corpus: &Corpus, text_tok: &Tokenizer, tokenization: &Tokenization) -> (TokenSource, TokenSource, Option<CacheStats>) {
+    let direct = || (TokenSource::Tokenizer(text_tok.clone()), TokenSource::Tokenizer(text_tok.clone()), None);
+    let Tokenization::Cached(root) = tokenization else {
+        return direct();
+    };
+    let Some(cache) = TokenCache::new(root, text_tok) else {
+        return direct();
+    };
+    let t0 = Instant::now();
+    let splicer = Splicer::new(text_tok);
+    if !splicer.splices() {
+        tracing::info!("this tokenizer's FIM pieces cannot be spliced from cached documents; they are encoded in full every epoch");
+    }
+    let (train, mut stats) = cache.tokenize_all(&corpus.train, &splicer);
+    let (valid, valid_stats) = cache.tokenize_all(&corpus.valid, &splicer);
+    stats.add(valid_stats);
+    tracing::info!("tokens: {stats} in {:.1} s (cache {})", t0.elapsed().as_secs_f64(), cache.dir().display());
+    let source = |docs: Vec<super::splice::DocTokens>| TokenSource::Tokenized { splicer: splicer.clone(), docs: docs.into() };
+    (source(train), source(valid), Some(stats))
+}
+
+fn valid_batches(corpus: &Corpus, source: &TokenSource, framing: &Framing, opts: &TrainOptions, n_heads: usize, device: &Device) -> Result<Vec<Tensor>> {
+    let windows = validation_sequences(&corpus.valid, source, framing, opts.fim, opts.seq_len, opts.seed);
     let windows: Vec<Vec<u32>> = windows.into_iter().filter(|w| w.len() > n_heads).collect();
     windows
         .chunks(opts.batch_size)
@@ -175,20 +215,28 @@ fn valid_batches(corpus: &Corpus, tokenizer: &Tokenizer, framing: &Framing, opts
 }
 
 /// The training batch stream at `position`, refusing a training split shorter than one window.
-fn train_stream(corpus: &Corpus, tokenizer: &Tokenizer, framing: &Framing, opts: &TrainOptions, position: DataPosition) -> Result<BatchStream> {
-    let text_tok = text_tokenizer(tokenizer);
-    let mut stream = BatchStream::new(corpus.train.clone(), text_tok.clone(), *framing, opts.fim, opts.seq_len, opts.seed, position);
-    if stream.epoch_len() == 0 {
-        let docs: Vec<&Document> = corpus.train.iter().collect();
-        let tokens = encode_documents(&docs, &text_tok, framing, opts.fim, &mut epoch_rng(opts.seed, position.epoch)).len();
+fn train_stream(corpus: &Corpus, source: TokenSource, framing: &Framing, opts: &TrainOptions, position: DataPosition) -> Result<BatchStream> {
+    let t0 = Instant::now();
+    let mut stream = BatchStream::new(corpus.train.clone(), source.clone(), *framing, opts.fim, opts.seq_len, opts.seed, position);
+    let windows = stream.epoch_len();
+    if windows == 0 {
+        let order: Vec<usize> = (0..corpus.train.len()).collect();
+        let tokens = encode_in_order(&corpus.train, &order, &source, framing, opts.fim, &mut epoch_rng(opts.seed, position.epoch)).len();
         return Err(TrainError::TooLittleData { tokens, needed: opts.seq_len + 1 });
     }
+    tracing::info!("epoch {}: {windows} training windows in {:.1} s", position.epoch, t0.elapsed().as_secs_f64());
     Ok(stream)
 }
 
 /// Prepares a new run: refuses bad options and an occupied output directory first, then walks
 /// the repositories, sets up tokenizer and weights, and checks there is enough data.
 pub fn prepare(opts: TrainOptions, force: bool) -> Result<Prepared> {
+    prepare_with(opts, force, &Tokenization::Direct)
+}
+
+/// [`prepare`] with the corpus tokenized as `tokenization` says.
+pub fn prepare_with(opts: TrainOptions, force: bool, tokenization: &Tokenization) -> Result<Prepared> {
+    let started = Instant::now();
     opts.validate()?;
     if non_empty_dir(&opts.out) && !force {
         return Err(TrainError::OutputExists(opts.out.clone()));
@@ -198,7 +246,7 @@ pub fn prepare(opts: TrainOptions, force: bool) -> Result<Prepared> {
         crate::model::weights::read_config(dir).map_err(|source| TrainError::BaseModel { dir: dir.clone(), source })?;
     }
     let device = parse_device(&opts.device)?;
-    let corpus = collect(&opts.repos, &WalkOptions { max_file_bytes: opts.max_file_bytes, valid_fraction: opts.valid_fraction })?;
+    let corpus = walk(&opts)?;
     let start = start_weights(&opts, &corpus, &device)?;
     let (config, tensors) = if opts.add_heads > 0 { add_heads(&start.config, start.tensors, opts.add_heads)? } else { (start.config, start.tensors) };
     check_context(&opts, &config)?;
@@ -220,14 +268,53 @@ pub fn prepare(opts: TrainOptions, force: bool) -> Result<Prepared> {
     };
     let compute = compute_dtype(&opts, &device);
     let text_tok = text_tokenizer(&tokenizer);
-    let valid_batches = valid_batches(&corpus, &text_tok, &framing, &opts, config.n_heads(), &device)?;
-    let stream = Some(train_stream(&corpus, &tokenizer, &framing, &opts, state.data)?);
-    Ok(Prepared { options: opts, corpus, tokenizer, config, params, names, optimizer, state, device, compute, valid_batches, stream, resumed_from: None })
+    let (train_source, valid_source, token_cache) = token_sources(&corpus, &text_tok, tokenization);
+    let valid_batches = timed_valid_batches(&corpus, &valid_source, &framing, &opts, config.n_heads(), &device)?;
+    let stream = Some(train_stream(&corpus, train_source, &framing, &opts, state.data)?);
+    Ok(Prepared {
+        options: opts,
+        corpus,
+        tokenizer,
+        config,
+        params,
+        names,
+        optimizer,
+        state,
+        device,
+        compute,
+        valid_batches,
+        stream,
+        resumed_from: None,
+        token_cache,
+        started,
+    })
+}
+
+/// The corpus of a run, with a log line on how long the walk took.
+fn walk(opts: &TrainOptions) -> Result<Corpus> {
+    let t0 = Instant::now();
+    let corpus = collect(&opts.repos, &WalkOptions { max_file_bytes: opts.max_file_bytes, valid_fraction: opts.valid_fraction })?;
+    tracing::info!("corpus: {} files kept, {} skipped, in {:.1} s", corpus.train.len() + corpus.valid.len(), corpus.skipped_count(), t0.elapsed().as_secs_f64());
+    Ok(corpus)
+}
+
+fn timed_valid_batches(corpus: &Corpus, source: &TokenSource, framing: &Framing, opts: &TrainOptions, n_heads: usize, device: &Device) -> Result<Vec<Tensor>> {
+    let t0 = Instant::now();
+    let batches = valid_batches(corpus, source, framing, opts, n_heads, device)?;
+    tracing::info!("validation: {} batches in {:.1} s", batches.len(), t0.elapsed().as_secs_f64());
+    Ok(batches)
 }
 
 /// Prepares the continuation of the run in `out` from its latest checkpoint, with the options it
 /// was started with.
 pub fn prepare_resume(out: &Path) -> Result<Prepared> {
+    prepare_resume_with(out, &Tokenization::Direct)
+}
+
+/// [`prepare_resume`] with the corpus tokenized as `tokenization` says (a run may resume with or
+/// without the cache: the batches are the same).
+pub fn prepare_resume_with(out: &Path, tokenization: &Tokenization) -> Result<Prepared> {
+    let started = Instant::now();
     let dir = checkpoint::latest(out)?;
     let mut state = checkpoint::read_state(&dir)?;
     if state.finished {
@@ -240,7 +327,7 @@ pub fn prepare_resume(out: &Path) -> Result<Prepared> {
     let config = loaded.model.config().clone();
     let tensors = loaded.model.named_tensors().into_iter().collect();
     let tokenizer = loaded.tokenizer;
-    let corpus = collect(&opts.repos, &WalkOptions { max_file_bytes: opts.max_file_bytes, valid_fraction: opts.valid_fraction })?;
+    let corpus = walk(&opts)?;
     if corpus.fingerprint() != state.corpus_fingerprint {
         tracing::warn!("the repositories changed since the run started: resuming on the new files, so the run will not reproduce an uninterrupted one exactly");
     }
@@ -252,9 +339,26 @@ pub fn prepare_resume(out: &Path) -> Result<Prepared> {
     checkpoint::load_optimizer(&dir, &mut optimizer, &names, state.step, &device)?;
     let compute = compute_dtype(&opts, &device);
     let text_tok = text_tokenizer(&tokenizer);
-    let valid_batches = valid_batches(&corpus, &text_tok, &framing, &opts, config.n_heads(), &device)?;
-    let stream = Some(train_stream(&corpus, &tokenizer, &framing, &opts, state.data)?);
-    Ok(Prepared { options: opts, corpus, tokenizer, config, params, names, optimizer, state, device, compute, valid_batches, stream, resumed_from: Some(dir) })
+    let (train_source, valid_source, token_cache) = token_sources(&corpus, &text_tok, tokenization);
+    let valid_batches = timed_valid_batches(&corpus, &valid_source, &framing, &opts, config.n_heads(), &device)?;
+    let stream = Some(train_stream(&corpus, train_source, &framing, &opts, state.data)?);
+    Ok(Prepared {
+        options: opts,
+        corpus,
+        tokenizer,
+        config,
+        params,
+        names,
+        optimizer,
+        state,
+        device,
+        compute,
+        valid_batches,
+        stream,
+        resumed_from: Some(dir),
+        token_cache,
+        started,
+    })
 }
 
 /// The JSONL metrics log. On resume, records after the checkpoint's step are dropped first, so the
@@ -354,8 +458,12 @@ impl Prepared {
             last_validation = Some(v);
         }
         let bar = progress_bar(control, total, self.state.step);
+        let mut first_step = true;
         while self.state.step < total {
             let t0 = Instant::now();
+            if std::mem::take(&mut first_step) {
+                tracing::info!("step {} starts {:.1} s after preparing began", self.state.step + 1, self.started.elapsed().as_secs_f64());
+            }
             let step = self.state.step;
             let lr = lr_at(step, warmup, total, opts.lr, opts.min_lr_ratio);
             let mut grads: Vec<Option<Tensor>> = vec![None; trainable.len()];
