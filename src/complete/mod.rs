@@ -19,12 +19,12 @@ use std::time::Instant;
 use tokenizers::Tokenizer;
 
 use crate::decode::{self, Control, DraftSource, GenerateParams, GenerationStats, HeadDrafts, NoDrafts, PromptLookup, StopReason};
-use crate::model::{LoadedModel, ModelCache, Result};
+use crate::model::{LoadedModel, ModelCache, ModelError, Result};
 
 use drafts::DraftArm;
 pub use block::BlockRule;
 pub use policy::{LinePolicy, Lines};
-pub use prompt::{FimOrder, PromptBudget, PromptOptions};
+pub use prompt::{FimOrder, Prompt, PromptBudget, PromptOptions};
 
 /// How tokens are produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,6 +110,9 @@ pub struct Completion {
     pub prefix_start: usize,
 }
 
+/// Fewest tokens of document text a prompt keeps: below this, the preamble is left out.
+pub const MIN_TEXT_TOKENS: usize = 64;
+
 /// A loaded model plus the KV caches it keeps between completions.
 pub struct Engine {
     loaded: LoadedModel,
@@ -152,15 +155,41 @@ impl Engine {
         }
     }
 
+    /// The prompt for a completion of `text` at byte offset `cursor`, through the one
+    /// prompt-fitting rule every entry point takes (complete, eval, serve, bench): the budget asked
+    /// for is fitted ([`prompt::fit_budget`]) to what the model's context leaves after the
+    /// completion (`max_tokens`), the preamble and the framing tokens. The prompt therefore fits
+    /// whole, and its FIM framing is never cut. A preamble that would leave fewer than
+    /// [`MIN_TEXT_TOKENS`] tokens for the text is left out.
+    pub fn prompt(&self, text: &str, cursor: usize, params: &CompletionParams) -> Result<Prompt> {
+        let special = &self.loaded.special;
+        let fixed = params.max_tokens + 1 + prompt::framing_tokens(special);
+        let text_room = self.cache_capacity.checked_sub(fixed).filter(|&r| r > 0).ok_or(ModelError::CacheFull {
+            capacity: self.cache_capacity,
+            needed: fixed + 1,
+        })?;
+        let preamble_tokens = match params.preamble.as_str() {
+            "" => 0,
+            p => self.text_tokenizer.encode(p, false).map(|e| e.len()).unwrap_or(usize::MAX),
+        };
+        let (preamble, room) = match text_room.checked_sub(preamble_tokens) {
+            Some(room) if room >= MIN_TEXT_TOKENS.min(text_room) => (params.preamble.as_str(), room),
+            _ => {
+                tracing::debug!("preamble of {preamble_tokens} tokens left out: {text_room} tokens of context left for the text");
+                ("", text_room)
+            }
+        };
+        let opts = PromptOptions { prefix_start_hint: params.prefix_start_hint, slack_tokens: params.prefix_slack_tokens, preamble };
+        let budget = prompt::fit_budget(params.budget, room);
+        let prompt = prompt::build_prompt_with(&self.text_tokenizer, special, text, cursor, budget, params.order, &opts);
+        debug_assert!(prompt.ids.len() + params.max_tokens < self.cache_capacity, "fitted prompt overflows");
+        Ok(prompt)
+    }
+
     /// Completes `text` at byte offset `cursor`.
     pub fn complete(&mut self, text: &str, cursor: usize, params: &CompletionParams) -> Result<Completion> {
         let t0 = Instant::now();
-        let opts = PromptOptions {
-            prefix_start_hint: params.prefix_start_hint,
-            slack_tokens: params.prefix_slack_tokens,
-            preamble: &params.preamble,
-        };
-        let prompt = prompt::build_prompt_with(&self.text_tokenizer, &self.loaded.special, text, cursor, params.budget, params.order, &opts);
+        let prompt = self.prompt(text, cursor, params)?;
         let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
         let model = &self.loaded.model;
         let adaptive = params.adaptive_drafts && params.mode == Mode::Spec && model.n_heads() > 1;
@@ -178,8 +207,7 @@ impl Engine {
             *cache_slot = Some(model.new_cache(self.cache_capacity, n_heads)?);
         }
         let cache = cache_slot.as_mut().expect("cache was just created");
-        let room = cache.capacity().saturating_sub(params.max_tokens + 1);
-        let ids = &prompt.ids[prompt.ids.len().saturating_sub(room)..];
+        let ids = &prompt.ids;
         let gen_params = GenerateParams {
             max_tokens: params.max_tokens,
             sampling: params.sampling,

@@ -37,6 +37,25 @@ pub struct Prompt {
     pub suffix_end: usize,
 }
 
+/// Tokens a prompt adds around its text: BOS and the three FIM tokens, where the model has them.
+pub fn framing_tokens(special: &SpecialTokens) -> usize {
+    usize::from(special.bos.is_some()) + if special.fim.is_some() { 3 } else { 0 }
+}
+
+/// The one prompt-fitting rule: the budget wanted when prefix and suffix fit in `room` tokens of
+/// text; otherwise shrunk to `room`, the suffix keeping its share of the total and the prefix at
+/// least one token. `Engine::prompt` sizes `room` from the model's context, so a prompt is never
+/// cut after it is built (which would drop its FIM framing).
+pub fn fit_budget(want: PromptBudget, room: usize) -> PromptBudget {
+    let total = want.prefix_tokens + want.suffix_tokens;
+    if total <= room {
+        return want;
+    }
+    let room = room.max(1);
+    let suffix = (want.suffix_tokens * room / total).min(room - 1);
+    PromptBudget { prefix_tokens: room - suffix, suffix_tokens: suffix }
+}
+
 /// How many of `counts` (tokens per line, nearest line first) fit in `budget`. The first line
 /// always counts as kept, even alone over budget (the caller then clips inside it).
 pub fn lines_within_budget(counts: impl IntoIterator<Item = usize>, budget: usize) -> usize {
@@ -182,6 +201,34 @@ pub fn build_prompt_with(
 mod tests {
     use super::*;
     use crate::model::tokenizer::byte_level_tokenizer;
+
+    #[test]
+    fn fit_budget_table() {
+        let b = |p, x| PromptBudget { prefix_tokens: p, suffix_tokens: x };
+        // (wanted, room) -> fitted
+        let cases = [
+            (b(1024, 256), 4096, b(1024, 256)),
+            (b(1024, 256), 1280, b(1024, 256)),
+            (b(1024, 256), 696, b(557, 139)), // suffix 256 * 696 / 1280 = 139
+            (b(1024, 256), 187, b(150, 37)),  // the default model: 512 - 65 - 256 - 4
+            (b(100, 0), 32, b(32, 0)),
+            (b(0, 100), 10, b(1, 9)), // the prefix keeps one token
+            (b(5, 5), 0, b(1, 0)),
+        ];
+        for (want, room, fitted) in cases {
+            assert_eq!(fit_budget(want, room), fitted, "{want:?} in {room}");
+        }
+    }
+
+    #[test]
+    fn framing_tokens_table() {
+        let mut sp = special();
+        assert_eq!(framing_tokens(&sp), 3);
+        sp.bos = Some(1);
+        assert_eq!(framing_tokens(&sp), 4);
+        sp.fim = None;
+        assert_eq!(framing_tokens(&sp), 1);
+    }
 
     #[test]
     fn lines_within_budget_table() {

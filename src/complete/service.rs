@@ -106,19 +106,6 @@ pub fn serving_capacity(model: &crate::model::MtpModel) -> usize {
     model.max_positions().clamp(256, 4096)
 }
 
-/// The prompt budget shrunk, if needed, so that prompt, snippets and completion fit in a cache of
-/// `capacity` tokens (the suffix and the prefix give up tokens in proportion).
-pub fn fit_budget(settings: &Settings, capacity: usize) -> PromptBudget {
-    let fixed = settings.max_tokens + settings.snippet_tokens + 8;
-    let room = capacity.saturating_sub(fixed).max(2);
-    let want = settings.budget.prefix_tokens + settings.budget.suffix_tokens;
-    if want <= room {
-        return settings.budget;
-    }
-    let suffix = settings.budget.suffix_tokens * room / want.max(1);
-    PromptBudget { prefix_tokens: (room - suffix).max(1), suffix_tokens: suffix }
-}
-
 pub struct CompletionService {
     engine: Engine,
     results: ResultCache,
@@ -181,11 +168,11 @@ impl CompletionService {
         let hint = self.anchors.get(req.doc).and_then(|abs| abs.checked_sub(req.base));
         let capacity = self.engine.cache_capacity();
         let max_tokens = settings.max_tokens.min(capacity / 2).max(1);
-        let budget = fit_budget(&Settings { max_tokens, ..settings.clone() }, capacity);
         let params = CompletionParams {
             mode: settings.mode,
             max_tokens,
-            budget,
+            // The engine fits it to the model's context (`Engine::prompt`).
+            budget: settings.budget,
             order: FimOrder::Spm,
             stop_strings: Vec::new(),
             sampling: settings.sampling,
@@ -289,24 +276,5 @@ mod tests {
         let s = svc.suggest(&request("x = 1\n"), &settings, Some(flag)).unwrap();
         assert_eq!(s.stop, Some(StopReason::Cancelled));
         assert!(s.stats.unwrap().tokens <= 1);
-    }
-
-    #[test]
-    fn fit_budget_table() {
-        let s = |p, x, m, n| Settings {
-            budget: PromptBudget { prefix_tokens: p, suffix_tokens: x },
-            max_tokens: m,
-            snippet_tokens: n,
-            ..Settings::default()
-        };
-        // (settings, capacity, want (prefix, suffix))
-        let cases = [
-            (s(1024, 256, 64, 256), 4096, (1024, 256)),
-            (s(1024, 256, 64, 256), 1024, (557, 139)), // room 696, suffix 256 * 696 / 1280 = 139
-            (s(100, 0, 10, 0), 50, (32, 0)),
-        ];
-        for (settings, cap, (p, x)) in cases {
-            assert_eq!(fit_budget(&settings, cap), PromptBudget { prefix_tokens: p, suffix_tokens: x }, "{cap}");
-        }
     }
 }

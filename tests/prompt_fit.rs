@@ -1,0 +1,80 @@
+//! The one prompt-fitting rule, `Engine::prompt`, which every entry point goes through (`complete`
+//! and the server's `CompletionService` call `Engine::complete`; `eval` and `bench lsp` use the
+//! service): a file far longer than the model's 512 positions, with and without a preamble of
+//! neighbour snippets, gives a prompt that fits together with its completion and keeps its whole
+//! FIM framing, in SPM and PSM order. Before the rule, `complete` cut over-long prompts from the
+//! front and decoded them without `<fim_prefix>`, `<fim_suffix>`, the suffix and `<fim_middle>`.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use foresight::complete::{CompletionParams, Engine, FimOrder, Mode, PromptBudget};
+use foresight::model::weights::load_dir;
+use foresight::model::FimTokens;
+
+fn engine() -> Engine {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
+    Engine::new(load_dir(&dir, &Device::Cpu, DType::F32).unwrap(), 4096)
+}
+
+/// A source file of `lines` distinct lines, and a cursor in the middle of line `lines / 2`.
+fn long_file(lines: usize) -> (String, usize) {
+    let text: String = (0..lines).map(|i| format!("    let value_{i} = compute(value_{}, {i}); // step {i}\n", i.saturating_sub(1))).collect();
+    let cursor = text.match_indices('\n').nth(lines / 2).unwrap().0 + 9;
+    (text, cursor)
+}
+
+fn count(ids: &[u32], id: u32) -> usize {
+    ids.iter().filter(|&&t| t == id).count()
+}
+
+#[test]
+fn long_files_get_whole_framing_within_the_context() {
+    let mut engine = engine();
+    let capacity = engine.cache_capacity();
+    assert_eq!(capacity, 512, "the default model's context");
+    let fim: FimTokens = engine.loaded().special.fim.expect("the default model has FIM tokens");
+    let (text, cursor) = long_file(3000);
+    let preamble = (0..40).map(|i| format!("# other.py\ndef helper_{i}(x):\n    return x + {i}\n")).collect::<String>();
+    for order in [FimOrder::Spm, FimOrder::Psm] {
+        for preamble in [String::new(), preamble.clone()] {
+            // What `foresight complete` asks for by default: 1024 + 256 tokens, 64 new ones.
+            let params = CompletionParams { order, preamble: preamble.clone(), max_tokens: 64, mode: Mode::Plain, ..CompletionParams::default() };
+            assert_eq!(params.budget, PromptBudget { prefix_tokens: 1024, suffix_tokens: 256 });
+            let prompt = engine.prompt(&text, cursor, &params).unwrap();
+            let ids = &prompt.ids;
+            let what = format!("{order:?}, preamble of {} bytes", preamble.len());
+            assert!(ids.len() + params.max_tokens < capacity, "{what}: {} prompt tokens + 64 overflow {capacity}", ids.len());
+            assert!(ids.len() > capacity / 2, "{what}: the prompt uses the context ({} tokens)", ids.len());
+            for (name, id) in [("<fim_prefix>", fim.prefix), ("<fim_suffix>", fim.suffix), ("<fim_middle>", fim.middle)] {
+                assert_eq!(count(ids, id), 1, "{what}: {name} appears once");
+            }
+            let at = |id: u32| ids.iter().position(|&t| t == id).unwrap();
+            match order {
+                FimOrder::Spm => {
+                    assert_eq!(&ids[..2], &[fim.prefix, fim.suffix], "{what}");
+                    assert!(at(fim.middle) > 2, "{what}: the suffix is kept");
+                }
+                FimOrder::Psm => {
+                    assert_eq!(ids[0], fim.prefix, "{what}");
+                    assert!(at(fim.suffix) > 1 && at(fim.middle) == ids.len() - 1, "{what}");
+                    assert!(at(fim.middle) > at(fim.suffix) + 1, "{what}: the suffix is kept");
+                }
+            }
+            // The prefix ends exactly at the cursor: the text right before it is in the prompt.
+            let decoded = engine.loaded().tokenizer.decode(ids, false).unwrap();
+            assert!(decoded.contains(&text[cursor - 40..cursor]), "{what}");
+            // And the completion runs on it.
+            let out = engine.complete(&text, cursor, &params).unwrap();
+            assert!(out.stats.tokens >= 1, "{what}");
+        }
+    }
+}
+
+#[test]
+fn a_completion_longer_than_the_context_is_refused() {
+    let engine = engine();
+    let params = CompletionParams { max_tokens: 600, ..CompletionParams::default() };
+    let err = engine.prompt("x = 1\n", 3, &params).unwrap_err().to_string();
+    assert!(err.contains("512"), "{err}");
+}
