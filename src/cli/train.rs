@@ -52,11 +52,21 @@ pub struct TrainArgs {
     #[arg(long)]
     pub grad_accum: Option<usize>,
     /// Optimizer steps [default: 1000].
-    #[arg(long, conflicts_with = "tokens")]
+    #[arg(long, conflicts_with_all = ["tokens", "time_budget"])]
     pub steps: Option<u64>,
     /// Training tokens instead of --steps (rounded up to whole steps).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "time_budget")]
     pub tokens: Option<u64>,
+    /// Train for this many wall-clock seconds instead of --steps: warmup, then a constant learning
+    /// rate, then a linear decay to the floor over the last fifth of the budget, by elapsed time.
+    #[arg(long, value_name = "SECS")]
+    pub time_budget: Option<u64>,
+    /// Store the final model's weights as bf16 (checkpoints stay f32).
+    #[arg(long)]
+    pub save_bf16: bool,
+    /// Split the final model's weights into files of at most this many MiB (with an index).
+    #[arg(long, value_name = "MIB")]
+    pub shard_mib: Option<u64>,
     /// Peak learning rate [default: 3e-4 from scratch, 1e-4 finetuning].
     #[arg(long)]
     pub lr: Option<f64>,
@@ -162,6 +172,9 @@ impl TrainArgs {
         flag(self.grad_accum.is_some(), "--grad-accum");
         flag(self.steps.is_some(), "--steps");
         flag(self.tokens.is_some(), "--tokens");
+        flag(self.time_budget.is_some(), "--time-budget");
+        flag(self.save_bf16, "--save-bf16");
+        flag(self.shard_mib.is_some(), "--shard-mib");
         flag(self.lr.is_some(), "--lr");
         flag(self.min_lr_ratio.is_some(), "--min-lr-ratio");
         flag(self.warmup_steps.is_some(), "--warmup-steps");
@@ -216,11 +229,16 @@ impl TrainArgs {
         o.seq_len = self.seq_len.unwrap_or(o.seq_len);
         o.batch_size = self.batch_size.unwrap_or(o.batch_size);
         o.grad_accum = self.grad_accum.unwrap_or(o.grad_accum);
-        o.length = match (self.steps, self.tokens) {
-            (_, Some(t)) => RunLength::Tokens(t),
-            (Some(s), None) => RunLength::Steps(s),
-            (None, None) => o.length,
+        o.length = match (self.steps, self.tokens, self.time_budget) {
+            (_, _, Some(secs)) => RunLength::Seconds(secs),
+            (_, Some(t), None) => RunLength::Tokens(t),
+            (Some(s), None, None) => RunLength::Steps(s),
+            (None, None, None) => o.length,
         };
+        if self.shard_mib == Some(0) {
+            bail!("--shard-mib must be at least 1");
+        }
+        o.save = foresight::model::weights::SaveOptions { bf16: self.save_bf16, max_shard_bytes: self.shard_mib.map(|m| m << 20) };
         o.lr = self.lr.unwrap_or(if finetune { 1e-4 } else { 3e-4 });
         o.min_lr_ratio = self.min_lr_ratio.unwrap_or(o.min_lr_ratio);
         o.warmup_steps = self.warmup_steps;
@@ -275,9 +293,12 @@ fn report(prepared: &tr::Prepared, verbose: bool) {
         trainable as f64 / 1e6
     );
     let o = &prepared.options;
+    let length = match o.time_budget() {
+        Some(secs) => format!("{secs:.0} s of steps (--time-budget)"),
+        None => format!("{} steps", prepared.total_steps()),
+    };
     eprintln!(
-        "run: {} steps of {} tokens ({} x {} x {} accum), lr {:e}, {:?} loss order{}",
-        prepared.total_steps(),
+        "run: {length} of {} tokens ({} x {} x {} accum), lr {:e}, {:?} loss order{}",
         o.tokens_per_step(),
         o.batch_size,
         o.seq_len,

@@ -253,15 +253,79 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     std::fs::rename(&tmp, path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
 }
 
+/// How [`save_dir_with`] stores the weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SaveOptions {
+    /// Store the tensors as bf16 (half the bytes; how `models/default` is kept).
+    pub bf16: bool,
+    /// Split the weights into `model-0000i-of-0000n.safetensors` files of at most this many bytes
+    /// (a tensor larger than that gets a file of its own) with `model.safetensors.index.json`.
+    pub max_shard_bytes: Option<u64>,
+}
+
+/// Groups `sizes` (name, bytes), in name order, into consecutive shards of at most `max` bytes;
+/// a tensor over `max` is a shard of its own.
+pub fn plan_shards(sizes: &[(String, u64)], max: u64) -> Vec<Vec<String>> {
+    let mut sorted: Vec<&(String, u64)> = sizes.iter().collect();
+    sorted.sort();
+    let mut shards: Vec<Vec<String>> = Vec::new();
+    let mut used = 0;
+    for (name, bytes) in sorted {
+        if shards.is_empty() || used + bytes > max {
+            shards.push(Vec::new());
+            used = 0;
+        }
+        shards.last_mut().expect("pushed above").push(name.clone());
+        used += bytes;
+    }
+    shards
+}
+
 /// Saves `model` and `tokenizer` as a model directory (created if needed), each file atomically.
 pub fn save_dir(model: &MtpModel, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
+    save_dir_with(model, tokenizer, dir, SaveOptions::default())
+}
+
+/// [`save_dir`] with the weights in bf16 and/or sharded.
+pub fn save_dir_with(model: &MtpModel, tokenizer: &Tokenizer, dir: &Path, opts: SaveOptions) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
     let tensors: HashMap<String, Tensor> = model
         .named_tensors()
         .into_iter()
-        .map(|(name, t)| Ok((name, t.to_device(&Device::Cpu)?)))
+        .map(|(name, t)| {
+            let t = t.to_device(&Device::Cpu)?;
+            Ok((name, if opts.bf16 { t.to_dtype(DType::BF16)? } else { t }))
+        })
         .collect::<candle_core::Result<_>>()?;
-    write_atomic(&dir.join(WEIGHTS_FILE), |tmp| Ok(candle_core::safetensors::save(&tensors, tmp)?))?;
+    match opts.max_shard_bytes {
+        None => {
+            write_atomic(&dir.join(WEIGHTS_FILE), |tmp| Ok(candle_core::safetensors::save(&tensors, tmp)?))?;
+            // A stale sharded index would contradict what we just wrote.
+            let _ = std::fs::remove_file(dir.join(WEIGHTS_INDEX_FILE));
+        }
+        Some(max) => {
+            let sizes: Vec<(String, u64)> =
+                tensors.iter().map(|(n, t)| (n.clone(), (t.elem_count() * t.dtype().size_in_bytes()) as u64)).collect();
+            let shards = plan_shards(&sizes, max);
+            let mut weight_map = serde_json::Map::new();
+            for (i, names) in shards.iter().enumerate() {
+                let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, shards.len());
+                let part: HashMap<&str, Tensor> = names.iter().map(|n| (n.as_str(), tensors[n].clone())).collect();
+                write_atomic(&dir.join(&file), |tmp| Ok(candle_core::safetensors::save(&part, tmp)?))?;
+                for n in names {
+                    weight_map.insert(n.clone(), file.clone().into());
+                }
+            }
+            let total: u64 = sizes.iter().map(|(_, b)| b).sum();
+            let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+            write_atomic(&dir.join(WEIGHTS_INDEX_FILE), |tmp| {
+                std::fs::write(tmp, serde_json::to_string_pretty(&index).expect("index serializes"))
+                    .map_err(|source| ModelError::Io { path: tmp.to_path_buf(), source })
+            })?;
+            // The loader prefers a single file: a stale one would shadow the shards.
+            let _ = std::fs::remove_file(dir.join(WEIGHTS_FILE));
+        }
+    }
     let config = serde_json::to_string_pretty(model.config()).expect("config serializes");
     write_atomic(&dir.join(CONFIG_FILE), |tmp| {
         std::fs::write(tmp, config).map_err(|source| ModelError::Io { path: tmp.to_path_buf(), source })
@@ -269,7 +333,25 @@ pub fn save_dir(model: &MtpModel, tokenizer: &Tokenizer, dir: &Path) -> Result<(
     write_atomic(&dir.join(TOKENIZER_FILE), |tmp| {
         tokenizer.save(tmp, false).map_err(|e| ModelError::BadTokenizer { path: tmp.to_path_buf(), reason: e.to_string() })
     })?;
-    // A stale single-file or sharded index would shadow or contradict what we just wrote.
-    let _ = std::fs::remove_file(dir.join(WEIGHTS_INDEX_FILE));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_shards_table() {
+        let s = |v: &[(&str, u64)]| v.iter().map(|(n, b)| (n.to_string(), *b)).collect::<Vec<_>>();
+        // (sizes, max) -> shards, names in order
+        let cases: [(Vec<(String, u64)>, u64, Vec<Vec<&str>>); 4] = [
+            (s(&[("b", 4), ("a", 4), ("c", 4)]), 8, vec![vec!["a", "b"], vec!["c"]]),
+            (s(&[("a", 10), ("b", 1)]), 8, vec![vec!["a"], vec!["b"]]), // over max: a shard of its own
+            (s(&[("a", 1), ("b", 1)]), 100, vec![vec!["a", "b"]]),
+            (s(&[]), 8, vec![]),
+        ];
+        for (sizes, max, want) in cases {
+            assert_eq!(plan_shards(&sizes, max), want, "{sizes:?} max {max}");
+        }
+    }
 }

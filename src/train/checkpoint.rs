@@ -40,6 +40,9 @@ pub struct TrainState {
     /// Fingerprint of the corpus the run started on (see `Corpus::fingerprint`).
     pub corpus_fingerprint: u64,
     pub finished: bool,
+    /// Wall-clock seconds the run has trained so far (what a `--time-budget` counts down).
+    #[serde(default)]
+    pub elapsed_secs: f64,
 }
 
 pub fn checkpoints_dir(out: &Path) -> PathBuf {

@@ -37,6 +37,29 @@ pub fn lr_at(step: u64, warmup: u64, total: u64, peak: f64, min_ratio: f64) -> f
     floor + 0.5 * (peak - floor) * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
+/// Share of a time budget over which [`lr_by_time`] decays: the last fifth.
+pub const TIME_DECAY_SHARE: f64 = 0.2;
+
+/// Learning rate of a run with a wall-clock budget of `budget` seconds, at optimizer step `step`
+/// (0-based) when `elapsed` seconds of it have passed: linear warmup over `warmup` steps, then
+/// constant at `peak`, then a linear decay to `peak * min_ratio` over the last fifth of the budget
+/// (by elapsed time), so the schedule ends when the budget does, however fast the steps are.
+pub fn lr_by_time(step: u64, warmup: u64, elapsed: f64, budget: f64, peak: f64, min_ratio: f64) -> f64 {
+    let floor = peak * min_ratio;
+    let decay_start = budget * (1.0 - TIME_DECAY_SHARE);
+    let by_time = if elapsed <= decay_start || budget <= 0.0 {
+        peak
+    } else {
+        let progress = ((elapsed - decay_start) / (budget * TIME_DECAY_SHARE)).min(1.0);
+        peak - (peak - floor) * progress
+    };
+    if step < warmup {
+        by_time.min(peak * (step + 1) as f64 / warmup as f64)
+    } else {
+        by_time
+    }
+}
+
 /// Factor that brings a gradient of global norm `norm` down to `max_norm` (1 when already within).
 pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
     if max_norm > 0.0 && norm > max_norm {
@@ -106,6 +129,25 @@ impl AdamW {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn time_schedule_table() {
+        // (step, warmup, elapsed, budget) -> lr, peak 1.0, floor 0.1
+        let cases = [
+            ((0, 10, 0.0, 100.0), 0.1),    // warmup by steps
+            ((4, 10, 1.0, 100.0), 0.5),
+            ((10, 10, 50.0, 100.0), 1.0),  // constant
+            ((500, 10, 80.0, 100.0), 1.0), // decay starts at 80%
+            ((600, 10, 90.0, 100.0), 0.55),
+            ((700, 10, 100.0, 100.0), 0.1),
+            ((800, 10, 130.0, 100.0), 0.1), // past the budget: the floor
+            ((2, 10, 95.0, 100.0), 0.3),    // warmup caps a late start (a resumed or very slow run)
+        ];
+        for ((step, warmup, elapsed, budget), want) in cases {
+            let got = lr_by_time(step, warmup, elapsed, budget, 1.0, 0.1);
+            assert!((got - want).abs() < 1e-9, "step {step} at {elapsed}/{budget}: {got} vs {want}");
+        }
+    }
 
     #[test]
     fn schedule_table() {

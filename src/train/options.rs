@@ -28,6 +28,9 @@ pub enum RunLength {
     Steps(u64),
     /// Training tokens (inputs); rounded up to whole optimizer steps.
     Tokens(u64),
+    /// Wall-clock seconds: the run stops at the first step boundary past the budget, and the
+    /// learning rate follows `optim::lr_by_time`.
+    Seconds(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +77,9 @@ pub struct TrainOptions {
     pub compute_dtype: Option<String>,
     /// Standard deviation of random initial weights (scratch).
     pub init_std: f32,
+    /// How the final model directory stores its weights (checkpoints stay f32, single file).
+    #[serde(default)]
+    pub save: crate::model::weights::SaveOptions,
 }
 
 impl TrainOptions {
@@ -108,6 +114,7 @@ impl TrainOptions {
             device: "cpu".into(),
             compute_dtype: None,
             init_std: 0.02,
+            save: crate::model::weights::SaveOptions::default(),
         }
     }
 
@@ -121,6 +128,15 @@ impl TrainOptions {
         match self.length {
             RunLength::Steps(s) => s,
             RunLength::Tokens(t) => t.div_ceil(self.tokens_per_step().max(1)),
+            RunLength::Seconds(_) => u64::MAX,
+        }
+    }
+
+    /// The wall-clock budget in seconds, for runs measured in time.
+    pub fn time_budget(&self) -> Option<f64> {
+        match self.length {
+            RunLength::Seconds(s) => Some(s as f64),
+            _ => None,
         }
     }
 
@@ -148,8 +164,8 @@ impl TrainOptions {
         if self.seq_len < 2 || self.batch_size == 0 || self.grad_accum == 0 {
             return bad("--seq-len must be at least 2, --batch-size and --grad-accum at least 1".into());
         }
-        if self.total_steps() == 0 {
-            return bad("the run has no steps: --steps or --tokens must be positive".into());
+        if self.total_steps() == 0 || self.length == RunLength::Seconds(0) {
+            return bad("the run has no steps: --steps, --tokens or --time-budget must be positive".into());
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) || !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return bad("--lr must be positive and --min-lr-ratio within 0..=1".into());

@@ -21,14 +21,14 @@ use super::fim::{text_tokenizer, Framing};
 use super::splice::Splicer;
 use super::token_cache::{CacheStats, TokenCache};
 use super::objective::{batch_grads, validate, windows_tensor, Validation};
-use super::optim::{clip_factor, global_norm, lr_at, AdamW};
+use super::optim::{clip_factor, global_norm, lr_at, lr_by_time, AdamW};
 use super::options::{ModelInit, TrainOptions};
 use super::packing::{encode_in_order, epoch_rng, validation_sequences, BatchStream, DataPosition, TokenSource};
 use super::params::{add_heads, ParamSet, Trainable};
 use super::presets::scratch_config;
 use crate::model::mtp::MAX_ROPE_POSITIONS;
 use crate::model::tokenizer::byte_level_tokenizer;
-use crate::model::weights::{load_dir, save_dir, init_weights, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
+use crate::model::weights::{load_dir, save_dir_with, init_weights, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
 use crate::model::{ModelConfig, SpecialTokens};
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -265,6 +265,7 @@ pub fn prepare_with(opts: TrainOptions, force: bool, tokenization: &Tokenization
         options: opts.clone(),
         corpus_fingerprint: corpus.fingerprint(),
         finished: false,
+        elapsed_secs: 0.0,
     };
     let compute = compute_dtype(&opts, &device);
     let text_tok = text_tokenizer(&tokenizer);
@@ -419,13 +420,19 @@ fn clear_previous_run(out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn progress_bar(control: &Control, total: u64, at: u64) -> indicatif::ProgressBar {
+/// The progress bar: steps of `total`, or seconds of the budget for runs measured in time.
+fn progress_bar(control: &Control, total: u64, at: u64, in_seconds: bool) -> indicatif::ProgressBar {
     if !control.progress {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    let template = if in_seconds {
+        "{elapsed_precise} [{bar:30}] {pos}/{len} s of the time budget {msg}"
+    } else {
+        "{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} ETA {eta}"
+    };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} ETA {eta}")
+        indicatif::ProgressStyle::with_template(template)
             .expect("valid template")
             .progress_chars("=> "),
     );
@@ -457,7 +464,13 @@ impl Prepared {
             metrics.write(validation_record(0, &v, &weights))?;
             last_validation = Some(v);
         }
-        let bar = progress_bar(control, total, self.state.step);
+        let budget = opts.time_budget();
+        let bar = match budget {
+            Some(b) => progress_bar(control, b as u64, self.state.elapsed_secs as u64, true),
+            None => progress_bar(control, total, self.state.step, false),
+        };
+        let (run_start, elapsed_before) = (Instant::now(), self.state.elapsed_secs);
+        let elapsed = || elapsed_before + run_start.elapsed().as_secs_f64();
         let mut first_step = true;
         while self.state.step < total {
             let t0 = Instant::now();
@@ -465,7 +478,10 @@ impl Prepared {
                 tracing::info!("step {} starts {:.1} s after preparing began", self.state.step + 1, self.started.elapsed().as_secs_f64());
             }
             let step = self.state.step;
-            let lr = lr_at(step, warmup, total, opts.lr, opts.min_lr_ratio);
+            let lr = match budget {
+                Some(b) => lr_by_time(step, warmup, elapsed(), b, opts.lr, opts.min_lr_ratio),
+                None => lr_at(step, warmup, total, opts.lr, opts.min_lr_ratio),
+            };
             let mut grads: Vec<Option<Tensor>> = vec![None; trainable.len()];
             let mut head_losses = vec![0f32; self.config.n_heads()];
             for _ in 0..opts.grad_accum {
@@ -522,9 +538,10 @@ impl Prepared {
             if !loss.is_finite() {
                 tracing::warn!("step {}: loss is {loss}", self.state.step);
             }
-            bar.set_position(self.state.step);
-            bar.set_message(format!("loss {loss:.3} | {tok_s:.0} tok/s"));
-            let done = self.state.step == total;
+            self.state.elapsed_secs = elapsed();
+            bar.set_position(if budget.is_some() { self.state.elapsed_secs as u64 } else { self.state.step });
+            bar.set_message(format!("step {} | loss {loss:.3} | {tok_s:.0} tok/s", self.state.step));
+            let done = self.state.step == total || budget.is_some_and(|b| self.state.elapsed_secs >= b);
             if done || (opts.eval_every > 0 && self.state.step % opts.eval_every == 0) {
                 let v = validate(&eval_model, &self.valid_batches)?;
                 metrics.write(validation_record(self.state.step, &v, &weights))?;
@@ -555,7 +572,7 @@ impl Prepared {
         bar.finish();
         self.state.finished = true;
         self.checkpoint()?;
-        save_dir(&eval_model, &self.tokenizer, &out)?;
+        save_dir_with(&eval_model, &self.tokenizer, &out, opts.save)?;
         Ok(Outcome::Finished { out, steps: self.state.step, last_validation })
     }
 
