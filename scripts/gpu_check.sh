@@ -30,17 +30,8 @@ say "== GPUs"
 timeout 20 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 timeout 20 nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader 2>&1 | tee -a "$OUT/summary.txt" >&2
 
-# CUDA 13 pip libraries and the driver (as ../shared/cuda/device_env_check.sh finds them); the
-# binary's RUNPATH already names the usual places, LD_LIBRARY_PATH covers the rest.
-NV=$([ -n "$PY" ] && timeout 30 "$PY" -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null || true)
-LIBDIRS=""
-add() { [ -d "$1" ] && LIBDIRS="${LIBDIRS:+$LIBDIRS:}$1"; }
-[ -n "$NV" ] && { add "$NV/cu13/lib"; for d in "$NV"/*/lib; do add "$d"; done; }
-for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/local/cuda/lib64; do
-  [ -e "$d/libcuda.so.1" ] && add "$d"
-done
-[ -n "${LD_LIBRARY_PATH:-}" ] && LIBDIRS="${LIBDIRS:+$LIBDIRS:}$LD_LIBRARY_PATH"
-export LD_LIBRARY_PATH="$LIBDIRS"
+# CUDA 13 pip libraries and the driver's libcuda on LD_LIBRARY_PATH.
+. scripts/cuda_libs.sh
 say "== LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 [ -x "$BIN" ] || { say "FAIL: no binary at $BIN (build it with scripts/build_cuda.sh --strip-to dist/gpu)"; exit 2; }
 ldd "$BIN" 2>&1 | grep -E 'cuda|cublas|curand|nvrtc|not found' | tee -a "$OUT/summary.txt" >&2

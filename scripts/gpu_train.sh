@@ -84,17 +84,10 @@ else
   [ -f dist/gpu/corpus.tar.xz ] || { say "FAIL: no dist/gpu/corpus.tar.xz (scripts/gpu_train.sh --pack)"; exit 2; }
   CORPUS="$WORK/corpus"
   mkdir -p "$CORPUS" && tar -C "$CORPUS" -xJf dist/gpu/corpus.tar.xz
-  # The CUDA 13 libraries: as scripts/gpu_check.sh finds them.
+  # The CUDA 13 pip libraries and the driver's libcuda on LD_LIBRARY_PATH.
   PY=${HF_PYTHON:-/opt/torch/.venv/bin/python3}
   [ -x "$PY" ] || PY=$(command -v python3 || true)
-  NV=$([ -n "$PY" ] && timeout 30 "$PY" -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null || true)
-  LIBDIRS=""
-  add() { [ -d "$1" ] && LIBDIRS="${LIBDIRS:+$LIBDIRS:}$1"; }
-  [ -n "$NV" ] && { add "$NV/cu13/lib"; for d in "$NV"/*/lib; do add "$d"; done; }
-  for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/local/cuda/lib64; do
-    [ -e "$d/libcuda.so.1" ] && add "$d"
-  done
-  export LD_LIBRARY_PATH="$LIBDIRS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  . scripts/cuda_libs.sh
   timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$OUT/summary.txt" >&2
 fi
 say "== gpu_train ($MODE): binary $BIN, base $BASE, corpus $CORPUS ($(du -sh "$CORPUS" | cut -f1))"
