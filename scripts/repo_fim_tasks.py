@@ -18,12 +18,26 @@ import hashlib
 import json
 import random
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 LANGUAGES = {".rs": "rust", ".py": "python"}
 COMMENT = {"rust": "//", "python": "#"}
 PREFIX_BYTES, SUFFIX_BYTES = 8192, 4096
+
+
+SKIP_DIRS = {".git", "target", "node_modules", "vendor", "__pycache__", ".venv", "dist", "build"}
+
+
+def source_files(repo: Path):
+    """The repository's files: `git ls-files` in a git checkout (so .gitignore holds), otherwise a
+    walk that leaves out VCS, build and vendored folders."""
+    if (repo / ".git").exists():
+        out = subprocess.run(["git", "-C", str(repo), "ls-files", "-z"], capture_output=True, check=True).stdout
+        return sorted(repo / p for p in out.decode().split("\0") if p and (repo / p).is_file())
+    return sorted(p for p in repo.rglob("*")
+                  if p.is_file() and not SKIP_DIRS.intersection(p.relative_to(repo).parts[:-1]))
 
 
 def held_out(rel: str, fraction: float) -> bool:
@@ -100,7 +114,7 @@ def main():
     train_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     tasks, kept, held = [], [], []
-    for path in sorted(p for p in args.repo.rglob("*") if p.is_file()):
+    for path in source_files(args.repo):
         rel = path.relative_to(args.repo).as_posix()
         language = LANGUAGES.get(path.suffix)
         try:

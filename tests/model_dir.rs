@@ -157,3 +157,43 @@ fn meta_layout_checkpoint_loads_as_the_same_model() {
     let err = load_err(meta.path());
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
 }
+
+#[test]
+fn sharded_bf16_saves_load_and_replace_earlier_weight_files() {
+    use foresight::model::weights::{save_dir_with, SaveOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    write_tiny(tmp.path());
+    let loaded = load_dir(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+    let want = logits(&loaded.model);
+    let out = tmp.path().join("out");
+    let files = |dir: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    // Small shards first, then fewer larger ones, then a single f32 file: each save leaves only its own weight files.
+    for (max, bf16) in [(Some(40_000u64), true), (Some(400_000), true), (None, false)] {
+        save_dir_with(&loaded.model, &loaded.tokenizer, &out, SaveOptions { bf16, max_shard_bytes: max }).unwrap();
+        let names = files(&out);
+        let shards: Vec<&String> = names.iter().filter(|n| n.starts_with("model-")).collect();
+        match max {
+            Some(m) => {
+                let n = shards.len();
+                assert!(n >= 1 && names.contains(&"model.safetensors.index.json".to_string()) && !names.contains(&"model.safetensors".to_string()), "{names:?}");
+                assert!(shards.iter().all(|s| s.ends_with(&format!("-of-{n:05}.safetensors"))), "stale shards: {names:?}");
+                for s in &shards {
+                    let len = std::fs::metadata(out.join(s)).unwrap().len();
+                    assert!(len <= m + 4096, "{s}: {len} bytes for shards of {m}");
+                }
+            }
+            None => assert!(shards.is_empty() && names.contains(&"model.safetensors".to_string()) && !names.iter().any(|n| n.ends_with("index.json")), "{names:?}"),
+        }
+        let again = load_dir(&out, &Device::Cpu, DType::F32).unwrap();
+        let got = logits(&again.model);
+        let worst = want.iter().flatten().zip(got.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        // bf16 keeps 8 bits of mantissa: logits move by a small fraction of their scale.
+        let scale = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+        let tol = if bf16 { 0.02 * scale } else { 0.0 };
+        assert!(worst <= tol, "max {max:?} bf16 {bf16}: logits differ by {worst} (scale {scale})");
+    }
+}

@@ -73,6 +73,9 @@ pub struct CompletionParams {
     pub prefix_slack_tokens: usize,
     /// Context placed before the prefix (snippets from other documents).
     pub preamble: String,
+    /// Tokens kept for the preamble whatever its length: the server reserves its snippet budget,
+    /// so the prefix budget stays the same from keystroke to keystroke (and the KV prefix with it).
+    pub preamble_reserve: usize,
     /// Stop at the end of the line or block (checked while decoding).
     pub block: Option<BlockRule>,
 }
@@ -93,6 +96,7 @@ impl Default for CompletionParams {
             prefix_start_hint: None,
             prefix_slack_tokens: 0,
             preamble: String::new(),
+            preamble_reserve: 0,
             block: None,
         }
     }
@@ -163,16 +167,16 @@ impl Engine {
     /// [`MIN_TEXT_TOKENS`] tokens for the text is left out.
     pub fn prompt(&self, text: &str, cursor: usize, params: &CompletionParams) -> Result<Prompt> {
         let special = &self.loaded.special;
-        let fixed = params.max_tokens + 1 + prompt::framing_tokens(special);
-        let text_room = self.cache_capacity.checked_sub(fixed).filter(|&r| r > 0).ok_or(ModelError::CacheFull {
-            capacity: self.cache_capacity,
-            needed: fixed + 1,
-        })?;
+        let text_room = self.text_room(params.max_tokens);
+        if text_room == 0 {
+            let needed = params.max_tokens + 2 + prompt::framing_tokens(special);
+            return Err(ModelError::CacheFull { capacity: self.cache_capacity, needed });
+        }
         let preamble_tokens = match params.preamble.as_str() {
             "" => 0,
             p => self.text_tokenizer.encode(p, false).map(|e| e.len()).unwrap_or(usize::MAX),
         };
-        let (preamble, room) = match text_room.checked_sub(preamble_tokens) {
+        let (preamble, room) = match text_room.checked_sub(preamble_tokens.max(params.preamble_reserve)) {
             Some(room) if room >= MIN_TEXT_TOKENS.min(text_room) => (params.preamble.as_str(), room),
             _ => {
                 tracing::debug!("preamble of {preamble_tokens} tokens left out: {text_room} tokens of context left for the text");
@@ -184,6 +188,12 @@ impl Engine {
         let prompt = prompt::build_prompt_with(&self.text_tokenizer, special, text, cursor, budget, params.order, &opts);
         debug_assert!(prompt.ids.len() + params.max_tokens < self.cache_capacity, "fitted prompt overflows");
         Ok(prompt)
+    }
+
+    /// Tokens of the context left for a prompt's text (preamble, prefix, suffix) once a
+    /// completion of `max_tokens` and the framing tokens are set aside.
+    pub fn text_room(&self, max_tokens: usize) -> usize {
+        self.cache_capacity.saturating_sub(max_tokens + 1 + prompt::framing_tokens(&self.loaded.special))
     }
 
     /// Completes `text` at byte offset `cursor`.

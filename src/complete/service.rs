@@ -16,7 +16,7 @@ use super::overlap::trim_suffix_overlap;
 use super::policy::{choose_lines, LinePolicy, Lines};
 use super::result_cache::ResultCache;
 use super::snippets::{comment_prefix, query_before_cursor, render_preamble, select_snippets, SourceDoc};
-use super::{CompletionParams, Engine, FimOrder, Mode, PromptBudget};
+use super::{CompletionParams, Engine, FimOrder, Mode, PromptBudget, MIN_TEXT_TOKENS};
 
 /// Settings that apply to every request until changed.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,21 +153,24 @@ impl CompletionService {
         let rule = BlockRule::new(lines, cursor_line).with_max_line(settings.max_line_chars);
         let block = (settings.stop_at_block_end || lines == Lines::Single).then_some(rule);
 
-        let preamble = if settings.snippet_tokens > 0 && !req.neighbours.is_empty() {
-            let tok = &self.engine.loaded().tokenizer;
-            let count = |s: &str| tok.encode(s, false).map(|e| e.len()).unwrap_or(usize::MAX);
-            let comment = comment_prefix(req.language);
-            let snippets = select_snippets(query_before_cursor(prefix), req.neighbours, settings.snippet_tokens, comment, &count);
-            render_preamble(&snippets, comment)
-        } else {
-            String::new()
-        };
+
         if !settings.kv_reuse {
             self.engine.clear_caches();
         }
         let hint = self.anchors.get(req.doc).and_then(|abs| abs.checked_sub(req.base));
         let capacity = self.engine.cache_capacity();
         let max_tokens = settings.max_tokens.min(capacity / 2).max(1);
+        // Snippets get their budget, but never the room the document's own text needs.
+        let snippet_budget = settings.snippet_tokens.min(self.engine.text_room(max_tokens).saturating_sub(MIN_TEXT_TOKENS));
+        let preamble = if snippet_budget > 0 && !req.neighbours.is_empty() {
+            let tok = &self.engine.loaded().tokenizer;
+            let count = |s: &str| tok.encode(s, false).map(|e| e.len()).unwrap_or(usize::MAX);
+            let comment = comment_prefix(req.language);
+            let snippets = select_snippets(query_before_cursor(prefix), req.neighbours, snippet_budget, comment, &count);
+            render_preamble(&snippets, comment)
+        } else {
+            String::new()
+        };
         let params = CompletionParams {
             mode: settings.mode,
             max_tokens,
@@ -182,6 +185,7 @@ impl CompletionService {
             deadline: Some(started + settings.time_cap),
             prefix_start_hint: hint,
             prefix_slack_tokens: settings.prefix_slack_tokens,
+            preamble_reserve: if preamble.is_empty() { 0 } else { snippet_budget },
             preamble,
             block,
         };

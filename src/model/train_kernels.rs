@@ -12,7 +12,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Stora
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::cpu_kernels::{f32_slice, has_avx2_fma};
+use super::cpu_kernels::f32_slice;
+#[cfg(target_arch = "x86_64")]
+use super::cpu_kernels::has_avx2_fma;
 
 /// A strided matrix view into a slice: element `(i, j)` sits at `i * rs + j * cs`.
 #[derive(Clone, Copy)]
@@ -127,16 +129,17 @@ macro_rules! wide {
         fn $name($($arg: $ty),*) -> $ret {
             #[inline(always)]
             fn body($($arg: $ty),*) -> $ret $body
+            #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2($($arg: $ty),*) -> $ret {
                 body($($arg),*)
             }
+            #[cfg(target_arch = "x86_64")]
             if has_avx2_fma() {
                 // SAFETY: the CPU has the features `avx2` was compiled for.
-                unsafe { avx2($($arg),*) }
-            } else {
-                body($($arg),*)
+                return unsafe { avx2($($arg),*) };
             }
+            body($($arg),*)
         }
     };
 }

@@ -281,6 +281,26 @@ pub fn plan_shards(sizes: &[(String, u64)], max: u64) -> Vec<Vec<String>> {
     shards
 }
 
+/// Whether `name` is a weight shard's file name (`model-00001-of-00003.safetensors`).
+pub fn is_shard_file(name: &str) -> bool {
+    name.strip_prefix("model-").and_then(|r| r.strip_suffix(".safetensors")).is_some_and(|r| {
+        let parts: Vec<&str> = r.split("-of-").collect();
+        parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// Removes the shard files in `dir` that are not in `keep` (what an earlier save left behind).
+pub fn remove_stale_shards(dir: &Path, keep: &[String]) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_shard_file(&name) && !keep.contains(&name) {
+            std::fs::remove_file(entry.path()).map_err(|source| ModelError::Io { path: entry.path(), source })?;
+        }
+    }
+    Ok(())
+}
+
 /// Saves `model` and `tokenizer` as a model directory (created if needed), each file atomically.
 pub fn save_dir(model: &MtpModel, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
     save_dir_with(model, tokenizer, dir, SaveOptions::default())
@@ -302,16 +322,17 @@ pub fn save_dir_with(model: &MtpModel, tokenizer: &Tokenizer, dir: &Path, opts: 
             write_atomic(&dir.join(WEIGHTS_FILE), |tmp| Ok(candle_core::safetensors::save(&tensors, tmp)?))?;
             // A stale sharded index would contradict what we just wrote.
             let _ = std::fs::remove_file(dir.join(WEIGHTS_INDEX_FILE));
+            remove_stale_shards(dir, &[])?;
         }
         Some(max) => {
             let sizes: Vec<(String, u64)> =
                 tensors.iter().map(|(n, t)| (n.clone(), (t.elem_count() * t.dtype().size_in_bytes()) as u64)).collect();
             let shards = plan_shards(&sizes, max);
             let mut weight_map = serde_json::Map::new();
-            for (i, names) in shards.iter().enumerate() {
-                let file = format!("model-{:05}-of-{:05}.safetensors", i + 1, shards.len());
+            let files: Vec<String> = (1..=shards.len()).map(|i| format!("model-{i:05}-of-{:05}.safetensors", shards.len())).collect();
+            for (names, file) in shards.iter().zip(&files) {
                 let part: HashMap<&str, Tensor> = names.iter().map(|n| (n.as_str(), tensors[n].clone())).collect();
-                write_atomic(&dir.join(&file), |tmp| Ok(candle_core::safetensors::save(&part, tmp)?))?;
+                write_atomic(&dir.join(file), |tmp| Ok(candle_core::safetensors::save(&part, tmp)?))?;
                 for n in names {
                     weight_map.insert(n.clone(), file.clone().into());
                 }
@@ -324,6 +345,7 @@ pub fn save_dir_with(model: &MtpModel, tokenizer: &Tokenizer, dir: &Path, opts: 
             })?;
             // The loader prefers a single file: a stale one would shadow the shards.
             let _ = std::fs::remove_file(dir.join(WEIGHTS_FILE));
+            remove_stale_shards(dir, &files)?;
         }
     }
     let config = serde_json::to_string_pretty(model.config()).expect("config serializes");
@@ -339,6 +361,20 @@ pub fn save_dir_with(model: &MtpModel, tokenizer: &Tokenizer, dir: &Path, opts: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shard_file_names_table() {
+        for (name, want) in [
+            ("model-00001-of-00003.safetensors", true),
+            ("model-1-of-2.safetensors", true),
+            ("model.safetensors", false),
+            ("model-00001-of-.safetensors", false),
+            ("model-a-of-00002.safetensors", false),
+            ("model-00001-of-00002.safetensors.tmp", false),
+        ] {
+            assert_eq!(is_shard_file(name), want, "{name}");
+        }
+    }
 
     #[test]
     fn plan_shards_table() {

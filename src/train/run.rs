@@ -417,6 +417,9 @@ fn clear_previous_run(out: &Path) -> Result<()> {
             std::fs::remove_file(&p).map_err(io_err(&p))?;
         }
     }
+    if out.is_dir() {
+        crate::model::weights::remove_stale_shards(out, &[])?;
+    }
     Ok(())
 }
 
