@@ -66,6 +66,11 @@ impl ResultCache {
         self.entries.clear();
     }
 
+    /// Drops what was remembered for `doc` (it was closed).
+    pub fn forget(&mut self, doc: &str) {
+        self.entries.retain(|e| e.doc != doc);
+    }
+
     /// Remembers that `completion` was suggested at the cursor between `prefix` and `suffix`.
     pub fn insert(&mut self, doc: &str, prefix: &str, suffix: &str, completion: &str) {
         if completion.trim().is_empty() {

@@ -129,9 +129,16 @@ impl CompletionService {
         self.anchors.clear();
     }
 
-    /// Forgets what one document taught the caches (it was closed).
+    /// Forgets what one document taught the caches (it was closed): its prefix anchor and its
+    /// result-cache entries. The KV caches hold no per-document state beyond the last prompt.
     pub fn forget(&mut self, doc: &str) {
         self.anchors.remove(doc);
+        self.results.forget(doc);
+    }
+
+    /// Documents the service keeps state for (what `forget` releases).
+    pub fn tracked_documents(&self) -> usize {
+        self.anchors.len()
     }
 
     /// A suggestion for `req`; `cancel` stops decoding between forward passes.
@@ -270,6 +277,22 @@ mod tests {
         assert_eq!(second.text, first.text[typed.len()..]);
         let binary = "ab\0cd";
         assert_eq!(svc.suggest(&request(binary), &settings, None).unwrap().text, "");
+    }
+
+    #[test]
+    fn closed_documents_leave_no_state_behind() {
+        let mut svc = service();
+        let settings = Settings { max_tokens: 2, lines: LinePolicy::Multi, ..Settings::default() };
+        let text = "def f(x):\n    return x\n";
+        for i in 0..10_000 {
+            let doc = format!("file:///doc{i}.py");
+            let req = Request { doc: &doc, ..request(text) };
+            svc.suggest(&req, &settings, None).unwrap();
+            assert_eq!(svc.tracked_documents(), 1, "document {i}");
+            svc.forget(&doc);
+            assert_eq!(svc.tracked_documents(), 0, "document {i}");
+        }
+        assert!(svc.results.is_empty(), "{} result-cache entries left", svc.results.len());
     }
 
     #[test]

@@ -376,6 +376,8 @@ impl LanguageServer for Backend {
                     flag.store(true, Ordering::Relaxed);
                 }
             }
+            // Queued behind any running completion, so it never races one for this document.
+            self.worker.send(Job::Forget { doc: uri.to_string() });
         })
         .await
     }

@@ -55,6 +55,8 @@ pub struct ModelInfo {
 pub enum Job {
     Load { dir: PathBuf, device: DeviceChoice, reply: oneshot::Sender<Result<ModelInfo, String>> },
     Complete(CompleteJob),
+    /// The editor closed this document: release what the service keeps for it.
+    Forget { doc: String },
     /// Panics inside the worker (only reachable with FORESIGHT_TEST_HOOKS=1), to test recovery.
     Panic,
 }
@@ -160,6 +162,11 @@ fn handle(st: &mut State, job: Job) {
         }
         Job::Panic => {
             panic!("test hook: a panic inside the model worker");
+        }
+        Job::Forget { doc } => {
+            if let Some(s) = st.service.as_mut() {
+                s.forget(&doc);
+            }
         }
         Job::Complete(job) => {
             // The guard answers `Failed` if this job panics before replying.
