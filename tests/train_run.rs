@@ -210,3 +210,27 @@ fn bad_starts_are_refused_clearly() {
     let err = prepare_resume(&tmp.path().join("nothing-here")).err().unwrap();
     assert!(matches!(err, TrainError::NoCheckpoint(_)), "{err}");
 }
+
+#[test]
+fn validation_windows_do_not_depend_on_the_run_seed() {
+    // Two finetunes of one base with different seeds score the base on the same windows, so the
+    // legs of a campaign (each with its own seed) report comparable validation losses.
+    let repo = tempfile::tempdir().unwrap();
+    train_common::code_repo(repo.path(), 24);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    let mut o = tiny_options(repo.path(), &base, 2);
+    o.new_tokenizer = Some(384);
+    run(o, &Control::default());
+    let first_validation = |seed: u64, name: &str| {
+        let out = tmp.path().join(name);
+        let mut o = tiny_options(repo.path(), &out, 1);
+        o.init = ModelInit::Base { dir: base.clone() };
+        o.seed = seed;
+        o.fim.fim_rate = 0.9;
+        run(o, &Control::default());
+        metrics(&out).into_iter().find(|r| r["kind"] == "valid" && r["step"] == 0).unwrap()
+    };
+    let (a, b) = (first_validation(1, "a"), first_validation(2, "b"));
+    assert_eq!(a, b, "step-0 validation of the same model under seeds 1 and 2");
+}

@@ -225,7 +225,7 @@ fn a_real_corpus_gives_identical_windows_through_the_cache() {
     }
     let cached_valid = TokenSource::Tokenized { splicer, docs: valid.into() };
     assert_eq!(
-        validation_sequences(&corpus.valid, &cached_valid, &framing, rates, 512, 4),
-        validation_sequences(&corpus.valid, &direct, &framing, rates, 512, 4)
+        validation_sequences(&corpus.valid, &cached_valid, &framing, rates, 512),
+        validation_sequences(&corpus.valid, &direct, &framing, rates, 512)
     );
 }

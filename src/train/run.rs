@@ -205,7 +205,7 @@ fn token_sources(corpus: &Corpus, text_tok: &Tokenizer, tokenization: &Tokenizat
 }
 
 fn valid_batches(corpus: &Corpus, source: &TokenSource, framing: &Framing, opts: &TrainOptions, n_heads: usize, device: &Device) -> Result<Vec<Tensor>> {
-    let windows = validation_sequences(&corpus.valid, source, framing, opts.fim, opts.seq_len, opts.seed);
+    let windows = validation_sequences(&corpus.valid, source, framing, opts.fim, opts.seq_len);
     let windows: Vec<Vec<u32>> = windows.into_iter().filter(|w| w.len() > n_heads).collect();
     windows
         .chunks(opts.batch_size)
