@@ -118,15 +118,22 @@ impl Documents {
     }
 
     /// Other documents of `language`, at most `max_bytes` each, as (uri, text).
+    /// Other open documents of `language` (at most `max_bytes` each) for snippets: the first
+    /// `max_docs` by URI, so the same set of open documents always gives the same neighbours
+    /// (and the same prompt), whatever the map's iteration order.
     pub fn neighbours(&mut self, uri: &str, language: &str, max_bytes: usize, max_docs: usize) -> Vec<(String, Arc<str>)> {
-        let mut out = Vec::new();
-        for (u, d) in self.docs.iter_mut() {
-            if u != uri && d.language == language && d.rope.len_bytes() <= max_bytes && out.len() < max_docs {
-                out.push((u.clone(), d.flat_text()));
-            }
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        let mut candidates: Vec<&String> = self
+            .docs
+            .iter()
+            .filter(|(u, d)| *u != uri && d.language == language && d.rope.len_bytes() <= max_bytes)
+            .map(|(u, _)| u)
+            .collect();
+        candidates.sort();
+        let chosen: Vec<String> = candidates.into_iter().take(max_docs).cloned().collect();
+        chosen.into_iter().map(|u| {
+            let text = self.docs.get_mut(&u).expect("chosen from the map").flat_text();
+            (u, text)
+        }).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -183,5 +190,23 @@ mod tests {
         assert_eq!(&*n[0].1, "fn b() {}\n");
         assert!(docs.close("file:///b.rs"));
         assert!(!docs.close("file:///b.rs"));
+    }
+
+    #[test]
+    fn neighbours_are_the_same_whatever_the_opening_order() {
+        let uris: Vec<String> = (0..20).map(|i| format!("file:///m{:02}.rs", (i * 7) % 20)).collect();
+        let pick = |order: &[String]| {
+            let mut docs = Documents::default();
+            for u in order {
+                docs.open(u, &format!("// {u}\n"), "rust", 1);
+            }
+            docs.open("file:///big.rs", &"x".repeat(100), "rust", 1);
+            docs.neighbours("file:///m03.rs", "rust", 50, 8).into_iter().map(|(u, _)| u).collect::<Vec<_>>()
+        };
+        let forward = pick(&uris);
+        let backward = pick(&uris.iter().rev().cloned().collect::<Vec<_>>());
+        let want: Vec<String> = [0, 1, 2, 4, 5, 6, 7, 8].iter().map(|i| format!("file:///m{i:02}.rs")).collect();
+        assert_eq!(forward, want, "the first 8 by URI, the cursor's own and the oversized one left out");
+        assert_eq!(backward, want);
     }
 }
