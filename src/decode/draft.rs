@@ -26,8 +26,6 @@ pub struct Draft {
 }
 
 pub trait DraftSource {
-    /// Short name for statistics and logs.
-    fn name(&self) -> &'static str;
     /// Whether the decoder must compute the extra heads' logits for this source.
     fn uses_heads(&self) -> bool {
         false
@@ -39,9 +37,6 @@ pub trait DraftSource {
 pub struct NoDrafts;
 
 impl DraftSource for NoDrafts {
-    fn name(&self) -> &'static str {
-        "none"
-    }
     fn propose(&mut self, _: &DraftRequest, _: &mut dyn rand::RngCore) -> Draft {
         Draft::default()
     }
@@ -52,9 +47,6 @@ impl DraftSource for NoDrafts {
 pub struct HeadDrafts;
 
 impl DraftSource for HeadDrafts {
-    fn name(&self) -> &'static str {
-        "heads"
-    }
     fn uses_heads(&self) -> bool {
         true
     }
@@ -85,9 +77,6 @@ impl Default for PromptLookup {
 }
 
 impl DraftSource for PromptLookup {
-    fn name(&self) -> &'static str {
-        "prompt-lookup"
-    }
     fn propose(&mut self, req: &DraftRequest, _: &mut dyn rand::RngCore) -> Draft {
         Draft { tokens: prompt_lookup(req.context, self.min_ngram, self.max_ngram, req.max_len), dists: Vec::new() }
     }
@@ -120,9 +109,6 @@ pub struct OracleDrafts {
 }
 
 impl DraftSource for OracleDrafts {
-    fn name(&self) -> &'static str {
-        "oracle"
-    }
     fn propose(&mut self, req: &DraftRequest, _: &mut dyn rand::RngCore) -> Draft {
         let generated = req.context.len().saturating_sub(self.prompt_len);
         let rest = self.continuation.get(generated..).unwrap_or(&[]);

@@ -131,8 +131,7 @@ impl Backend {
             let msg = "Foresight: no model configured. Set initializationOptions.model to a model directory, or start `foresight serve --model DIR`.";
             self.client.show_message(MessageType::ERROR, msg).await;
             self.client.log_message(MessageType::ERROR, msg).await;
-            let (tx, _rx) = oneshot::channel();
-            self.worker.send(Job::Load { dir: PathBuf::new(), device, reply: tx });
+            self.worker.send(Job::NoModel { reason: msg.to_string() });
             return;
         };
         let token = NumberOrString::String(format!("foresight/load/{}", dir.display()));

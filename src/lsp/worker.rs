@@ -57,6 +57,8 @@ pub enum Job {
     Complete(CompleteJob),
     /// The editor closed this document: release what the service keeps for it.
     Forget { doc: String },
+    /// No model is configured: completions answer `NoModel(reason)` until one loads.
+    NoModel { reason: String },
     /// Panics inside the worker (only reachable with FORESIGHT_TEST_HOOKS=1), to test recovery.
     Panic,
 }
@@ -162,6 +164,11 @@ fn handle(st: &mut State, job: Job) {
         }
         Job::Panic => {
             panic!("test hook: a panic inside the model worker");
+        }
+        Job::NoModel { reason } => {
+            if st.service.is_none() {
+                st.no_model = reason;
+            }
         }
         Job::Forget { doc } => {
             if let Some(s) = st.service.as_mut() {
