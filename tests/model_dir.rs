@@ -197,3 +197,19 @@ fn sharded_bf16_saves_load_and_replace_earlier_weight_files() {
         assert!(worst <= tol, "max {max:?} bf16 {bf16}: logits differ by {worst} (scale {scale})");
     }
 }
+
+#[test]
+fn json_errors_name_the_file_they_are_about() {
+    use foresight::model::weights::{save_dir_with, SaveOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    write_tiny(tmp.path());
+    let loaded = load_dir(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+    let out = tmp.path().join("sharded");
+    save_dir_with(&loaded.model, &loaded.tokenizer, &out, SaveOptions { bf16: false, max_shard_bytes: Some(100_000) }).unwrap();
+    std::fs::write(out.join("model.safetensors.index.json"), "{ not json").unwrap();
+    let err = load_err(&out).to_string();
+    assert!(err.contains("the shard index") && !err.contains("config.json"), "{err}");
+    std::fs::write(tmp.path().join("config.json"), "{ not json").unwrap();
+    let err = load_err(tmp.path()).to_string();
+    assert!(err.contains("config.json"), "{err}");
+}

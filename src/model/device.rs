@@ -38,8 +38,9 @@ impl DeviceChoice {
             Self::Auto if cfg!(feature = "cuda") => Ok(auto_fallback(Device::new_cuda(0))),
             Self::Auto => Ok(Device::Cpu),
             Self::Cuda(n) if cfg!(feature = "cuda") => Device::new_cuda(n)
-                .map_err(|e| ModelError::InvalidConfig { reason: format!("cannot open CUDA device {n}: {e}") }),
-            Self::Cuda(_) => Err(ModelError::InvalidConfig {
+                .map_err(|e| ModelError::Device { device: format!("cuda:{n}"), reason: e.to_string() }),
+            Self::Cuda(n) => Err(ModelError::Device {
+                device: format!("cuda:{n}"),
                 reason: "this foresight was built without the cuda feature; rebuild with `cargo build --release --features cuda`".into(),
             }),
         }

@@ -9,8 +9,10 @@ pub enum ModelError {
     NoDirectory(PathBuf),
     #[error("{dir}: missing {file}: {hint}")]
     MissingFile { dir: PathBuf, file: String, hint: &'static str },
-    #[error("{path}: config.json is not valid JSON for a model config: {source}")]
-    BadConfig { path: PathBuf, source: serde_json::Error },
+    /// A JSON file of a model directory (config.json, the shard index, Meta's params.json) that
+    /// does not parse, or does not hold what that file should.
+    #[error("{path}: not a valid {what}: {source}")]
+    BadConfig { path: PathBuf, what: &'static str, source: serde_json::Error },
     #[error("invalid model config: {reason}")]
     InvalidConfig { reason: String },
     #[error("unknown architecture {found:?}: Foresight loads Llama- and Qwen2-style decoders (model_type \"llama\" or \"qwen2\")")]
@@ -33,6 +35,11 @@ pub enum ModelError {
     CacheFull { capacity: usize, needed: usize },
     #[error("token id {id} is out of range for vocab_size {vocab_size}")]
     TokenOutOfRange { id: u32, vocab_size: usize },
+    /// A forward or cache call that breaks an invariant of the model's API (a caller's bug).
+    #[error("model misuse: {reason}")]
+    Misuse { reason: String },
+    #[error("cannot open device {device}: {reason}")]
+    Device { device: String, reason: String },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -86,7 +86,7 @@ pub fn rename_tensors(meta: impl IntoIterator<Item = (String, Tensor)>) -> HashM
 pub fn read_meta_dir(dir: &Path, device: &Device, dtype: DType) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
     let params_path = dir.join(PARAMS_FILE);
     let text = std::fs::read_to_string(&params_path).map_err(|source| ModelError::Io { path: params_path.clone(), source })?;
-    let params: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::BadConfig { path: params_path, source })?;
+    let params: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::BadConfig { path: params_path, what: "JSON file (Meta's params.json)", source })?;
     let mut pths: Vec<_> = std::fs::read_dir(dir)
         .map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -216,7 +216,7 @@ impl MtpModel {
     /// trunk output `(1, t, hidden)`.
     fn run_chunk(&self, cache: &mut ModelCache, tokens: &[u32], n_run: usize) -> Result<(Vec<Tensor>, Tensor)> {
         if tokens.is_empty() {
-            return Err(ModelError::InvalidConfig { reason: "forward needs at least one token".into() });
+            return Err(ModelError::Misuse { reason: "forward needs at least one token".into() });
         }
         self.check_tokens(tokens)?;
         let offset = cache.len();
@@ -230,7 +230,7 @@ impl MtpModel {
         // A layer behind the others (an extra head that missed extend_heads) would store keys at
         // the wrong positions: refuse rather than corrupt the cache.
         if let Some(kv) = trunk_caches.iter().chain(head_caches.iter().take(n_run)).find(|kv| kv.len() != offset) {
-            return Err(ModelError::InvalidConfig { reason: format!("a layer holds {} positions, not {offset}: truncate to synced_len() first", kv.len()) });
+            return Err(ModelError::Misuse { reason: format!("a layer holds {} positions, not {offset}: truncate to synced_len() first", kv.len()) });
         }
         for (layer, kv) in self.trunk.iter().zip(trunk_caches.iter_mut()) {
             z = layer.forward(&z, offset, &self.rope, Some(kv), self.kernels)?;
@@ -278,14 +278,14 @@ impl MtpModel {
         let t = out.trunk.dim(1)?;
         let end = cache.len();
         if keep == 0 || keep > t || keep > end {
-            return Err(ModelError::InvalidConfig { reason: format!("extend_heads: keep {keep} of {t} rows with {end} cached") });
+            return Err(ModelError::Misuse { reason: format!("extend_heads: keep {keep} of {t} rows with {end} cached") });
         }
         let start = end - keep;
         let (_, head_caches) = cache.layers.split_at_mut(cache.n_trunk);
         let mut rows = Vec::with_capacity(head_caches.len().saturating_sub(1));
         for (layer, kv) in self.heads.iter().zip(head_caches.iter_mut()).skip(1) {
             if kv.len() != start {
-                return Err(ModelError::InvalidConfig { reason: format!("extend_heads: an extra head holds {} positions, not {start}", kv.len()) });
+                return Err(ModelError::Misuse { reason: format!("extend_heads: an extra head holds {} positions, not {start}", kv.len()) });
             }
             let kv_rows = if want_logits { keep - 1 } else { keep };
             if kv_rows > 0 {

@@ -166,9 +166,9 @@ fn require_file(dir: &Path, file: &str, hint: &'static str) -> Result<PathBuf> {
 pub fn read_config(dir: &Path) -> Result<ModelConfig> {
     let path = require_file(dir, CONFIG_FILE, "every model directory needs its config")?;
     let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
-    let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::BadConfig { path: path.clone(), source })?;
+    let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::BadConfig { path: path.clone(), what: "JSON file (config.json)", source })?;
     super::config::normalize_rope_parameters(&mut json);
-    let cfg: ModelConfig = serde_json::from_value(json).map_err(|source| ModelError::BadConfig { path, source })?;
+    let cfg: ModelConfig = serde_json::from_value(json).map_err(|source| ModelError::BadConfig { path, what: "model config", source })?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -189,7 +189,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io { path: index.clone(), source })?;
     let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| ModelError::BadConfig { path: index.clone(), source })?;
+        serde_json::from_str(&text).map_err(|source| ModelError::BadConfig { path: index.clone(), what: "JSON file (the shard index)", source })?;
     let files: BTreeSet<String> = json["weight_map"]
         .as_object()
         .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())

@@ -79,7 +79,7 @@ pub fn scratch_config(spec: &str, tokenizer_vocab: usize, heads: Option<usize>) 
     }
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     let mut cfg: ModelConfig = serde_json::from_str(&text)
-        .map_err(|source| crate::model::ModelError::BadConfig { path: path.to_path_buf(), source })?;
+        .map_err(|source| crate::model::ModelError::BadConfig { path: path.to_path_buf(), what: "model config", source })?;
     if let Some(h) = heads {
         cfg.n_future_tokens = h;
     }
