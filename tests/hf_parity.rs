@@ -2,8 +2,9 @@
 //! transformers' own `save_pretrained` (tests/fixtures/hf_parity.py, CPU PyTorch) load in Foresight
 //! and give transformers' logits within 1e-4 in f32, in one chunk and token by token through the
 //! KV cache; the Llama weights rewritten in Meta's layout (params.json + consolidated.pth) too.
-//! The Python packages come from scripts/install_hf_deps.sh; the tests skip, saying so, only when
-//! that installer reports them unavailable.
+//! The Python packages come from scripts/install_hf_deps.sh. When that installer reports them
+//! unavailable, the tests fail (a missing dependency must not pass in CI), unless
+//! `FORESIGHT_ALLOW_MISSING_HF=1` says the developer knowingly runs without them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,7 +26,12 @@ fn fixtures() -> Option<&'static Path> {
         let last = stdout.lines().last().unwrap_or("").to_string();
         if let Some(reason) = last.strip_prefix("unavailable: ") {
             assert_eq!(out.status.code(), Some(3), "installer said unavailable but exited {:?}", out.status);
-            eprintln!("SKIPPED: Hugging Face parity tests: torch/transformers unavailable here: {reason}");
+            assert!(
+                std::env::var_os("FORESIGHT_ALLOW_MISSING_HF").is_some_and(|v| v == "1"),
+                "torch/transformers unavailable here ({reason}): the parity tests cannot run; \
+                 set FORESIGHT_ALLOW_MISSING_HF=1 to skip them knowingly"
+            );
+            eprintln!("SKIPPED (FORESIGHT_ALLOW_MISSING_HF=1): Hugging Face parity tests: {reason}");
             return None;
         }
         let python = last.strip_prefix("python=").unwrap_or_else(|| {
