@@ -403,11 +403,14 @@ fn device_checks(name: &str, cpu_model: &MtpModel, gpu_model: &mut MtpModel) -> 
     gpu_model.set_kernels(Kernels::FusedAttention);
     let forced = check_logits(gpu_model)?;
     gpu_model.set_kernels(Kernels::Fused);
+    // Named after the device the "gpu" model really ran on: a CPU smoke run compares the CPU
+    // with itself, and must not report a GPU check.
+    let dev = if gpu_model.device().is_cuda() { "gpu" } else { "cpu_smoke" };
     for (check, reference, got) in [
-        ("gpu_vs_cpu_logits", &cpu, &default),
-        ("gpu_plain_attention_vs_cpu_logits", &cpu, &plain),
-        ("default_vs_plain_attention_gpu", &plain, &default),
-        ("fused_attention_everywhere_vs_plain_gpu", &plain, &forced),
+        (format!("{dev}_vs_cpu_logits"), &cpu, &default),
+        (format!("{dev}_plain_attention_vs_cpu_logits"), &cpu, &plain),
+        (format!("default_vs_plain_attention_{dev}"), &plain, &default),
+        (format!("fused_attention_everywhere_vs_plain_{dev}"), &plain, &forced),
     ] {
         let (diff, scale, agree) = compare(reference, got)?;
         let rel = diff / scale.max(1e-6);
@@ -434,7 +437,7 @@ fn device_checks(name: &str, cpu_model: &MtpModel, gpu_model: &mut MtpModel) -> 
             }
         }
         rows.push(CheckRow {
-            name: format!("{name}: greedy_spec_equals_plain_gpu"),
+            name: format!("{name}: greedy_spec_equals_plain_{dev}"),
             passed: identical == total,
             detail: serde_json::json!({ "identical": identical, "prompts": total, "first_mismatch_at": first_mismatch, "tokens_per_forward": tokens_per_forward }),
         });
