@@ -29,7 +29,7 @@ pub use run::{prepare, prepare_resume, prepare_resume_with, prepare_with, Contro
 /// tensors from the heap instead of fresh mmaps. Training allocates and frees the same large
 /// buffers every step; with the defaults, page faults and trimming cost about half the CPU
 /// throughput (measured in docs/BENCHMARKS.md). Equivalent to `MALLOC_MMAP_MAX_=0
-/// MALLOC_TRIM_THRESHOLD_=64G MALLOC_TOP_PAD_=1G`. A no-op on other C libraries.
+/// MALLOC_TRIM_THRESHOLD_=2147483647 (2 GiB, the most `mallopt` takes) MALLOC_TOP_PAD_=1G`. A no-op on other C libraries.
 pub fn tune_allocator_for_training() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before training allocates.
