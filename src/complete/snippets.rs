@@ -86,18 +86,23 @@ pub fn select_snippets(
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let mut chosen: Vec<Snippet> = Vec::new();
     let mut taken: Vec<(usize, usize, usize)> = Vec::new();
+    let mut used = 0;
     for (score, d, s, e) in scored {
         if taken.iter().any(|&(td, ts, te)| td == d && s < te && ts < e) {
             continue;
         }
         let text = docs[d].text.lines().skip(s).take(e - s).collect::<Vec<_>>().join("\n");
         let candidate = Snippet { name: docs[d].name.to_string(), text, score };
-        let mut trial = chosen.clone();
-        trial.push(candidate.clone());
-        if count_tokens(&render_preamble(&trial, comment)) > budget_tokens {
+        // Each snippet's block is counted once, on its own, plus one token for its boundary with
+        // the next (a block's closing blank line splits differently when a comment follows), so
+        // the sum bounds the whole preamble's count from above without re-tokenizing it per
+        // candidate; the engine reserves the larger of budget and actual count anyway.
+        let cost = count_tokens(&render_preamble(std::slice::from_ref(&candidate), comment)) + 1;
+        if used + cost > budget_tokens {
             continue;
         }
-        chosen = trial;
+        used += cost;
+        chosen.push(candidate);
         taken.push((d, s, e));
     }
     chosen
@@ -153,6 +158,29 @@ mod tests {
         assert!(pre.starts_with("// Compare this snippet from helper.rs:\n// fn parse_header"), "{pre}");
         assert!(select_snippets(query, &docs, 5, "//", &words).is_empty(), "over budget");
         assert!(select_snippets("", &docs, 100, "//", &words).is_empty());
+    }
+
+    #[test]
+    fn each_candidate_is_counted_once_and_the_blocks_add_up() {
+        let docs: Vec<String> = (0..6).map(|i| format!("fn parse_{i}(bytes: &[u8]) -> Header {{\n    Header::decode(bytes, {i})\n}}\n")).collect();
+        let docs: Vec<SourceDoc> = docs.iter().enumerate().map(|(i, t)| SourceDoc { name: ["a.rs", "b.rs", "c.rs", "d.rs", "e.rs", "f.rs"][i], text: t }).collect();
+        let query = "let header = parse_0(bytes);\nlet h: Header = Header::decode(bytes, 1);";
+        let calls = std::cell::Cell::new(0);
+        let count = |t: &str| {
+            calls.set(calls.get() + 1);
+            words(t)
+        };
+        let got = select_snippets(query, &docs, 10_000, "//", &count);
+        assert_eq!(got.len(), 6);
+        assert_eq!(calls.get(), 6, "one count per candidate, not one per candidate and preamble");
+        // With the default model's byte-level BPE, the estimate (block counts plus one per block)
+        // bounds the whole preamble's count, and is tight: one token per boundary.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/tokenizer.json");
+        let tok = tokenizers::Tokenizer::from_file(dir).unwrap();
+        let n = |t: &str| tok.encode(t, false).unwrap().len();
+        let whole = n(&render_preamble(&got, "//"));
+        let estimate: usize = got.iter().map(|s| n(&render_preamble(std::slice::from_ref(s), "//")) + 1).sum();
+        assert!(estimate >= whole && estimate <= whole + 1, "estimate {estimate}, whole {whole}");
     }
 
     #[test]
