@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::complete::policy::{choose_lines, LinePolicy, Lines};
+use crate::eval::percentile;
 
 /// One dev-set task: the text around a completion and what the author wrote there.
 #[derive(Debug, Clone, Deserialize)]
@@ -174,14 +175,6 @@ pub struct Report {
     /// First request, cold (fresh caches), in a file of `cold_lines` lines.
     pub cold_ms: f64,
     pub cold_lines: usize,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 /// Zero-based line and UTF-8 column of the end of `text`.
@@ -376,11 +369,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentile_and_positions() {
-        let v = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0];
-        assert_eq!(percentile(&v, 50.0), 6.0);
-        assert_eq!(percentile(&v, 95.0), 10.0);
-        assert_eq!(percentile(&[], 50.0), 0.0);
+    fn end_positions() {
         assert_eq!(end_position("ab\ncdé"), (1, 4));
         assert_eq!(end_position(""), (0, 0));
     }
