@@ -4,6 +4,8 @@
 
 mod train_common;
 
+use train_common::tiny_options;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
@@ -12,21 +14,6 @@ use foresight::model::load_dir;
 use foresight::model::tiny::TinySpec;
 use foresight::train::checkpoint::{checkpoints_dir, step_dir_name, LATEST_FILE};
 use foresight::train::{prepare, prepare_resume, Control, ModelInit, Outcome, RunLength, TrainError, TrainOptions};
-
-fn tiny_options(repo: &Path, out: &Path, steps: u64) -> TrainOptions {
-    let mut o = TrainOptions::new(vec![repo.to_path_buf()], out.to_path_buf(), ModelInit::Scratch { config: "tiny".into(), heads: Some(2) });
-    o.seq_len = 48;
-    o.batch_size = 4;
-    o.length = RunLength::Steps(steps);
-    o.lr = 3e-3;
-    o.warmup_steps = Some(3);
-    o.eval_every = 10;
-    o.checkpoint_every = 4;
-    o.eval_batches = 2;
-    o.valid_fraction = 0.2;
-    o.seed = 5;
-    o
-}
 
 fn metrics(out: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()

@@ -15,17 +15,8 @@ use foresight::train::token_cache::{content_key, CacheStats, TokenCache};
 use foresight::train::{prepare_resume_with, prepare_with, Control, ModelInit, Outcome, RunLength, Tokenization, TrainOptions};
 
 fn tiny_options(repo: &Path, out: &Path, steps: u64) -> TrainOptions {
-    let mut o = TrainOptions::new(vec![repo.to_path_buf()], out.to_path_buf(), ModelInit::Scratch { config: "tiny".into(), heads: Some(2) });
-    o.seq_len = 48;
-    o.batch_size = 4;
-    o.length = RunLength::Steps(steps);
-    o.lr = 3e-3;
-    o.warmup_steps = Some(3);
+    let mut o = train_common::tiny_options(repo, out, steps);
     o.eval_every = 5;
-    o.checkpoint_every = 4;
-    o.eval_batches = 2;
-    o.valid_fraction = 0.2;
-    o.seed = 5;
     o
 }
 

@@ -4,6 +4,24 @@
 
 use std::path::Path;
 
+use foresight::train::{ModelInit, RunLength, TrainOptions};
+
+/// Options of a tiny from-scratch run (preset tiny, 2 heads, 4 x 48 tokens per step) on `repo`.
+pub fn tiny_options(repo: &Path, out: &Path, steps: u64) -> TrainOptions {
+    let mut o = TrainOptions::new(vec![repo.to_path_buf()], out.to_path_buf(), ModelInit::Scratch { config: "tiny".into(), heads: Some(2) });
+    o.seq_len = 48;
+    o.batch_size = 4;
+    o.length = RunLength::Steps(steps);
+    o.lr = 3e-3;
+    o.warmup_steps = Some(3);
+    o.eval_every = 10;
+    o.checkpoint_every = 4;
+    o.eval_batches = 2;
+    o.valid_fraction = 0.2;
+    o.seed = 5;
+    o
+}
+
 pub fn write(root: &Path, rel: &str, bytes: impl AsRef<[u8]>) {
     let path = root.join(rel);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
