@@ -13,7 +13,7 @@ use foresight::complete::{CompletionParams, Engine, Mode};
 use foresight::model::load_dir;
 use foresight::model::tiny::TinySpec;
 use foresight::train::checkpoint::{checkpoints_dir, step_dir_name, LATEST_FILE};
-use foresight::train::{prepare, prepare_resume, Control, ModelInit, Outcome, RunLength, TrainError, TrainOptions};
+use foresight::train::{prepare, prepare_resume, Control, ModelInit, Outcome, TrainError, TrainOptions};
 
 fn metrics(out: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()

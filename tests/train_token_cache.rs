@@ -12,7 +12,7 @@ use foresight::train::fim::{text_tokenizer, FimRates, Framing};
 use foresight::train::packing::{epoch_sequences, validation_sequences, TokenSource};
 use foresight::train::splice::Splicer;
 use foresight::train::token_cache::{content_key, CacheStats, TokenCache};
-use foresight::train::{prepare_resume_with, prepare_with, Control, ModelInit, Outcome, RunLength, Tokenization, TrainOptions};
+use foresight::train::{prepare_resume_with, prepare_with, Control, Outcome, Tokenization, TrainOptions};
 
 fn tiny_options(repo: &Path, out: &Path, steps: u64) -> TrainOptions {
     let mut o = train_common::tiny_options(repo, out, steps);

@@ -34,9 +34,12 @@ pub struct BenchTrainArgs {
     pub plain: bool,
 }
 
+/// The python of the venv scripts/install_hf_deps.sh makes (`$FORESIGHT_HF_VENV`, as that script reads it).
 fn default_python() -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-    home.join(".cache/foresight/venv-hf/bin/python")
+    let venv = std::env::var_os("FORESIGHT_HF_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cache/foresight/venv-hf"));
+    venv.join("bin/python")
 }
 
 /// Parses the reference's one output line `tokens_per_s=.. ms_per_step=.. params=..`.

@@ -172,18 +172,19 @@ impl Engine {
             let needed = params.max_tokens + 2 + prompt::framing_tokens(special);
             return Err(ModelError::CacheFull { capacity: self.cache_capacity, needed });
         }
-        let preamble_tokens = match params.preamble.as_str() {
-            "" => 0,
-            p => self.text_tokenizer.encode(p, false).map(|e| e.len()).unwrap_or(usize::MAX),
+        // Encoded once: counted here, placed by the prompt builder.
+        let preamble_ids: Vec<u32> = match params.preamble.as_str() {
+            "" => Vec::new(),
+            p => self.text_tokenizer.encode(p, false).map(|e| e.get_ids().to_vec()).unwrap_or_default(),
         };
-        let (preamble, room) = match text_room.checked_sub(preamble_tokens.max(params.preamble_reserve)) {
-            Some(room) if room >= MIN_TEXT_TOKENS.min(text_room) => (params.preamble.as_str(), room),
+        let (preamble_ids, room) = match text_room.checked_sub(preamble_ids.len().max(params.preamble_reserve)) {
+            Some(room) if room >= MIN_TEXT_TOKENS.min(text_room) => (preamble_ids.as_slice(), room),
             _ => {
-                tracing::debug!("preamble of {preamble_tokens} tokens left out: {text_room} tokens of context left for the text");
-                ("", text_room)
+                tracing::debug!("preamble of {} tokens left out: {text_room} tokens of context left for the text", preamble_ids.len());
+                (&[][..], text_room)
             }
         };
-        let opts = PromptOptions { prefix_start_hint: params.prefix_start_hint, slack_tokens: params.prefix_slack_tokens, preamble };
+        let opts = PromptOptions { prefix_start_hint: params.prefix_start_hint, slack_tokens: params.prefix_slack_tokens, preamble_ids };
         let budget = prompt::fit_budget(params.budget, room);
         let prompt = prompt::build_prompt_with(&self.text_tokenizer, special, text, cursor, budget, params.order, &opts);
         debug_assert!(prompt.ids.len() + params.max_tokens < self.cache_capacity, "fitted prompt overflows");

@@ -117,9 +117,9 @@ pub struct PromptOptions<'a> {
     /// When the prefix is clipped anew, it is clipped to `prefix_tokens - slack_tokens`, leaving
     /// room to type before the start must move again. 0 clips to the full budget every time.
     pub slack_tokens: usize,
-    /// Context placed right before the prefix (snippets from other documents), not counted in
-    /// the prefix budget.
-    pub preamble: &'a str,
+    /// Tokens of the context placed right before the prefix (snippets from other documents),
+    /// already encoded (the engine counts them to fit the budget), not counted in the prefix budget.
+    pub preamble_ids: &'a [u32],
 }
 
 /// Byte offset where the prefix starts, with hysteresis (see [`PromptOptions`]).
@@ -163,9 +163,7 @@ pub fn build_prompt_with(
         // One line longer than the whole budget: keep its last tokens.
         prefix_ids.drain(..prefix_ids.len() - budget.prefix_tokens);
     }
-    if !opts.preamble.is_empty() {
-        prefix_ids.splice(0..0, encode(tokenizer, opts.preamble));
-    }
+    prefix_ids.splice(0..0, opts.preamble_ids.iter().copied());
     let mut ids: Vec<u32> = special.bos.into_iter().collect();
     let suffix_end = match special.fim {
         None => {
@@ -303,7 +301,8 @@ mod tests {
     fn the_preamble_goes_right_before_the_prefix() {
         let tok = byte_level_tokenizer();
         let bytes = |s: &str| s.bytes().map(u32::from).collect::<Vec<_>>();
-        let opts = PromptOptions { preamble: "// x\n", ..Default::default() };
+        let preamble = bytes("// x\n");
+        let opts = PromptOptions { preamble_ids: &preamble, ..Default::default() };
         let p = build_prompt_with(&tok, &special(), "ab|c", 2, PromptBudget::default(), FimOrder::Spm, &opts);
         assert_eq!(p.ids, [vec![257, 258], bytes("|c"), vec![259], bytes("// x\nab")].concat());
     }

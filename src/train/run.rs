@@ -5,6 +5,7 @@
 //! the optimizer, the token cache's format (`token_cache.rs`), or the command line.
 
 use std::io::Write;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -251,12 +252,6 @@ pub fn prepare_with(opts: TrainOptions, force: bool, tokenization: &Tokenization
     let (config, tensors) = if opts.add_heads > 0 { add_heads(&start.config, start.tensors, opts.add_heads)? } else { (start.config, start.tensors) };
     check_context(&opts, &config)?;
     opts.weights_for(config.n_heads())?;
-    let tokenizer = start.tokenizer;
-    let framing = framing_for(&tokenizer, &config, &opts)?;
-    let trainable = if opts.freeze_trunk { Trainable::HeadsOnly } else { Trainable::All };
-    let params = ParamSet::new(&config, tensors, trainable)?;
-    let (names, vars): (Vec<String>, Vec<_>) = params.trainable().into_iter().unzip();
-    let optimizer = AdamW::new(vars, opts.adamw)?;
     let state = TrainState {
         version: STATE_VERSION,
         step: 0,
@@ -267,6 +262,36 @@ pub fn prepare_with(opts: TrainOptions, force: bool, tokenization: &Tokenization
         finished: false,
         elapsed_secs: 0.0,
     };
+    let start = RunStart { opts, device, corpus, config, tensors, tokenizer: start.tokenizer, state, resumed_from: None, started };
+    assemble(start, tokenization)
+}
+
+/// What a new run and a resumed one settle before the setup they share.
+struct RunStart {
+    opts: TrainOptions,
+    device: Device,
+    corpus: Corpus,
+    config: ModelConfig,
+    tensors: HashMap<String, Tensor>,
+    tokenizer: Tokenizer,
+    state: TrainState,
+    /// The checkpoint a resumed run continues (its AdamW moments are restored).
+    resumed_from: Option<PathBuf>,
+    started: Instant,
+}
+
+/// The setup new and resumed runs share: framing, parameters and optimizer, the token sources,
+/// the validation batches and the batch stream from the state's data position.
+fn assemble(start: RunStart, tokenization: &Tokenization) -> Result<Prepared> {
+    let RunStart { opts, device, corpus, config, tensors, tokenizer, state, resumed_from, started } = start;
+    let framing = framing_for(&tokenizer, &config, &opts)?;
+    let trainable = if opts.freeze_trunk { Trainable::HeadsOnly } else { Trainable::All };
+    let params = ParamSet::new(&config, tensors, trainable)?;
+    let (names, vars): (Vec<String>, Vec<_>) = params.trainable().into_iter().unzip();
+    let mut optimizer = AdamW::new(vars, opts.adamw)?;
+    if let Some(dir) = &resumed_from {
+        checkpoint::load_optimizer(dir, &mut optimizer, &names, state.step, &device)?;
+    }
     let compute = compute_dtype(&opts, &device);
     let text_tok = text_tokenizer(&tokenizer);
     let (train_source, valid_source, token_cache) = token_sources(&corpus, &text_tok, tokenization);
@@ -285,7 +310,7 @@ pub fn prepare_with(opts: TrainOptions, force: bool, tokenization: &Tokenization
         compute,
         valid_batches,
         stream,
-        resumed_from: None,
+        resumed_from,
         token_cache,
         started,
     })
@@ -332,34 +357,8 @@ pub fn prepare_resume_with(out: &Path, tokenization: &Tokenization) -> Result<Pr
     if corpus.fingerprint() != state.corpus_fingerprint {
         tracing::warn!("the repositories changed since the run started: resuming on the new files, so the run will not reproduce an uninterrupted one exactly");
     }
-    let framing = framing_for(&tokenizer, &config, &opts)?;
-    let trainable = if opts.freeze_trunk { Trainable::HeadsOnly } else { Trainable::All };
-    let params = ParamSet::new(&config, tensors, trainable)?;
-    let (names, vars): (Vec<String>, Vec<_>) = params.trainable().into_iter().unzip();
-    let mut optimizer = AdamW::new(vars, opts.adamw)?;
-    checkpoint::load_optimizer(&dir, &mut optimizer, &names, state.step, &device)?;
-    let compute = compute_dtype(&opts, &device);
-    let text_tok = text_tokenizer(&tokenizer);
-    let (train_source, valid_source, token_cache) = token_sources(&corpus, &text_tok, tokenization);
-    let valid_batches = timed_valid_batches(&corpus, &valid_source, &framing, &opts, config.n_heads(), &device)?;
-    let stream = Some(train_stream(&corpus, train_source, &framing, &opts, state.data)?);
-    Ok(Prepared {
-        options: opts,
-        corpus,
-        tokenizer,
-        config,
-        params,
-        names,
-        optimizer,
-        state,
-        device,
-        compute,
-        valid_batches,
-        stream,
-        resumed_from: Some(dir),
-        token_cache,
-        started,
-    })
+    let start = RunStart { opts, device, corpus, config, tensors, tokenizer, state, resumed_from: Some(dir), started };
+    assemble(start, tokenization)
 }
 
 /// The JSONL metrics log. On resume, records after the checkpoint's step are dropped first, so the
