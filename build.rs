@@ -36,12 +36,25 @@ fn compile_ptx() {
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("attention.ptx");
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
-    let nvcc = std::env::var("CUDA_HOME").map(|h| PathBuf::from(h).join("bin/nvcc")).unwrap_or_else(|_| "nvcc".into());
+    let nvcc = std::env::var("CUDA_HOME")
+        .map(|h| PathBuf::from(h).join("bin/nvcc"))
+        .unwrap_or_else(|_| "nvcc".into());
     let status = Command::new(&nvcc)
-        .args(["--ptx", "-O3", "-std=c++17", &format!("--gpu-architecture=compute_{cap}"), "-o"])
+        .args([
+            "--ptx",
+            "-O3",
+            "-std=c++17",
+            &format!("--gpu-architecture=compute_{cap}"),
+            "-o",
+        ])
         .arg(&out)
         .arg(src)
         .status()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e} (set CUDA_HOME; see scripts/build_cuda.sh)", nvcc.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e} (set CUDA_HOME; see scripts/build_cuda.sh)",
+                nvcc.display()
+            )
+        });
     assert!(status.success(), "nvcc failed on {src}");
 }

@@ -4,7 +4,10 @@
 //! Run: `cargo bench --bench decode`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use foresight::decode::{generate, Control, DraftSource, GenerateParams, HeadDrafts, NoDrafts, OracleDrafts, PromptLookup};
+use foresight::decode::{
+    generate, Control, DraftSource, GenerateParams, HeadDrafts, NoDrafts, OracleDrafts,
+    PromptLookup,
+};
 use foresight::model::tiny::TinySpec;
 use foresight::model::{ModelCache, MtpModel};
 
@@ -16,14 +19,20 @@ fn prompt() -> Vec<u32> {
 }
 
 fn params(max_draft_len: usize) -> GenerateParams {
-    GenerateParams { max_tokens: MAX_TOKENS, max_draft_len, ..Default::default() }
+    GenerateParams {
+        max_tokens: MAX_TOKENS,
+        max_draft_len,
+        ..Default::default()
+    }
 }
+
+type MakeDrafter = dyn Fn(&[u32]) -> Box<dyn DraftSource>;
 
 struct Case {
     name: &'static str,
     n_heads: usize,
     max_draft_len: usize,
-    make: Box<dyn Fn(&[u32]) -> Box<dyn DraftSource>>,
+    make: Box<MakeDrafter>,
 }
 
 fn cases(plain_output: Vec<u32>, prompt_len: usize) -> Vec<Case> {
@@ -33,31 +42,77 @@ fn cases(plain_output: Vec<u32>, prompt_len: usize) -> Vec<Case> {
             name,
             n_heads: 1,
             max_draft_len: draft_len,
-            make: Box::new(move |_| Box::new(OracleDrafts { prompt_len, continuation: out.clone() })),
+            make: Box::new(move |_| {
+                Box::new(OracleDrafts {
+                    prompt_len,
+                    continuation: out.clone(),
+                })
+            }),
         }
     };
     vec![
-        Case { name: "plain", n_heads: 1, max_draft_len: 0, make: Box::new(|_| Box::new(NoDrafts)) },
-        Case { name: "spec-heads", n_heads: 4, max_draft_len: 3, make: Box::new(|_| Box::new(HeadDrafts)) },
-        Case { name: "spec-lookup", n_heads: 1, max_draft_len: 8, make: Box::new(|_| Box::new(PromptLookup::default())) },
+        Case {
+            name: "plain",
+            n_heads: 1,
+            max_draft_len: 0,
+            make: Box::new(|_| Box::new(NoDrafts)),
+        },
+        Case {
+            name: "spec-heads",
+            n_heads: 4,
+            max_draft_len: 3,
+            make: Box::new(|_| Box::new(HeadDrafts)),
+        },
+        Case {
+            name: "spec-lookup",
+            n_heads: 1,
+            max_draft_len: 8,
+            make: Box::new(|_| Box::new(PromptLookup::default())),
+        },
         oracle(3, "oracle-3"),
         oracle(7, "oracle-7"),
     ]
 }
 
-fn run_once(model: &MtpModel, cache: &mut ModelCache, prompt: &[u32], case: &Case) -> foresight::decode::Generation {
+fn run_once(
+    model: &MtpModel,
+    cache: &mut ModelCache,
+    prompt: &[u32],
+    case: &Case,
+) -> foresight::decode::Generation {
     let mut drafter = (case.make)(prompt);
-    generate(model, cache, prompt, &params(case.max_draft_len), drafter.as_mut(), &Control::default()).unwrap()
+    generate(
+        model,
+        cache,
+        prompt,
+        &params(case.max_draft_len),
+        drafter.as_mut(),
+        &Control::default(),
+    )
+    .unwrap()
 }
 
 fn bench_decode(c: &mut Criterion) {
     let model = TinySpec::default().model().unwrap();
     let prompt = prompt();
     let mut cache = model.new_cache(512, 1).unwrap();
-    let plain = run_once(&model, &mut cache, &prompt, &Case { name: "plain", n_heads: 1, max_draft_len: 0, make: Box::new(|_| Box::new(NoDrafts)) });
+    let plain = run_once(
+        &model,
+        &mut cache,
+        &prompt,
+        &Case {
+            name: "plain",
+            n_heads: 1,
+            max_draft_len: 0,
+            make: Box::new(|_| Box::new(NoDrafts)),
+        },
+    );
     let cases = cases(plain.tokens.clone(), prompt.len());
 
-    eprintln!("\n{:<12} {:>8} {:>9} {:>15} {:>12} {:>12}", "case", "tokens", "forwards", "tokens/forward", "ms/token", "ms/forward");
+    eprintln!(
+        "\n{:<12} {:>8} {:>9} {:>15} {:>12} {:>12}",
+        "case", "tokens", "forwards", "tokens/forward", "ms/token", "ms/forward"
+    );
     for case in &cases {
         let mut cache = model.new_cache(512, case.n_heads).unwrap();
         run_once(&model, &mut cache, &prompt, case); // warm the cache: later runs prefill one token
@@ -65,7 +120,11 @@ fn bench_decode(c: &mut Criterion) {
         let (mut ms, mut fwd, mut tok, mut decode_tok) = (0.0, 0, 0, 0);
         for _ in 0..reps {
             let g = run_once(&model, &mut cache, &prompt, case);
-            assert_eq!(g.tokens, plain.tokens, "{} must equal plain greedy", case.name);
+            assert_eq!(
+                g.tokens, plain.tokens,
+                "{} must equal plain greedy",
+                case.name
+            );
             ms += g.stats.decode_ms;
             fwd += g.stats.decode_forwards;
             tok += g.tokens.len();
@@ -85,7 +144,9 @@ fn bench_decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode_48_tokens");
     for case in &cases {
         let mut cache = model.new_cache(512, case.n_heads).unwrap();
-        group.bench_function(case.name, |b| b.iter(|| run_once(&model, &mut cache, &prompt, case)));
+        group.bench_function(case.name, |b| {
+            b.iter(|| run_once(&model, &mut cache, &prompt, case))
+        });
     }
     group.finish();
 }

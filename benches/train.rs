@@ -28,7 +28,13 @@ fn status_kb(field: &str) -> u64 {
 
 fn random_windows(b: usize, len: usize, vocab: usize, seed: u64) -> Tensor {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let w: Vec<Vec<u32>> = (0..b).map(|_| (0..len).map(|_| rng.random_range(0..vocab as u32)).collect()).collect();
+    let w: Vec<Vec<u32>> = (0..b)
+        .map(|_| {
+            (0..len)
+                .map(|_| rng.random_range(0..vocab as u32))
+                .collect()
+        })
+        .collect();
     windows_tensor(&w, &Device::Cpu).unwrap()
 }
 
@@ -88,15 +94,25 @@ fn child(args: &[String]) {
 
 fn spawn(args: &[&str]) {
     let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe).arg("--child").args(args).output().unwrap();
+    let out = Command::new(exe)
+        .arg("--child")
+        .args(args)
+        .output()
+        .unwrap();
     if !out.status.success() {
-        eprintln!("child {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "child {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     print!("{}", String::from_utf8_lossy(&out.stdout));
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.first().map(String::as_str) == Some("--child") {
         child(&args[1..]);
         return;
@@ -104,12 +120,23 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         // Under `cargo test` (no --bench flag): one small step keeps the harness working, fast.
         println!("smoke run; measure with `cargo bench --bench train -- memory|throughput`");
-        spawn(&["throughput", "sequential", "4", "512", "1", "64", "1", "default"]);
+        spawn(&[
+            "throughput",
+            "sequential",
+            "4",
+            "512",
+            "1",
+            "64",
+            "1",
+            "default",
+        ]);
         return;
     }
     let what = args.first().map(String::as_str).unwrap_or("all");
     if what == "memory" || what == "all" {
-        println!("peak memory of one training step (gradients + AdamW), f32 on CPU, model preset 10m:");
+        println!(
+            "peak memory of one training step (gradients + AdamW), f32 on CPU, model preset 10m:"
+        );
         println!("| loss order | heads | vocab | batch x seq | params | RSS before step (MiB) | peak RSS (MiB) | step peak over baseline (MiB) |");
         println!("|---|---|---|---|---|---|---|---|");
         for heads in ["1", "4"] {
@@ -119,12 +146,44 @@ fn main() {
         }
     }
     if what == "throughput" || what == "all" {
-        println!("training throughput, f32 on CPU ({} threads):", std::thread::available_parallelism().map_or(1, |n| n.get()));
-        println!("| params | heads | vocab | batch x seq | loss order | allocator | s/step | tokens/s |");
+        println!(
+            "training throughput, f32 on CPU ({} threads):",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+        println!(
+            "| params | heads | vocab | batch x seq | loss order | allocator | s/step | tokens/s |"
+        );
         println!("|---|---|---|---|---|---|---|---|");
-        spawn(&["throughput", "sequential", "4", "8192", "8", "512", "4", "tuned"]);
-        spawn(&["throughput", "sequential", "1", "8192", "8", "512", "4", "tuned"]);
+        spawn(&[
+            "throughput",
+            "sequential",
+            "4",
+            "8192",
+            "8",
+            "512",
+            "4",
+            "tuned",
+        ]);
+        spawn(&[
+            "throughput",
+            "sequential",
+            "1",
+            "8192",
+            "8",
+            "512",
+            "4",
+            "tuned",
+        ]);
         spawn(&["throughput", "joint", "4", "8192", "8", "512", "4", "tuned"]);
-        spawn(&["throughput", "sequential", "4", "8192", "8", "512", "4", "default"]);
+        spawn(&[
+            "throughput",
+            "sequential",
+            "4",
+            "8192",
+            "8",
+            "512",
+            "4",
+            "default",
+        ]);
     }
 }

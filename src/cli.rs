@@ -22,7 +22,11 @@ pub use bench_train::{bench_train, BenchTrainArgs};
 pub use train::{train, TrainArgs};
 
 #[derive(Parser, Debug)]
-#[command(name = "foresight", version, about = "Local code completion with a multi-token-prediction model and self-speculative decoding")]
+#[command(
+    name = "foresight",
+    version,
+    about = "Local code completion with a multi-token-prediction model and self-speculative decoding"
+)]
 pub struct Cli {
     /// Write logs to this file instead of stderr (filter with FORESIGHT_LOG, e.g. "foresight=debug").
     #[arg(long, global = true)]
@@ -173,14 +177,20 @@ pub struct EvalArgs {
 
 /// `models/default` in the working directory, else in the source tree this binary was built from.
 pub fn default_model_dir() -> Option<PathBuf> {
-    let candidates = [PathBuf::from("models/default"), Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default")];
-    candidates.into_iter().find(|p| p.join("config.json").is_file())
+    let candidates = [
+        PathBuf::from("models/default"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default"),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.join("config.json").is_file())
 }
 
 /// Loads a model directory onto the chosen device, in that device's weight dtype.
 fn load_model(dir: &Path, device: DeviceChoice) -> Result<LoadedModel> {
     let device = device.device()?;
-    load_dir(dir, &device, weight_dtype(&device)).with_context(|| format!("cannot load model {}", dir.display()))
+    load_dir(dir, &device, weight_dtype(&device))
+        .with_context(|| format!("cannot load model {}", dir.display()))
 }
 
 fn resolve_model_dir(arg: Option<&Path>) -> Result<PathBuf> {
@@ -201,13 +211,23 @@ fn resolve_model_dir(arg: Option<&Path>) -> Result<PathBuf> {
 fn read_source(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if bytes.is_empty() {
-        bail!("{} is empty: there is nothing to complete from", path.display());
+        bail!(
+            "{} is empty: there is nothing to complete from",
+            path.display()
+        );
     }
     if bytes.contains(&0) {
-        bail!("{} looks like a binary file (it contains NUL bytes); refusing to complete it", path.display());
+        bail!(
+            "{} looks like a binary file (it contains NUL bytes); refusing to complete it",
+            path.display()
+        );
     }
     String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!("{} is not UTF-8 text (invalid byte at offset {}); refusing to complete it", path.display(), e.utf8_error().valid_up_to())
+        anyhow::anyhow!(
+            "{} is not UTF-8 text (invalid byte at offset {}); refusing to complete it",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
     })
 }
 
@@ -224,15 +244,28 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
     let params = CompletionParams {
         mode: args.mode,
         max_tokens: args.max_tokens,
-        budget: PromptBudget { prefix_tokens: args.prefix_tokens, suffix_tokens: args.suffix_tokens },
-        sampling: (args.temperature > 0.0).then_some(SamplingParams { temperature: args.temperature, top_p: args.top_p, seed: args.seed }),
+        budget: PromptBudget {
+            prefix_tokens: args.prefix_tokens,
+            suffix_tokens: args.suffix_tokens,
+        },
+        sampling: (args.temperature > 0.0).then_some(SamplingParams {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            seed: args.seed,
+        }),
         ..Default::default()
     };
-    let completion = engine.complete(&text, cursor, &params).context("completion failed")?;
+    let completion = engine
+        .complete(&text, cursor, &params)
+        .context("completion failed")?;
     println!("{}", completion.text);
     if args.stats {
         let s = &completion.stats;
-        let rates: Vec<String> = s.acceptance_rates().iter().map(|r| format!("{r:.2}")).collect();
+        let rates: Vec<String> = s
+            .acceptance_rates()
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect();
         eprintln!(
             "mode={:?} tokens={} forwards={} tokens/forward={:.2} prompt_tokens={} prefill_ms={:.1} decode_ms={:.1} total_ms={:.1} ms/token={:.2} acceptance=[{}] stop={:?}",
             args.mode,
@@ -263,24 +296,33 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let loaded = load_model(&dir, args.device)?;
     let base = foresight::eval::eval_settings(args.max_tokens);
     let capacity = foresight::complete::service::serving_capacity(&loaded.model);
-    let mut service = foresight::complete::service::CompletionService::new(Engine::new(loaded, capacity));
+    let mut service =
+        foresight::complete::service::CompletionService::new(Engine::new(loaded, capacity));
     let modes = args.mode.map_or(EvalModes::Both, EvalModes::Only);
     let mut json = match &args.json {
         Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
         )),
         None => None,
     };
     let mut results = Vec::with_capacity(tasks.len());
     for (i, task) in tasks.iter().enumerate() {
-        let result = evaluate(&mut service, task, modes, &base).with_context(|| format!("task {}", task.id))?;
+        let result = evaluate(&mut service, task, modes, &base)
+            .with_context(|| format!("task {}", task.id))?;
         if let Some(out) = json.as_mut() {
             writeln!(out, "{}", serde_json::to_string(&result)?)?;
         }
         results.push(result);
         if (i + 1) % 10 == 0 || i + 1 == tasks.len() {
             let s = summary(&results).all;
-            eprintln!("[{}/{}] exact {:.1}% edit-sim {:.3}", i + 1, tasks.len(), 100.0 * s.exact_match, s.edit_similarity);
+            eprintln!(
+                "[{}/{}] exact {:.1}% edit-sim {:.3}",
+                i + 1,
+                tasks.len(),
+                100.0 * s.exact_match,
+                s.edit_similarity
+            );
         }
     }
     let s = summary(&results);
@@ -288,7 +330,8 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         writeln!(out, "{}", serde_json::json!({ "summary": s }))?;
         out.flush()?;
     }
-    let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    let opt =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     let row = |name: &str, g: &GroupSummary| {
         println!(
             "{:<10} {:>5} {:>7.1}% {:>9.3} {:>8} {:>8} {:>10} {:>8.1} {:>8.1}",
@@ -304,7 +347,18 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         )
     };
     println!("model: {}  tasks: {}", dir.display(), args.tasks.display());
-    println!("{:<10} {:>5} {:>8} {:>9} {:>8} {:>8} {:>10} {:>8} {:>8}", "group", "tasks", "exact", "edit-sim", "tok/fwd", "speedup", "identical%", "p50 ms", "p95 ms");
+    println!(
+        "{:<10} {:>5} {:>8} {:>9} {:>8} {:>8} {:>10} {:>8} {:>8}",
+        "group",
+        "tasks",
+        "exact",
+        "edit-sim",
+        "tok/fwd",
+        "speedup",
+        "identical%",
+        "p50 ms",
+        "p95 ms"
+    );
     row("all", &s.all);
     for (k, g) in &s.by_language {
         row(k, g);
@@ -317,16 +371,30 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 
 pub fn inspect(dir: &Path) -> Result<()> {
     let cfg = read_config(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    let loaded = load_dir(dir, &Device::Cpu, DType::F32).with_context(|| format!("cannot load model {}", dir.display()))?;
+    let loaded = load_dir(dir, &Device::Cpu, DType::F32)
+        .with_context(|| format!("cannot load model {}", dir.display()))?;
     let counts = param_counts(&cfg);
     println!("model: {}", dir.display());
     println!("config:\n{}", serde_json::to_string_pretty(&cfg)?);
-    println!("architecture: {:?}, heads (n_future_tokens): {}, trunk layers: {}", cfg.architecture()?, cfg.n_heads(), cfg.n_trunk_layers());
+    println!(
+        "architecture: {:?}, heads (n_future_tokens): {}, trunk layers: {}",
+        cfg.architecture()?,
+        cfg.n_heads(),
+        cfg.n_trunk_layers()
+    );
     println!("parameters:");
     let m = |n: usize| format!("{n} ({:.2}M)", n as f64 / 1e6);
     println!("  trunk:      {}", m(counts.trunk));
     println!("  heads:      {}", m(counts.heads));
-    println!("  embeddings: {}{}", m(counts.embeddings), if cfg.tie_word_embeddings { " (tied)" } else { "" });
+    println!(
+        "  embeddings: {}{}",
+        m(counts.embeddings),
+        if cfg.tie_word_embeddings {
+            " (tied)"
+        } else {
+            ""
+        }
+    );
     println!("  total:      {}", m(counts.total()));
     let tok = &loaded.tokenizer;
     let name = |id: u32| tok.id_to_token(id).unwrap_or_else(|| "?".into());
@@ -356,15 +424,26 @@ pub fn inspect(dir: &Path) -> Result<()> {
 pub fn serve(args: ServeArgs) -> Result<()> {
     use foresight::lsp::{serve_stdio, ServeOptions};
     let base_config = match &args.config {
-        Some(text) => Some(serde_json::from_str::<serde_json::Value>(text).context("--config must be a JSON object")?),
+        Some(text) => Some(
+            serde_json::from_str::<serde_json::Value>(text)
+                .context("--config must be a JSON object")?,
+        ),
         None => None,
     };
     let default_model = args.model.clone().or_else(default_model_dir);
     if default_model.is_none() {
         tracing::warn!("no --model and no models/default: the client must configure `model`");
     }
-    let opts = ServeOptions { default_model, base_config, test_hooks: args.test_hooks };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("cannot start the async runtime")?;
+    let opts = ServeOptions {
+        default_model,
+        base_config,
+        test_hooks: args.test_hooks,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let clean = runtime.block_on(serve_stdio(opts));
     // stdin may still be blocked in a read: leave without waiting for it.
     std::process::exit(if clean { 0 } else { 1 });
@@ -373,7 +452,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
 pub fn bench_lsp(args: BenchLspArgs) -> Result<()> {
     use foresight::lsp::bench::{markdown, read_tasks, run_variant, Variant};
     let dir = resolve_model_dir(args.model.as_deref())?;
-    let tasks = read_tasks(&args.tasks, args.limit).with_context(|| format!("cannot read tasks {}", args.tasks.display()))?;
+    let tasks = read_tasks(&args.tasks, args.limit)
+        .with_context(|| format!("cannot read tasks {}", args.tasks.display()))?;
     let extra: serde_json::Value = match &args.config {
         Some(text) => serde_json::from_str(text).context("--config must be a JSON object")?,
         None => serde_json::json!({}),
@@ -387,31 +467,81 @@ pub fn bench_lsp(args: BenchLspArgs) -> Result<()> {
         }
         v
     };
-    let v = |label: &str, options: serde_json::Value, follow_suggestions: bool| Variant { label: label.into(), options: with(options), follow_suggestions };
+    let v = |label: &str, options: serde_json::Value, follow_suggestions: bool| Variant {
+        label: label.into(),
+        options: with(options),
+        follow_suggestions,
+    };
     let variants = [
-        v("speculative, KV reuse, result cache", serde_json::json!({"speculative": true}), false),
-        v("speculative, heads always draft", serde_json::json!({"speculative": true, "adaptiveDrafts": false}), false),
-        v("plain, KV reuse, result cache", serde_json::json!({"speculative": false}), false),
-        v("speculative, no KV reuse, result cache", serde_json::json!({"speculative": true, "kvReuse": false}), false),
-        v("speculative, KV reuse, no result cache", serde_json::json!({"speculative": true, "resultCache": false}), false),
-        v("speculative, user types the suggestion shown", serde_json::json!({"speculative": true}), true),
+        v(
+            "speculative, KV reuse, result cache",
+            serde_json::json!({"speculative": true}),
+            false,
+        ),
+        v(
+            "speculative, heads always draft",
+            serde_json::json!({"speculative": true, "adaptiveDrafts": false}),
+            false,
+        ),
+        v(
+            "plain, KV reuse, result cache",
+            serde_json::json!({"speculative": false}),
+            false,
+        ),
+        v(
+            "speculative, no KV reuse, result cache",
+            serde_json::json!({"speculative": true, "kvReuse": false}),
+            false,
+        ),
+        v(
+            "speculative, KV reuse, no result cache",
+            serde_json::json!({"speculative": true, "resultCache": false}),
+            false,
+        ),
+        v(
+            "speculative, user types the suggestion shown",
+            serde_json::json!({"speculative": true}),
+            true,
+        ),
     ];
     let exe = std::env::current_exe().context("cannot find this executable")?;
-    let server_args = vec!["serve".to_string(), "--model".to_string(), dir.display().to_string()];
+    let server_args = vec![
+        "serve".to_string(),
+        "--model".to_string(),
+        dir.display().to_string(),
+    ];
     let mut reports = Vec::new();
     for v in &variants {
         eprintln!("bench lsp: {} ...", v.label);
-        reports.push(run_variant(&exe, &server_args, v, &tasks, args.keystrokes, args.cold_lines).with_context(|| v.label.clone())?);
+        reports.push(
+            run_variant(
+                &exe,
+                &server_args,
+                v,
+                &tasks,
+                args.keystrokes,
+                args.cold_lines,
+            )
+            .with_context(|| v.label.clone())?,
+        );
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
-        println!("model: {}; {} tasks from {}, up to {} keystrokes each\n", dir.display(), tasks.len(), args.tasks.display(), args.keystrokes);
+        println!(
+            "model: {}; {} tasks from {}, up to {} keystrokes each\n",
+            dir.display(),
+            tasks.len(),
+            args.tasks.display(),
+            args.keystrokes
+        );
         print!("{}", markdown(&reports));
     }
     Ok(())
 }
 
 pub fn tiny_model(dir: &Path) -> Result<()> {
-    foresight::model::tiny::TinySpec::default().write_dir(dir).with_context(|| format!("cannot write {}", dir.display()))
+    foresight::model::tiny::TinySpec::default()
+        .write_dir(dir)
+        .with_context(|| format!("cannot write {}", dir.display()))
 }

@@ -8,7 +8,8 @@ use foresight::model::cpu_kernels::run_on_kernel_pool;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(log_file: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_env("FORESIGHT_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter =
+        EnvFilter::try_from_env("FORESIGHT_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match log_file {
         Some(path) => {
@@ -17,7 +18,10 @@ fn init_logging(log_file: Option<&std::path::Path>) -> anyhow::Result<()> {
                 .append(true)
                 .open(path)
                 .map_err(|e| anyhow::anyhow!("cannot open log file {}: {e}", path.display()))?;
-            builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
         }
         None => builder.with_writer(std::io::stderr).init(),
     }
@@ -38,7 +42,13 @@ fn pin_thread_count() {
 /// barrier while the cores are busy elsewhere (about 30% of a training profile). One candle
 /// thread removes the spinning: measured in docs/BENCHMARKS.md ("Training throughput").
 fn single_candle_thread_for_training(command: &cli::Command) {
-    let training = matches!(command, cli::Command::Train(_) | cli::Command::Bench { which: cli::BenchCommand::Train(_) });
+    let training = matches!(
+        command,
+        cli::Command::Train(_)
+            | cli::Command::Bench {
+                which: cli::BenchCommand::Train(_)
+            }
+    );
     if training && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
@@ -57,8 +67,12 @@ fn main() {
         cli::Command::Train(args) => cli::train(*args),
         cli::Command::Serve(args) => cli::serve(args),
         cli::Command::TinyModel { dir } => cli::tiny_model(&dir),
-        cli::Command::Bench { which: cli::BenchCommand::Lsp(args) } => cli::bench_lsp(args),
-        cli::Command::Bench { which: cli::BenchCommand::Train(args) } => cli::bench_train(args),
+        cli::Command::Bench {
+            which: cli::BenchCommand::Lsp(args),
+        } => cli::bench_lsp(args),
+        cli::Command::Bench {
+            which: cli::BenchCommand::Train(args),
+        } => cli::bench_train(args),
         cli::Command::BenchGpu(args) => cli::bench_gpu(*args),
     });
     if let Err(err) = result {

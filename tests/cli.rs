@@ -8,7 +8,11 @@ use foresight::model::tiny::TinySpec;
 use foresight::model::weights::param_counts;
 
 fn foresight(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_foresight")).args(args).env_remove("FORESIGHT_LOG").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_foresight"))
+        .args(args)
+        .env_remove("FORESIGHT_LOG")
+        .output()
+        .unwrap()
 }
 
 fn model_dir() -> tempfile::TempDir {
@@ -17,7 +21,8 @@ fn model_dir() -> tempfile::TempDir {
     dir
 }
 
-const SOURCE: &str = "fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n\nfn main() {\n    let total = \n}\n";
+const SOURCE: &str =
+    "fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n\nfn main() {\n    let total = \n}\n";
 
 fn write_source(dir: &Path, name: &str, content: &[u8]) -> String {
     let path = dir.join(name);
@@ -36,9 +41,38 @@ fn complete_prints_the_same_completion_in_plain_and_spec_mode() {
     let file = write_source(src.path(), "main.rs", SOURCE.as_bytes());
     let loc = format!("{file}:6:17");
     let m = model.path().to_str().unwrap();
-    let plain = foresight(&["complete", &loc, "--model", m, "--mode", "plain", "--max-tokens", "24", "--stats"]);
-    let spec = foresight(&["complete", &loc, "--model", m, "--mode", "spec", "--max-tokens", "24", "--stats"]);
-    let lookup = foresight(&["complete", &loc, "--model", m, "--mode", "lookup", "--max-tokens", "24"]);
+    let plain = foresight(&[
+        "complete",
+        &loc,
+        "--model",
+        m,
+        "--mode",
+        "plain",
+        "--max-tokens",
+        "24",
+        "--stats",
+    ]);
+    let spec = foresight(&[
+        "complete",
+        &loc,
+        "--model",
+        m,
+        "--mode",
+        "spec",
+        "--max-tokens",
+        "24",
+        "--stats",
+    ]);
+    let lookup = foresight(&[
+        "complete",
+        &loc,
+        "--model",
+        m,
+        "--mode",
+        "lookup",
+        "--max-tokens",
+        "24",
+    ]);
     for out in [&plain, &spec, &lookup] {
         assert!(out.status.success(), "{}", stderr(out));
     }
@@ -46,7 +80,11 @@ fn complete_prints_the_same_completion_in_plain_and_spec_mode() {
     assert_eq!(lookup.stdout, plain.stdout);
     assert!(!plain.stdout.is_empty());
     // Statistics go to stderr, never stdout.
-    assert!(stderr(&plain).contains("tokens/forward=1.00"), "{}", stderr(&plain));
+    assert!(
+        stderr(&plain).contains("tokens/forward=1.00"),
+        "{}",
+        stderr(&plain)
+    );
     assert!(stderr(&spec).contains("tokens/forward="));
     assert!(!String::from_utf8_lossy(&spec.stdout).contains("tokens/forward"));
 }
@@ -58,12 +96,20 @@ fn complete_refuses_bad_input_with_a_message() {
     let src = tempfile::tempdir().unwrap();
     let good = write_source(src.path(), "good.rs", SOURCE.as_bytes());
     let empty = write_source(src.path(), "empty.rs", b"");
-    let binary = write_source(src.path(), "blob.bin", &[0x7f, b'E', b'L', b'F', 0, 1, 2, 3]);
+    let binary = write_source(
+        src.path(),
+        "blob.bin",
+        &[0x7f, b'E', b'L', b'F', 0, 1, 2, 3],
+    );
     let latin1 = write_source(src.path(), "latin1.txt", &[b'c', b'a', b'f', 0xe9, b'\n']);
     let dir = src.path().to_str().unwrap().to_string();
     let cases: Vec<(String, &str, &str)> = vec![
         (format!("{good}:99:1"), m, "line 99 is past the end"),
-        (format!("{good}:6:40"), m, "column 40 is past the end of line 6"),
+        (
+            format!("{good}:6:40"),
+            m,
+            "column 40 is past the end of line 6",
+        ),
         (format!("{good}:0:1"), m, "1-based"),
         (format!("{empty}:1:1"), m, "is empty"),
         (format!("{binary}:1:1"), m, "binary"),
@@ -71,13 +117,20 @@ fn complete_refuses_bad_input_with_a_message() {
         (format!("{dir}/missing.rs:1:1"), m, "cannot read"),
         (format!("{dir}:1:1"), m, "cannot read"),
         (good.clone(), m, "expected FILE:LINE:COL"),
-        (format!("{good}:1:1"), "/nonexistent/model", "does not exist"),
+        (
+            format!("{good}:1:1"),
+            "/nonexistent/model",
+            "does not exist",
+        ),
     ];
     for (loc, model, needle) in cases {
         let out = foresight(&["complete", loc.as_str(), "--model", model]);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{loc}: {err}");
-        assert!(err.contains(needle), "{loc}: {err:?} should contain {needle:?}");
+        assert!(
+            err.contains(needle),
+            "{loc}: {err:?} should contain {needle:?}"
+        );
         assert!(!err.contains("panicked"), "{loc}: {err}");
         assert!(out.stdout.is_empty(), "{loc}");
     }
@@ -90,7 +143,14 @@ fn logs_can_go_to_a_file() {
     let file = write_source(src.path(), "main.rs", SOURCE.as_bytes());
     let log = src.path().join("log.txt");
     let out = Command::new(env!("CARGO_BIN_EXE_foresight"))
-        .args(["--log-file", log.to_str().unwrap(), "complete", &format!("{file}:99:1"), "--model", model.path().to_str().unwrap()])
+        .args([
+            "--log-file",
+            log.to_str().unwrap(),
+            "complete",
+            &format!("{file}:99:1"),
+            "--model",
+            model.path().to_str().unwrap(),
+        ])
         .env("FORESIGHT_LOG", "debug")
         .output()
         .unwrap();
@@ -118,7 +178,11 @@ fn inspect_reports_config_parameters_and_special_tokens() {
     }
     let out = foresight(&["inspect", "/nonexistent"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("missing config.json"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("missing config.json"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -134,19 +198,35 @@ fn eval_scores_tasks_in_both_modes_and_writes_json() {
             "prefix": "import os\n", "middle": "import sys", "suffix": "\n"}),
     ];
     let tasks_path = dir.path().join("tasks.jsonl");
-    std::fs::write(&tasks_path, tasks.iter().map(|t| t.to_string() + "\n").collect::<String>()).unwrap();
+    std::fs::write(
+        &tasks_path,
+        tasks
+            .iter()
+            .map(|t| t.to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
     let json_path = dir.path().join("out.jsonl");
     let out = foresight(&[
-        "eval", tasks_path.to_str().unwrap(), "--model", model.path().to_str().unwrap(),
-        "--max-tokens", "12", "--json", json_path.to_str().unwrap(),
+        "eval",
+        tasks_path.to_str().unwrap(),
+        "--model",
+        model.path().to_str().unwrap(),
+        "--max-tokens",
+        "12",
+        "--json",
+        json_path.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = String::from_utf8(out.stdout).unwrap();
     for needle in ["all ", "rust ", "python ", "single ", "multi ", "100.0"] {
         assert!(table.contains(needle), "missing {needle:?}:\n{table}");
     }
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(&json_path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&json_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 4);
     for (line, task) in lines.iter().zip(&tasks) {
         assert_eq!(line["id"], task["id"]);
@@ -163,14 +243,35 @@ fn eval_scores_tasks_in_both_modes_and_writes_json() {
     assert_eq!(summary["by_language"]["python"]["tasks"], 2);
 
     // --mode plain --limit 1 runs one mode on one task.
-    let out = foresight(&["eval", tasks_path.to_str().unwrap(), "--model", model.path().to_str().unwrap(), "--mode", "plain", "--limit", "1", "--max-tokens", "4"]);
+    let out = foresight(&[
+        "eval",
+        tasks_path.to_str().unwrap(),
+        "--model",
+        model.path().to_str().unwrap(),
+        "--mode",
+        "plain",
+        "--limit",
+        "1",
+        "--max-tokens",
+        "4",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = String::from_utf8(out.stdout).unwrap();
-    assert!(table.lines().any(|l| l.starts_with("all") && l.split_whitespace().nth(1) == Some("1")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("all") && l.split_whitespace().nth(1) == Some("1")),
+        "{table}"
+    );
 
     // A malformed tasks file names the line.
     std::fs::write(&tasks_path, "{\"id\": 1}\n").unwrap();
-    let out = foresight(&["eval", tasks_path.to_str().unwrap(), "--model", model.path().to_str().unwrap()]);
+    let out = foresight(&[
+        "eval",
+        tasks_path.to_str().unwrap(),
+        "--model",
+        model.path().to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("tasks.jsonl:1"), "{}", stderr(&out));
 }

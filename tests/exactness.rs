@@ -27,14 +27,39 @@ fn speculative_equals_plain_over_200_random_prompts() {
         };
         let plain = run(&model, &mut plain_cache, &prompt, &params, &mut NoDrafts);
         let heads = run(&model, &mut spec_cache, &prompt, &params, &mut HeadDrafts);
-        let lookup = run(&model, &mut lookup_cache, &prompt, &params, &mut PromptLookup { min_ngram: 1, max_ngram: 4 });
-        let mut oracle_src = OracleDrafts { prompt_len: prompt.len(), continuation: plain.tokens.clone() };
+        let lookup = run(
+            &model,
+            &mut lookup_cache,
+            &prompt,
+            &params,
+            &mut PromptLookup {
+                min_ngram: 1,
+                max_ngram: 4,
+            },
+        );
+        let mut oracle_src = OracleDrafts {
+            prompt_len: prompt.len(),
+            continuation: plain.tokens.clone(),
+        };
         let oracle = run(&model, &mut oracle_cache, &prompt, &params, &mut oracle_src);
-        assert_eq!(heads.tokens, plain.tokens, "case {case}: heads vs plain, prompt {prompt:?}");
-        assert_eq!(lookup.tokens, plain.tokens, "case {case}: prompt lookup vs plain");
+        assert_eq!(
+            heads.tokens, plain.tokens,
+            "case {case}: heads vs plain, prompt {prompt:?}"
+        );
+        assert_eq!(
+            lookup.tokens, plain.tokens,
+            "case {case}: prompt lookup vs plain"
+        );
         assert_eq!(oracle.tokens, plain.tokens, "case {case}: oracle vs plain");
         assert_eq!(heads.stop, plain.stop, "case {case}");
-        assert_eq!(plain.stats.tokens_per_forward(), if plain.stats.decode_forwards > 0 { 1.0 } else { 0.0 });
+        assert_eq!(
+            plain.stats.tokens_per_forward(),
+            if plain.stats.decode_forwards > 0 {
+                1.0
+            } else {
+                0.0
+            }
+        );
         // Oracle drafts are the true continuation: every one is accepted.
         assert_eq!(oracle.stats.accepted, oracle.stats.drafted, "case {case}");
         head_accepted += heads.stats.accepted.iter().sum::<usize>();
@@ -52,18 +77,32 @@ fn speculative_equals_plain_over_200_random_prompts() {
 #[test]
 fn oracle_drafts_give_draft_len_plus_one_tokens_per_forward() {
     let model = tiny();
-    let prompt: Vec<u32> = b"fn main() {\n    let x = ".iter().map(|&b| b as u32).collect();
+    let prompt: Vec<u32> = b"fn main() {\n    let x = "
+        .iter()
+        .map(|&b| b as u32)
+        .collect();
     for draft_len in [1usize, 3, 7] {
         let rounds = 5;
-        let params = GenerateParams { max_tokens: 1 + rounds * (draft_len + 1), max_draft_len: draft_len, ..Default::default() };
+        let params = GenerateParams {
+            max_tokens: 1 + rounds * (draft_len + 1),
+            max_draft_len: draft_len,
+            ..Default::default()
+        };
         let mut cache = model.new_cache(256, 1).unwrap();
         let plain = run(&model, &mut cache, &prompt, &params, &mut NoDrafts);
-        let mut oracle = OracleDrafts { prompt_len: prompt.len(), continuation: plain.tokens.clone() };
+        let mut oracle = OracleDrafts {
+            prompt_len: prompt.len(),
+            continuation: plain.tokens.clone(),
+        };
         let mut cache = model.new_cache(256, 1).unwrap();
         let spec = run(&model, &mut cache, &prompt, &params, &mut oracle);
         assert_eq!(spec.tokens, plain.tokens);
         assert_eq!(spec.stats.decode_forwards, rounds);
-        assert_eq!(spec.stats.tokens_per_forward(), (draft_len + 1) as f64, "draft_len {draft_len}");
+        assert_eq!(
+            spec.stats.tokens_per_forward(),
+            (draft_len + 1) as f64,
+            "draft_len {draft_len}"
+        );
         assert_eq!(plain.stats.decode_forwards, rounds * (draft_len + 1));
     }
 }
@@ -72,12 +111,31 @@ fn oracle_drafts_give_draft_len_plus_one_tokens_per_forward() {
 fn wrong_drafts_cost_forwards_but_not_correctness() {
     let model = tiny();
     let prompt: Vec<u32> = (10..30).collect();
-    let params = GenerateParams { max_tokens: 24, max_draft_len: 5, ..Default::default() };
-    let plain = run(&model, &mut model.new_cache(128, 1).unwrap(), &prompt, &params, &mut NoDrafts);
+    let params = GenerateParams {
+        max_tokens: 24,
+        max_draft_len: 5,
+        ..Default::default()
+    };
+    let plain = run(
+        &model,
+        &mut model.new_cache(128, 1).unwrap(),
+        &prompt,
+        &params,
+        &mut NoDrafts,
+    );
     // An oracle for a different continuation: all drafts are wrong.
     let wrong: Vec<u32> = plain.tokens.iter().map(|t| (t + 1) % 256).collect();
-    let mut oracle = OracleDrafts { prompt_len: prompt.len(), continuation: wrong };
-    let spec = run(&model, &mut model.new_cache(128, 1).unwrap(), &prompt, &params, &mut oracle);
+    let mut oracle = OracleDrafts {
+        prompt_len: prompt.len(),
+        continuation: wrong,
+    };
+    let spec = run(
+        &model,
+        &mut model.new_cache(128, 1).unwrap(),
+        &prompt,
+        &params,
+        &mut oracle,
+    );
     assert_eq!(spec.tokens, plain.tokens);
     assert_eq!(spec.stats.tokens_per_forward(), 1.0);
 }
@@ -85,7 +143,10 @@ fn wrong_drafts_cost_forwards_but_not_correctness() {
 #[test]
 fn cache_reuse_across_generations_is_exact() {
     let model = tiny();
-    let params = GenerateParams { max_tokens: 16, ..Default::default() };
+    let params = GenerateParams {
+        max_tokens: 16,
+        ..Default::default()
+    };
     let mut warm = model.new_cache(256, model.n_heads()).unwrap();
     let mut typed: Vec<u32> = (40..60).collect();
     for next in [61u32, 62, 7, 8] {
@@ -95,7 +156,13 @@ fn cache_reuse_across_generations_is_exact() {
             typed[5] = 99;
         }
         let reused = run(&model, &mut warm, &typed, &params, &mut HeadDrafts);
-        let fresh = run(&model, &mut model.new_cache(256, 1).unwrap(), &typed, &params, &mut NoDrafts);
+        let fresh = run(
+            &model,
+            &mut model.new_cache(256, 1).unwrap(),
+            &typed,
+            &params,
+            &mut NoDrafts,
+        );
         assert_eq!(reused.tokens, fresh.tokens, "after typing {next}");
         assert!(reused.stats.reused_tokens > 0 || next == 61);
     }

@@ -8,7 +8,14 @@ use foresight::model::tiny::TinySpec;
 use foresight::model::{Kernels, Logits, MtpModel};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// Logits of every step of: prefill 9 tokens, then chunks of 1, 4 (a verification) and 1.
@@ -31,7 +38,8 @@ fn model(spec: &TinySpec, dtype: DType, kernels: Kernels) -> MtpModel {
     let mut m = spec.model().unwrap();
     if dtype != DType::F32 {
         let tensors = m.named_tensors().into_iter().collect();
-        m = foresight::model::weights::model_from_tensors(m.config(), tensors, dtype, &Device::Cpu).unwrap();
+        m = foresight::model::weights::model_from_tensors(m.config(), tensors, dtype, &Device::Cpu)
+            .unwrap();
     }
     m.set_kernels(kernels);
     m
@@ -41,15 +49,32 @@ fn model(spec: &TinySpec, dtype: DType, kernels: Kernels) -> MtpModel {
 fn fused_attention_equals_plain_attention_in_f32() {
     for spec in [
         TinySpec::default(),
-        TinySpec { rope_interleaved: true, num_key_value_heads: 1, ..Default::default() },
-        TinySpec { model_type: "qwen2", num_key_value_heads: 4, tie_word_embeddings: true, ..Default::default() },
+        TinySpec {
+            rope_interleaved: true,
+            num_key_value_heads: 1,
+            ..Default::default()
+        },
+        TinySpec {
+            model_type: "qwen2",
+            num_key_value_heads: 4,
+            tie_word_embeddings: true,
+            ..Default::default()
+        },
     ] {
         let plain = steps(&model(&spec, DType::F32, Kernels::PlainAttention));
         let fused = steps(&model(&spec, DType::F32, Kernels::FusedAttention));
         let cpu_default = steps(&model(&spec, DType::F32, Kernels::Fused));
         for ((p, f), c) in plain.iter().zip(&fused).zip(&cpu_default) {
-            assert!(max_diff(p, f) < 1e-4, "{spec:?}: fused vs plain {}", max_diff(p, f));
-            assert!(max_diff(p, c) < 1e-4, "{spec:?}: small-chunk vs plain {}", max_diff(p, c));
+            assert!(
+                max_diff(p, f) < 1e-4,
+                "{spec:?}: fused vs plain {}",
+                max_diff(p, f)
+            );
+            assert!(
+                max_diff(p, c) < 1e-4,
+                "{spec:?}: small-chunk vs plain {}",
+                max_diff(p, c)
+            );
         }
     }
 }
@@ -61,15 +86,34 @@ fn bf16_paths_agree_with_f32_within_bf16_tolerance() {
     let plain = steps(&model(&spec, DType::BF16, Kernels::PlainAttention));
     let fused = steps(&model(&spec, DType::BF16, Kernels::FusedAttention));
     for ((r, p), f) in reference.iter().zip(&plain).zip(&fused) {
-        let scale = r.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = r
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         let (ep, ef) = (max_diff(r, p), max_diff(r, f));
         // bf16 weights and activations through a few random layers: within 10% of the logit range,
         // and the fused path (f32 inside the kernel) no worse than the plain one beyond noise.
-        assert!(ep < 0.1 * scale && ef < 0.1 * scale, "bf16 vs f32: plain {ep}, fused {ef} (scale {scale})");
-        assert!(ef < 1.5 * ep + 0.01 * scale, "fused bf16 error {ef} vs plain bf16 error {ep}");
+        assert!(
+            ep < 0.1 * scale && ef < 0.1 * scale,
+            "bf16 vs f32: plain {ep}, fused {ef} (scale {scale})"
+        );
+        assert!(
+            ef < 1.5 * ep + 0.01 * scale,
+            "fused bf16 error {ef} vs plain bf16 error {ep}"
+        );
         // Logits are computed in f32 from bf16 weights, not rounded to bf16: most are not bf16 values.
         let v = f.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let not_bf16 = v.iter().filter(|x| half::bf16::from_f32(**x).to_f32() != **x).count();
-        assert!(not_bf16 * 2 > v.len(), "{not_bf16} of {} logits are off the bf16 grid", v.len());
+        let not_bf16 = v
+            .iter()
+            .filter(|x| half::bf16::from_f32(**x).to_f32() != **x)
+            .count();
+        assert!(
+            not_bf16 * 2 > v.len(),
+            "{not_bf16} of {} logits are off the bf16 grid",
+            v.len()
+        );
     }
 }

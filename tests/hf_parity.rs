@@ -21,33 +21,64 @@ fn fixtures() -> Option<&'static Path> {
     static DIR: OnceLock<Option<tempfile::TempDir>> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = env!("CARGO_MANIFEST_DIR");
-        let out = Command::new("bash").arg(format!("{root}/scripts/install_hf_deps.sh")).output().expect("bash runs");
+        let out = Command::new("bash")
+            .arg(format!("{root}/scripts/install_hf_deps.sh"))
+            .output()
+            .expect("bash runs");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let last = stdout.lines().last().unwrap_or("").to_string();
         if let Some(reason) = last.strip_prefix("unavailable: ") {
-            assert_eq!(out.status.code(), Some(3), "installer said unavailable but exited {:?}", out.status);
+            assert_eq!(
+                out.status.code(),
+                Some(3),
+                "installer said unavailable but exited {:?}",
+                out.status
+            );
             assert!(
                 std::env::var_os("FORESIGHT_ALLOW_MISSING_HF").is_some_and(|v| v == "1"),
                 "torch/transformers unavailable here ({reason}): the parity tests cannot run; \
                  set FORESIGHT_ALLOW_MISSING_HF=1 to skip them knowingly"
             );
-            eprintln!("SKIPPED (FORESIGHT_ALLOW_MISSING_HF=1): Hugging Face parity tests: {reason}");
+            eprintln!(
+                "SKIPPED (FORESIGHT_ALLOW_MISSING_HF=1): Hugging Face parity tests: {reason}"
+            );
             return None;
         }
         let python = last.strip_prefix("python=").unwrap_or_else(|| {
-            panic!("scripts/install_hf_deps.sh failed ({:?}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr))
+            panic!(
+                "scripts/install_hf_deps.sh failed ({:?}):\n{stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
         });
         let dir = tempfile::tempdir().unwrap();
         let run = |args: &[&Path]| {
-            let out = Command::new(python).args(args).output().expect("python runs");
-            assert!(out.status.success(), "{args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(python)
+                .args(args)
+                .output()
+                .expect("python runs");
+            assert!(
+                out.status.success(),
+                "{args:?} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
-        run(&[Path::new(&format!("{root}/tests/fixtures/hf_parity.py")), dir.path()]);
+        run(&[
+            Path::new(&format!("{root}/tests/fixtures/hf_parity.py")),
+            dir.path(),
+        ]);
         // transformers writes no tokenizer for a random model; any tokenizer that fits the vocabulary will do.
         for case in ["llama", "qwen2"] {
-            TinySpec::default().tokenizer().save(dir.path().join(case).join("tokenizer.json"), false).unwrap();
+            TinySpec::default()
+                .tokenizer()
+                .save(dir.path().join(case).join("tokenizer.json"), false)
+                .unwrap();
         }
-        run(&[Path::new(&format!("{root}/tests/fixtures/hf_to_meta.py")), &dir.path().join("llama"), &dir.path().join("llama_meta")]);
+        run(&[
+            Path::new(&format!("{root}/tests/fixtures/hf_to_meta.py")),
+            &dir.path().join("llama"),
+            &dir.path().join("llama_meta"),
+        ]);
         Some(dir)
     })
     .as_ref()
@@ -58,39 +89,63 @@ fn fixtures() -> Option<&'static Path> {
 fn expected(path: &PathBuf) -> (Vec<Vec<u32>>, Tensor) {
     let t = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
     let ids = t["input_ids"].to_vec2::<i64>().unwrap();
-    let ids = ids.into_iter().map(|row| row.into_iter().map(|id| id as u32).collect()).collect();
+    let ids = ids
+        .into_iter()
+        .map(|row| row.into_iter().map(|id| id as u32).collect())
+        .collect();
     (ids, t["logits"].clone())
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// Foresight's logits for `tokens`, in one forward or one token at a time through the cache.
 fn ours(model: &MtpModel, tokens: &[u32], one_by_one: bool) -> Tensor {
     let mut cache = model.new_cache(tokens.len(), 1).unwrap();
     if !one_by_one {
-        return model.forward(&mut cache, tokens, Logits::All).unwrap().logits;
+        return model
+            .forward(&mut cache, tokens, Logits::All)
+            .unwrap()
+            .logits;
     }
-    let rows: Vec<Tensor> = tokens.iter().map(|&t| model.forward(&mut cache, &[t], Logits::All).unwrap().logits).collect();
+    let rows: Vec<Tensor> = tokens
+        .iter()
+        .map(|&t| model.forward(&mut cache, &[t], Logits::All).unwrap().logits)
+        .collect();
     Tensor::cat(&rows, 0).unwrap()
 }
 
 fn check(case: &str, expected_file: &str) {
     let Some(dir) = fixtures() else { return };
-    let loaded = load_dir(&dir.join(case), &Device::Cpu, DType::F32).unwrap_or_else(|e| panic!("{case}: {e}"));
+    let loaded = load_dir(&dir.join(case), &Device::Cpu, DType::F32)
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
     let (ids, want) = expected(&dir.join(expected_file));
     assert_eq!(want.dims()[2], loaded.model.vocab_size());
     for (b, tokens) in ids.iter().enumerate() {
         let want = want.get(b).unwrap();
         for one_by_one in [false, true] {
             let diff = max_diff(&ours(&loaded.model, tokens, one_by_one), &want);
-            assert!(diff < TOLERANCE, "{case} row {b} one_by_one={one_by_one}: max |diff| {diff} vs transformers");
+            assert!(
+                diff < TOLERANCE,
+                "{case} row {b} one_by_one={one_by_one}: max |diff| {diff} vs transformers"
+            );
         }
     }
     // The comparison can fail: logits are not all alike, so a wrong model would show.
-    let spread = want.max_all().unwrap().to_scalar::<f32>().unwrap() - want.min_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!(spread > 1.0, "{case}: fixture logits are nearly constant ({spread})");
+    let spread = want.max_all().unwrap().to_scalar::<f32>().unwrap()
+        - want.min_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(
+        spread > 1.0,
+        "{case}: fixture logits are nearly constant ({spread})"
+    );
 }
 
 #[test]
@@ -101,7 +156,10 @@ fn llama_from_save_pretrained_matches_transformers() {
 #[test]
 fn qwen2_sharded_with_bias_and_tied_embeddings_matches_transformers() {
     if let Some(dir) = fixtures() {
-        assert!(dir.join("qwen2/model.safetensors.index.json").is_file(), "the qwen2 case should be sharded");
+        assert!(
+            dir.join("qwen2/model.safetensors.index.json").is_file(),
+            "the qwen2 case should be sharded"
+        );
     }
     check("qwen2", "qwen2.expected.safetensors");
 }
@@ -109,7 +167,10 @@ fn qwen2_sharded_with_bias_and_tied_embeddings_matches_transformers() {
 #[test]
 fn llama_in_meta_layout_matches_transformers() {
     if let Some(dir) = fixtures() {
-        assert!(dir.join("llama_meta/consolidated.pth").is_file() && !dir.join("llama_meta/config.json").exists());
+        assert!(
+            dir.join("llama_meta/consolidated.pth").is_file()
+                && !dir.join("llama_meta/config.json").exists()
+        );
     }
     check("llama_meta", "llama.expected.safetensors");
 }

@@ -8,7 +8,9 @@ use std::process::Command;
 fn lsp_integration_suite() {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let root = env!("CARGO_MANIFEST_DIR");
-    let probe = Command::new(&python).args(["-c", "import pytest_lsp, lsprotocol"]).status();
+    let probe = Command::new(&python)
+        .args(["-c", "import pytest_lsp, lsprotocol"])
+        .status();
     assert!(
         probe.is_ok_and(|s| s.success()),
         "pytest-lsp is not installed for {python}: run scripts/install-lsp-test-deps.sh first"
@@ -19,5 +21,8 @@ fn lsp_integration_suite() {
         .env("FORESIGHT_BIN", env!("CARGO_BIN_EXE_foresight"))
         .status()
         .expect("cannot run pytest");
-    assert!(status.success(), "the LSP integration suite failed (see its output above)");
+    assert!(
+        status.success(),
+        "the LSP integration suite failed (see its output above)"
+    );
 }

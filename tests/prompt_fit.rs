@@ -19,7 +19,14 @@ fn engine() -> Engine {
 
 /// A source file of `lines` distinct lines, and a cursor in the middle of line `lines / 2`.
 fn long_file(lines: usize) -> (String, usize) {
-    let text: String = (0..lines).map(|i| format!("    let value_{i} = compute(value_{}, {i}); // step {i}\n", i.saturating_sub(1))).collect();
+    let text: String = (0..lines)
+        .map(|i| {
+            format!(
+                "    let value_{i} = compute(value_{}, {i}); // step {i}\n",
+                i.saturating_sub(1)
+            )
+        })
+        .collect();
     let cursor = text.match_indices('\n').nth(lines / 2).unwrap().0 + 9;
     (text, cursor)
 }
@@ -33,20 +40,50 @@ fn long_files_get_whole_framing_within_the_context() {
     let mut engine = engine();
     let capacity = engine.cache_capacity();
     assert_eq!(capacity, 512, "the default model's context");
-    let fim: FimTokens = engine.loaded().special.fim.expect("the default model has FIM tokens");
+    let fim: FimTokens = engine
+        .loaded()
+        .special
+        .fim
+        .expect("the default model has FIM tokens");
     let (text, cursor) = long_file(3000);
-    let preamble = (0..40).map(|i| format!("# other.py\ndef helper_{i}(x):\n    return x + {i}\n")).collect::<String>();
+    let preamble = (0..40)
+        .map(|i| format!("# other.py\ndef helper_{i}(x):\n    return x + {i}\n"))
+        .collect::<String>();
     for order in [FimOrder::Spm, FimOrder::Psm] {
         for preamble in [String::new(), preamble.clone()] {
             // What `foresight complete` asks for by default: 1024 + 256 tokens, 64 new ones.
-            let params = CompletionParams { order, preamble: preamble.clone(), max_tokens: 64, mode: Mode::Plain, ..CompletionParams::default() };
-            assert_eq!(params.budget, PromptBudget { prefix_tokens: 1024, suffix_tokens: 256 });
+            let params = CompletionParams {
+                order,
+                preamble: preamble.clone(),
+                max_tokens: 64,
+                mode: Mode::Plain,
+                ..CompletionParams::default()
+            };
+            assert_eq!(
+                params.budget,
+                PromptBudget {
+                    prefix_tokens: 1024,
+                    suffix_tokens: 256
+                }
+            );
             let prompt = engine.prompt(&text, cursor, &params).unwrap();
             let ids = &prompt.ids;
             let what = format!("{order:?}, preamble of {} bytes", preamble.len());
-            assert!(ids.len() + params.max_tokens < capacity, "{what}: {} prompt tokens + 64 overflow {capacity}", ids.len());
-            assert!(ids.len() > capacity / 2, "{what}: the prompt uses the context ({} tokens)", ids.len());
-            for (name, id) in [("<fim_prefix>", fim.prefix), ("<fim_suffix>", fim.suffix), ("<fim_middle>", fim.middle)] {
+            assert!(
+                ids.len() + params.max_tokens < capacity,
+                "{what}: {} prompt tokens + 64 overflow {capacity}",
+                ids.len()
+            );
+            assert!(
+                ids.len() > capacity / 2,
+                "{what}: the prompt uses the context ({} tokens)",
+                ids.len()
+            );
+            for (name, id) in [
+                ("<fim_prefix>", fim.prefix),
+                ("<fim_suffix>", fim.suffix),
+                ("<fim_middle>", fim.middle),
+            ] {
                 assert_eq!(count(ids, id), 1, "{what}: {name} appears once");
             }
             let at = |id: u32| ids.iter().position(|&t| t == id).unwrap();
@@ -57,8 +94,14 @@ fn long_files_get_whole_framing_within_the_context() {
                 }
                 FimOrder::Psm => {
                     assert_eq!(ids[0], fim.prefix, "{what}");
-                    assert!(at(fim.suffix) > 1 && at(fim.middle) == ids.len() - 1, "{what}");
-                    assert!(at(fim.middle) > at(fim.suffix) + 1, "{what}: the suffix is kept");
+                    assert!(
+                        at(fim.suffix) > 1 && at(fim.middle) == ids.len() - 1,
+                        "{what}"
+                    );
+                    assert!(
+                        at(fim.middle) > at(fim.suffix) + 1,
+                        "{what}: the suffix is kept"
+                    );
                 }
             }
             // The prefix ends exactly at the cursor: the text right before it is in the prompt.
@@ -74,7 +117,13 @@ fn long_files_get_whole_framing_within_the_context() {
 #[test]
 fn a_completion_longer_than_the_context_is_refused() {
     let engine = engine();
-    let params = CompletionParams { max_tokens: 600, ..CompletionParams::default() };
-    let err = engine.prompt("x = 1\n", 3, &params).unwrap_err().to_string();
+    let params = CompletionParams {
+        max_tokens: 600,
+        ..CompletionParams::default()
+    };
+    let err = engine
+        .prompt("x = 1\n", 3, &params)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("512"), "{err}");
 }

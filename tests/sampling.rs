@@ -9,7 +9,9 @@ use std::collections::HashMap;
 
 use common::{run, tiny};
 use foresight::decode::sampling::probs;
-use foresight::decode::{DraftSource, GenerateParams, HeadDrafts, NoDrafts, OracleDrafts, SamplingParams};
+use foresight::decode::{
+    DraftSource, GenerateParams, HeadDrafts, NoDrafts, OracleDrafts, SamplingParams,
+};
 use foresight::model::{Logits, MtpModel};
 
 const PROMPT: &[u32] = &[102, 110, 32, 109, 97, 105, 110, 40, 41];
@@ -18,8 +20,14 @@ const TOP_P: f32 = 0.9;
 const SAMPLES: u64 = 4000;
 
 fn last_probs(model: &MtpModel, seq: &[u32]) -> Vec<f32> {
-    let out = model.forward(&mut model.new_cache(64, 1).unwrap(), seq, Logits::Last).unwrap();
-    probs(&out.logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap(), TEMPERATURE, TOP_P)
+    let out = model
+        .forward(&mut model.new_cache(64, 1).unwrap(), seq, Logits::Last)
+        .unwrap();
+    probs(
+        &out.logits.squeeze(0).unwrap().to_vec1::<f32>().unwrap(),
+        TEMPERATURE,
+        TOP_P,
+    )
 }
 
 /// Exact P(first two tokens) under temperature and top-p.
@@ -29,7 +37,11 @@ fn exact_pairs(model: &MtpModel) -> HashMap<(u32, u32), f64> {
     for (t0, &a) in p1.iter().enumerate().filter(|(_, &a)| a > 0.0) {
         let mut seq = PROMPT.to_vec();
         seq.push(t0 as u32);
-        for (t1, &b) in last_probs(model, &seq).iter().enumerate().filter(|(_, &b)| b > 0.0) {
+        for (t1, &b) in last_probs(model, &seq)
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b > 0.0)
+        {
             out.insert((t0 as u32, t1 as u32), a as f64 * b as f64);
         }
     }
@@ -38,13 +50,22 @@ fn exact_pairs(model: &MtpModel) -> HashMap<(u32, u32), f64> {
 
 /// Counts of the first two tokens over `SAMPLES` seeded generations of 3 tokens (so that the
 /// second token goes through draft verification).
-fn sample_pairs(model: &MtpModel, n_heads: usize, temperature: f32, make: &dyn Fn() -> Box<dyn DraftSource>) -> HashMap<(u32, u32), u64> {
+fn sample_pairs(
+    model: &MtpModel,
+    n_heads: usize,
+    temperature: f32,
+    make: &dyn Fn() -> Box<dyn DraftSource>,
+) -> HashMap<(u32, u32), u64> {
     let mut cache = model.new_cache(64, n_heads).unwrap();
     let mut counts = HashMap::new();
     for seed in 0..SAMPLES {
         let params = GenerateParams {
             max_tokens: 3,
-            sampling: Some(SamplingParams { temperature, top_p: TOP_P, seed }),
+            sampling: Some(SamplingParams {
+                temperature,
+                top_p: TOP_P,
+                seed,
+            }),
             max_draft_len: 3,
             ..Default::default()
         };
@@ -71,7 +92,11 @@ fn chi_square(exact: &HashMap<(u32, u32), f64>, counts: &HashMap<(u32, u32), u64
         }
     }
     // Samples outside the exact support (impossible pairs) land in the pooled bin too.
-    pooled_observed += counts.iter().filter(|(k, _)| !exact.contains_key(k)).map(|(_, &c)| c as f64).sum::<f64>();
+    pooled_observed += counts
+        .iter()
+        .filter(|(k, _)| !exact.contains_key(k))
+        .map(|(_, &c)| c as f64)
+        .sum::<f64>();
     if pooled_expected > 0.0 {
         stat += (pooled_observed - pooled_expected).powi(2) / pooled_expected;
         bins += 1;
@@ -96,7 +121,16 @@ fn speculative_sampling_draws_from_the_models_distribution() {
         ("plain", 1, Box::new(|| Box::new(NoDrafts))),
         ("heads", 4, Box::new(|| Box::new(HeadDrafts))),
         // A one-hot draft of the most likely second token, whatever the first was.
-        ("one-hot", 1, Box::new(move || Box::new(OracleDrafts { prompt_len: PROMPT.len(), continuation: vec![0, likely_second] }))),
+        (
+            "one-hot",
+            1,
+            Box::new(move || {
+                Box::new(OracleDrafts {
+                    prompt_len: PROMPT.len(),
+                    continuation: vec![0, likely_second],
+                })
+            }),
+        ),
     ];
     for (name, n_heads, make) in &samplers {
         let counts = sample_pairs(&model, *n_heads, TEMPERATURE, make.as_ref());
@@ -109,7 +143,10 @@ fn speculative_sampling_draws_from_the_models_distribution() {
     // The test has power: sampling at another temperature is rejected.
     let counts = sample_pairs(&model, 1, 1.3, &|| Box::new(NoDrafts));
     let (stat, df) = chi_square(&exact, &counts);
-    assert!(stat > critical_value(df), "wrong temperature not detected: {stat:.1} (df {df})");
+    assert!(
+        stat > critical_value(df),
+        "wrong temperature not detected: {stat:.1} (df {df})"
+    );
 }
 
 #[test]
@@ -117,13 +154,41 @@ fn sampling_is_reproducible_with_a_seed() {
     let model = tiny();
     let params = GenerateParams {
         max_tokens: 20,
-        sampling: Some(SamplingParams { temperature: 1.0, top_p: 0.95, seed: 42 }),
+        sampling: Some(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.95,
+            seed: 42,
+        }),
         ..Default::default()
     };
-    let a = run(&model, &mut model.new_cache(64, 4).unwrap(), PROMPT, &params, &mut HeadDrafts);
-    let b = run(&model, &mut model.new_cache(64, 4).unwrap(), PROMPT, &params, &mut HeadDrafts);
+    let a = run(
+        &model,
+        &mut model.new_cache(64, 4).unwrap(),
+        PROMPT,
+        &params,
+        &mut HeadDrafts,
+    );
+    let b = run(
+        &model,
+        &mut model.new_cache(64, 4).unwrap(),
+        PROMPT,
+        &params,
+        &mut HeadDrafts,
+    );
     assert_eq!(a.tokens, b.tokens);
-    let other = GenerateParams { sampling: Some(SamplingParams { seed: 43, ..params.sampling.unwrap() }), ..params.clone() };
-    let c = run(&model, &mut model.new_cache(64, 4).unwrap(), PROMPT, &other, &mut HeadDrafts);
+    let other = GenerateParams {
+        sampling: Some(SamplingParams {
+            seed: 43,
+            ..params.sampling.unwrap()
+        }),
+        ..params.clone()
+    };
+    let c = run(
+        &model,
+        &mut model.new_cache(64, 4).unwrap(),
+        PROMPT,
+        &other,
+        &mut HeadDrafts,
+    );
     assert_ne!(a.tokens, c.tokens);
 }

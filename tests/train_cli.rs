@@ -13,7 +13,8 @@ fn bin() -> Command {
     static CACHE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     let cache = CACHE.get_or_init(|| tempfile::tempdir().unwrap());
     let mut c = Command::new(env!("CARGO_BIN_EXE_foresight"));
-    c.stdin(Stdio::null()).env("FORESIGHT_TOKEN_CACHE", cache.path());
+    c.stdin(Stdio::null())
+        .env("FORESIGHT_TOKEN_CACHE", cache.path());
     c
 }
 
@@ -21,8 +22,30 @@ const STEPS: &str = "200";
 
 fn start(repo: &Path, out: &Path) -> Child {
     bin()
-        .args(["train", "--config", "tiny", "--heads", "2", "--seq-len", "32", "--batch-size", "2", "--steps", STEPS])
-        .args(["--lr", "3e-3", "--eval-every", "50", "--checkpoint-every", "10", "--valid-fraction", "0.2", "--no-progress"])
+        .args([
+            "train",
+            "--config",
+            "tiny",
+            "--heads",
+            "2",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "2",
+            "--steps",
+            STEPS,
+        ])
+        .args([
+            "--lr",
+            "3e-3",
+            "--eval-every",
+            "50",
+            "--checkpoint-every",
+            "10",
+            "--valid-fraction",
+            "0.2",
+            "--no-progress",
+        ])
         .arg("--repo")
         .arg(repo)
         .arg("--out")
@@ -34,18 +57,31 @@ fn start(repo: &Path, out: &Path) -> Child {
 }
 
 fn resume(out: &Path) {
-    let o = bin().args(["train", "--resume", "--no-progress", "--out"]).arg(out).output().unwrap();
-    assert!(o.status.success(), "resume failed: {}", String::from_utf8_lossy(&o.stderr));
+    let o = bin()
+        .args(["train", "--resume", "--no-progress", "--out"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "resume failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn train_lines(out: &Path) -> usize {
-    std::fs::read_to_string(out.join("metrics.jsonl")).map(|t| t.lines().filter(|l| l.contains("\"train\"")).count()).unwrap_or(0)
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .map(|t| t.lines().filter(|l| l.contains("\"train\"")).count())
+        .unwrap_or(0)
 }
 
 /// Waits (without a deadline on the result: the process finishing first fails the test) until `ready`.
 fn wait_until(child: &mut Child, ready: impl Fn() -> bool) {
     while !ready() {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be interrupted"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -72,7 +108,10 @@ fn interrupted_and_killed_runs_resume_to_the_uninterrupted_result() {
     let status = start(repo.path(), &whole).wait().unwrap();
     assert!(status.success());
     let reference = curve(&whole);
-    assert_eq!(reference.iter().filter(|r| r["kind"] == "train").count(), 200);
+    assert_eq!(
+        reference.iter().filter(|r| r["kind"] == "train").count(),
+        200
+    );
 
     // Ctrl-C: the run writes a checkpoint after the current step and exits with 130.
     let int = tmp.path().join("sigint");
@@ -83,8 +122,14 @@ fn interrupted_and_killed_runs_resume_to_the_uninterrupted_result() {
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("--resume"), "tells how to continue: {stderr}");
-    assert!(!int.join("model.safetensors").exists(), "the run did not finish");
+    assert!(
+        stderr.contains("--resume"),
+        "tells how to continue: {stderr}"
+    );
+    assert!(
+        !int.join("model.safetensors").exists(),
+        "the run did not finish"
+    );
     resume(&int);
     assert_eq!(curve(&int), reference);
 
@@ -94,7 +139,10 @@ fn interrupted_and_killed_runs_resume_to_the_uninterrupted_result() {
     wait_until(&mut child, || killed.join("checkpoints/latest").exists());
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!killed.join("model.safetensors").exists(), "the run did not finish");
+    assert!(
+        !killed.join("model.safetensors").exists(),
+        "the run did not finish"
+    );
     resume(&killed);
     assert_eq!(curve(&killed), reference);
     let weights = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
@@ -119,15 +167,59 @@ fn the_command_line_refuses_clearly() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--out", out_s, "--config", "tiny"], "--repo"),
         (vec!["--repo", repo_s, "--out", out_s], "--base DIR"),
-        (vec!["--repo", repo_s, "--out", out_s, "--base", "/no/such/model"], "/no/such/model"),
-        (vec!["--repo", repo_s, "--out", out_s, "--config", "tiny", "--seq-len", "100000"], "over the model's context"),
-        (vec!["--repo", tmp.path().to_str().unwrap(), "--out", out_s, "--config", "tiny"], "no usable source files"),
+        (
+            vec!["--repo", repo_s, "--out", out_s, "--base", "/no/such/model"],
+            "/no/such/model",
+        ),
+        (
+            vec![
+                "--repo",
+                repo_s,
+                "--out",
+                out_s,
+                "--config",
+                "tiny",
+                "--seq-len",
+                "100000",
+            ],
+            "over the model's context",
+        ),
+        (
+            vec![
+                "--repo",
+                tmp.path().to_str().unwrap(),
+                "--out",
+                out_s,
+                "--config",
+                "tiny",
+            ],
+            "no usable source files",
+        ),
         (vec!["--resume", "--out", out_s], "no checkpoint"),
-        (vec!["--resume", "--out", out_s, "--steps", "5"], "remove --steps"),
+        (
+            vec!["--resume", "--out", out_s, "--steps", "5"],
+            "remove --steps",
+        ),
         // The cache is not a run option: allowed with --resume (this one fails later, on the checkpoint).
-        (vec!["--resume", "--out", out_s, "--no-token-cache"], "no checkpoint"),
-        (vec!["--resume", "--out", out_s, "--token-cache", out_s], "no checkpoint"),
-        (vec!["--resume", "--out", out_s, "--token-cache", out_s, "--no-token-cache"], "cannot be used with"),
+        (
+            vec!["--resume", "--out", out_s, "--no-token-cache"],
+            "no checkpoint",
+        ),
+        (
+            vec!["--resume", "--out", out_s, "--token-cache", out_s],
+            "no checkpoint",
+        ),
+        (
+            vec![
+                "--resume",
+                "--out",
+                out_s,
+                "--token-cache",
+                out_s,
+                "--no-token-cache",
+            ],
+            "cannot be used with",
+        ),
     ];
     for (args, needle) in cases {
         let stderr = run(&args);

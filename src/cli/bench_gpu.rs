@@ -85,11 +85,20 @@ pub fn preset_config(name: &str) -> Option<ModelConfig> {
 
 /// Bytes of weights one forward pass reads with `heads_used` heads: embedding row(s) aside, every
 /// trunk layer, the used head layers, the final norm and the unembedding.
-pub fn weight_bytes_per_step(cfg: &ModelConfig, heads_used: usize, bytes_per_param: usize) -> usize {
+pub fn weight_bytes_per_step(
+    cfg: &ModelConfig,
+    heads_used: usize,
+    bytes_per_param: usize,
+) -> usize {
     let c = param_counts(cfg);
-    let per_head = if cfg.n_heads() == 0 { 0 } else { c.heads / cfg.n_heads() };
+    let per_head = if cfg.n_heads() == 0 {
+        0
+    } else {
+        c.heads / cfg.n_heads()
+    };
     let unembed = cfg.vocab_size * cfg.hidden_size;
-    (c.trunk + per_head * heads_used.min(cfg.n_heads()) + unembed + cfg.hidden_size) * bytes_per_param
+    (c.trunk + per_head * heads_used.min(cfg.n_heads()) + unembed + cfg.hidden_size)
+        * bytes_per_param
 }
 
 /// Milliseconds to stream `bytes` once at `bytes_per_s`.
@@ -122,13 +131,22 @@ pub fn fit_prompt(wanted: usize, new_tokens: usize, max_positions: usize) -> usi
 
 /// Comma-separated positive integers.
 pub fn parse_list(s: &str) -> Result<Vec<usize>> {
-    s.split(',').filter(|x| !x.trim().is_empty()).map(|x| x.trim().parse::<usize>().with_context(|| format!("not a number: {x:?}"))).collect()
+    s.split(',')
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| {
+            x.trim()
+                .parse::<usize>()
+                .with_context(|| format!("not a number: {x:?}"))
+        })
+        .collect()
 }
 
 /// Deterministic pseudo-code token ids in `3..vocab` (the prompt content does not matter for speed).
 pub fn synthetic_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let span = (vocab.max(4) - 3) as u64;
-    (0..n as u64).map(|i| (3 + (i.wrapping_mul(2654435761).wrapping_add(seed * 40503) % span)) as u32).collect()
+    (0..n as u64)
+        .map(|i| (3 + (i.wrapping_mul(2654435761).wrapping_add(seed * 40503) % span)) as u32)
+        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -243,15 +261,39 @@ fn time_prefill(model: &MtpModel, n: usize, repeats: usize) -> Result<PrefillRow
         }
     }
     let ms = median(samples);
-    Ok(PrefillRow { tokens: n, ms, tokens_per_s: n as f64 / (ms / 1e3) })
+    Ok(PrefillRow {
+        tokens: n,
+        ms,
+        tokens_per_s: n as f64 / (ms / 1e3),
+    })
 }
 
-fn run_generate(model: &MtpModel, prompt: &[u32], max_tokens: usize, spec: bool) -> Result<foresight::decode::Generation> {
+fn run_generate(
+    model: &MtpModel,
+    prompt: &[u32],
+    max_tokens: usize,
+    spec: bool,
+) -> Result<foresight::decode::Generation> {
     let heads = if spec { model.n_heads() } else { 1 };
     let mut cache = model.new_cache(prompt.len() + max_tokens + CACHE_SLACK, heads)?;
-    let params = GenerateParams { max_tokens, max_draft_len: model.n_heads().saturating_sub(1).max(1), ..Default::default() };
-    let mut drafter: Box<dyn DraftSource> = if spec { Box::new(HeadDrafts) } else { Box::new(NoDrafts) };
-    let g = generate(model, &mut cache, prompt, &params, drafter.as_mut(), &Control::default())?;
+    let params = GenerateParams {
+        max_tokens,
+        max_draft_len: model.n_heads().saturating_sub(1).max(1),
+        ..Default::default()
+    };
+    let mut drafter: Box<dyn DraftSource> = if spec {
+        Box::new(HeadDrafts)
+    } else {
+        Box::new(NoDrafts)
+    };
+    let g = generate(
+        model,
+        &mut cache,
+        prompt,
+        &params,
+        drafter.as_mut(),
+        &Control::default(),
+    )?;
     sync(model.device())?;
     Ok(g)
 }
@@ -265,7 +307,11 @@ fn modes(model: &MtpModel) -> Vec<(&'static str, bool)> {
 }
 
 fn time_decode(model: &MtpModel, args: &BenchGpuArgs) -> Result<Vec<DecodeRow>> {
-    let n = fit_prompt(args.prompt_tokens, args.new_tokens.max(args.completion_tokens), model.max_positions());
+    let n = fit_prompt(
+        args.prompt_tokens,
+        args.new_tokens.max(args.completion_tokens),
+        model.max_positions(),
+    );
     let prompt = synthetic_tokens(n, model.vocab_size(), 2);
     let mut rows = Vec::new();
     for (mode, spec) in modes(model) {
@@ -293,7 +339,11 @@ fn time_decode(model: &MtpModel, args: &BenchGpuArgs) -> Result<Vec<DecodeRow>> 
 }
 
 fn time_completion(model: &MtpModel, args: &BenchGpuArgs) -> Result<Vec<CompletionRow>> {
-    let n = fit_prompt(args.prompt_tokens, args.new_tokens.max(args.completion_tokens), model.max_positions());
+    let n = fit_prompt(
+        args.prompt_tokens,
+        args.new_tokens.max(args.completion_tokens),
+        model.max_positions(),
+    );
     let prompt = synthetic_tokens(n, model.vocab_size(), 3);
     let mut rows = Vec::new();
     for (mode, spec) in modes(model) {
@@ -305,7 +355,12 @@ fn time_completion(model: &MtpModel, args: &BenchGpuArgs) -> Result<Vec<Completi
                 samples.push(t0.elapsed().as_secs_f64() * 1e3);
             }
         }
-        rows.push(CompletionRow { mode, prompt_tokens: prompt.len(), new_tokens: args.completion_tokens, latency_ms: median(samples) });
+        rows.push(CompletionRow {
+            mode,
+            prompt_tokens: prompt.len(),
+            new_tokens: args.completion_tokens,
+            latency_ms: median(samples),
+        });
     }
     Ok(rows)
 }
@@ -330,21 +385,32 @@ fn time_train(cfg: &ModelConfig, device: &Device, args: &BenchGpuArgs) -> Result
     use foresight::train::params::{ParamSet, Trainable};
     use foresight::train::LossOrder;
 
-    let tensors = random_model(cfg, device, DType::F32, 11)?.named_tensors().into_iter().collect();
+    let tensors = random_model(cfg, device, DType::F32, 11)?
+        .named_tensors()
+        .into_iter()
+        .collect();
     let params = ParamSet::new(cfg, tensors, Trainable::All)?;
     let compute = weight_dtype(device);
     let vars: Vec<candle_core::Var> = params.trainable().into_iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(vars.clone(), AdamWConfig::default())?;
     let weights = vec![1.0f32; cfg.n_heads()];
-    let windows: Vec<Vec<u32>> =
-        (0..args.train_batch).map(|b| synthetic_tokens(args.train_seq + 1, cfg.vocab_size, 100 + b as u64)).collect();
+    let windows: Vec<Vec<u32>> = (0..args.train_batch)
+        .map(|b| synthetic_tokens(args.train_seq + 1, cfg.vocab_size, 100 + b as u64))
+        .collect();
     let windows = windows_tensor(&windows, device)?;
     let mut samples = Vec::new();
     for step in 0..=args.train_steps {
         sync(device)?;
         let t0 = Instant::now();
         let model = params.training_model(compute)?;
-        let out = batch_grads(&model, &vars, true, &windows, &weights, LossOrder::Sequential)?;
+        let out = batch_grads(
+            &model,
+            &vars,
+            true,
+            &windows,
+            &weights,
+            LossOrder::Sequential,
+        )?;
         opt.step(&out.grads, 1e-4)?;
         sync(device)?;
         if step > 0 {
@@ -372,8 +438,18 @@ fn check_logits(model: &MtpModel) -> Result<Vec<Tensor>> {
     let tokens = synthetic_tokens(70, model.vocab_size(), 5);
     let mut cache = model.new_cache(80, model.n_heads())?;
     let mut out = Vec::new();
-    for chunk in [&tokens[..64], &tokens[64..65], &tokens[65..66], &tokens[66..70]] {
-        out.push(model.forward(&mut cache, chunk, Logits::All)?.logits.to_device(&Device::Cpu)?);
+    for chunk in [
+        &tokens[..64],
+        &tokens[64..65],
+        &tokens[65..66],
+        &tokens[66..70],
+    ] {
+        out.push(
+            model
+                .forward(&mut cache, chunk, Logits::All)?
+                .logits
+                .to_device(&Device::Cpu)?,
+        );
     }
     Ok(out)
 }
@@ -384,7 +460,10 @@ fn compare(reference: &[Tensor], got: &[Tensor]) -> Result<(f32, f32, f64)> {
     for (r, g) in reference.iter().zip(got) {
         diff = diff.max(max_abs(&(r - g)?)?);
         scale = scale.max(max_abs(r)?);
-        let (ra, ga) = (r.argmax(1)?.to_vec1::<u32>()?, g.argmax(1)?.to_vec1::<u32>()?);
+        let (ra, ga) = (
+            r.argmax(1)?.to_vec1::<u32>()?,
+            g.argmax(1)?.to_vec1::<u32>()?,
+        );
         agree += ra.iter().zip(&ga).filter(|(a, b)| a == b).count();
         rows += ra.len();
     }
@@ -394,7 +473,11 @@ fn compare(reference: &[Tensor], got: &[Tensor]) -> Result<(f32, f32, f64)> {
 /// Relative logit error accepted between bf16 on the GPU and f32 on the CPU (see tests/gpu_paths.rs).
 pub const BF16_RELATIVE_TOLERANCE: f32 = 0.1;
 
-fn device_checks(name: &str, cpu_model: &MtpModel, gpu_model: &mut MtpModel) -> Result<Vec<CheckRow>> {
+fn device_checks(
+    name: &str,
+    cpu_model: &MtpModel,
+    gpu_model: &mut MtpModel,
+) -> Result<Vec<CheckRow>> {
     let mut rows = Vec::new();
     let cpu = check_logits(cpu_model)?;
     let default = check_logits(gpu_model)?;
@@ -405,12 +488,24 @@ fn device_checks(name: &str, cpu_model: &MtpModel, gpu_model: &mut MtpModel) -> 
     gpu_model.set_kernels(Kernels::Fused);
     // Named after the device the "gpu" model really ran on: a CPU smoke run compares the CPU
     // with itself, and must not report a GPU check.
-    let dev = if gpu_model.device().is_cuda() { "gpu" } else { "cpu_smoke" };
+    let dev = if gpu_model.device().is_cuda() {
+        "gpu"
+    } else {
+        "cpu_smoke"
+    };
     for (check, reference, got) in [
         (format!("{dev}_vs_cpu_logits"), &cpu, &default),
         (format!("{dev}_plain_attention_vs_cpu_logits"), &cpu, &plain),
-        (format!("default_vs_plain_attention_{dev}"), &plain, &default),
-        (format!("fused_attention_everywhere_vs_plain_{dev}"), &plain, &forced),
+        (
+            format!("default_vs_plain_attention_{dev}"),
+            &plain,
+            &default,
+        ),
+        (
+            format!("fused_attention_everywhere_vs_plain_{dev}"),
+            &plain,
+            &forced,
+        ),
     ] {
         let (diff, scale, agree) = compare(reference, got)?;
         let rel = diff / scale.max(1e-6);
@@ -425,7 +520,8 @@ fn device_checks(name: &str, cpu_model: &MtpModel, gpu_model: &mut MtpModel) -> 
     let mut tokens_per_forward = Vec::new();
     if gpu_model.n_heads() > 1 {
         for seed in 0..4 {
-            let prompt = synthetic_tokens(100 + 37 * seed as usize, gpu_model.vocab_size(), 20 + seed);
+            let prompt =
+                synthetic_tokens(100 + 37 * seed as usize, gpu_model.vocab_size(), 20 + seed);
             let plain = run_generate(gpu_model, &prompt, 64, false)?;
             let spec = run_generate(gpu_model, &prompt, 64, true)?;
             total += 1;
@@ -433,7 +529,14 @@ fn device_checks(name: &str, cpu_model: &MtpModel, gpu_model: &mut MtpModel) -> 
             if plain.tokens == spec.tokens {
                 identical += 1;
             } else {
-                first_mismatch.push(plain.tokens.iter().zip(&spec.tokens).take_while(|(a, b)| a == b).count());
+                first_mismatch.push(
+                    plain
+                        .tokens
+                        .iter()
+                        .zip(&spec.tokens)
+                        .take_while(|(a, b)| a == b)
+                        .count(),
+                );
             }
         }
         rows.push(CheckRow {
@@ -445,7 +548,13 @@ fn device_checks(name: &str, cpu_model: &MtpModel, gpu_model: &mut MtpModel) -> 
     Ok(rows)
 }
 
-fn bench_target(name: &str, model: &mut MtpModel, cfg_for_train: Option<&ModelConfig>, args: &BenchGpuArgs, budget: &Budget) -> Result<TargetReport> {
+fn bench_target(
+    name: &str,
+    model: &mut MtpModel,
+    cfg_for_train: Option<&ModelConfig>,
+    args: &BenchGpuArgs,
+    budget: &Budget,
+) -> Result<TargetReport> {
     let cfg = model.config().clone();
     let bpp = if model.dtype() == DType::F32 { 4 } else { 2 };
     let plain_bytes = weight_bytes_per_step(&cfg, 1, bpp);
@@ -455,14 +564,19 @@ fn bench_target(name: &str, model: &mut MtpModel, cfg_for_train: Option<&ModelCo
         weight_dtype: format!("{:?}", model.dtype()),
         plain_step_weight_bytes: plain_bytes,
         plain_step_floor_ms: floor_ms(plain_bytes, HBM_BYTES_PER_S),
-        spec_step_floor_ms: floor_ms(weight_bytes_per_step(&cfg, cfg.n_heads(), bpp), HBM_BYTES_PER_S),
+        spec_step_floor_ms: floor_ms(
+            weight_bytes_per_step(&cfg, cfg.n_heads(), bpp),
+            HBM_BYTES_PER_S,
+        ),
         config: Some(cfg.clone()),
         ..Default::default()
     };
     let max_len = model.max_positions();
     for n in parse_list(&args.prefill)? {
         if n > max_len {
-            r.skipped.push(format!("prefill {n}: longer than the model's {max_len} positions"));
+            r.skipped.push(format!(
+                "prefill {n}: longer than the model's {max_len} positions"
+            ));
         } else if budget.left() {
             eprintln!("[{name}] prefill {n}");
             r.prefill.push(time_prefill(model, n, args.repeats)?);
@@ -476,7 +590,9 @@ fn bench_target(name: &str, model: &mut MtpModel, cfg_for_train: Option<&ModelCo
         bail!("{name} holds {max_len} positions: too few for {longest} new tokens");
     }
     if prompt < args.prompt_tokens {
-        r.skipped.push(format!("prompt shortened to {prompt} tokens to fit {name}'s {max_len} positions"));
+        r.skipped.push(format!(
+            "prompt shortened to {prompt} tokens to fit {name}'s {max_len} positions"
+        ));
     }
     if budget.left() {
         eprintln!("[{name}] decode");
@@ -517,7 +633,10 @@ fn write_report(path: &Path, report: &Report) -> Result<()> {
 }
 
 pub fn bench_gpu(args: BenchGpuArgs) -> Result<()> {
-    let budget = Budget { start: Instant::now(), secs: args.budget_secs };
+    let budget = Budget {
+        start: Instant::now(),
+        secs: args.budget_secs,
+    };
     let device = args.device.device()?;
     if device.is_cpu() && !matches!(args.device, DeviceChoice::Cpu) {
         bail!("no GPU found (build with --features cuda on a machine with one), or pass --device cpu for a smoke run");
@@ -530,25 +649,47 @@ pub fn bench_gpu(args: BenchGpuArgs) -> Result<()> {
         hbm_bytes_per_s: HBM_BYTES_PER_S,
         targets: Vec::new(),
     };
-    let presets: Vec<String> = args.preset.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty() && s != "none").collect();
+    let presets: Vec<String> = args
+        .preset
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty() && s != "none")
+        .collect();
     for p in &presets {
-        let cfg = preset_config(p).with_context(|| format!("unknown preset {p:?}: use 1b, tiny or none"))?;
-        eprintln!("[{p}] random weights, {} parameters, {dtype:?}", param_counts(&cfg).total());
+        let cfg = preset_config(p)
+            .with_context(|| format!("unknown preset {p:?}: use 1b, tiny or none"))?;
+        eprintln!(
+            "[{p}] random weights, {} parameters, {dtype:?}",
+            param_counts(&cfg).total()
+        );
         let mut model = random_model(&cfg, &device, dtype, 7)?;
         let mut r = bench_target(p, &mut model, Some(&cfg), &args, &budget)?;
         if args.check && p == "tiny" {
             let spec = TinySpec::default();
             let cpu = spec.model()?;
-            let mut gpu = model_from_tensors(&cfg, cpu.named_tensors().into_iter().map(|(n, t)| Ok((n, t.to_device(&device)?.to_dtype(dtype)?))).collect::<Result<_>>()?, dtype, &device)?;
+            let mut gpu = model_from_tensors(
+                &cfg,
+                cpu.named_tensors()
+                    .into_iter()
+                    .map(|(n, t)| Ok((n, t.to_device(&device)?.to_dtype(dtype)?)))
+                    .collect::<Result<_>>()?,
+                dtype,
+                &device,
+            )?;
             r.checks = device_checks(p, &cpu, &mut gpu)?;
         }
         report.targets.push(r);
         write_report(&args.out, &report)?;
     }
-    let dirs = if args.model.is_empty() { super::default_model_dir().into_iter().collect() } else { args.model.clone() };
+    let dirs = if args.model.is_empty() {
+        super::default_model_dir().into_iter().collect()
+    } else {
+        args.model.clone()
+    };
     for dir in dirs {
         let name = dir.display().to_string();
-        let loaded = load_dir(&dir, &device, dtype).with_context(|| format!("cannot load model {name}"))?;
+        let loaded =
+            load_dir(&dir, &device, dtype).with_context(|| format!("cannot load model {name}"))?;
         let mut model = loaded.model;
         let mut r = bench_target(&name, &mut model, None, &args, &budget)?;
         if args.check {
@@ -559,8 +700,18 @@ pub fn bench_gpu(args: BenchGpuArgs) -> Result<()> {
         write_report(&args.out, &report)?;
     }
     write_report(&args.out, &report)?;
-    let failed: Vec<&str> = report.targets.iter().flat_map(|t| &t.checks).filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
-    eprintln!("wrote {} ({:.0} s)", args.out.display(), budget.start.elapsed().as_secs_f64());
+    let failed: Vec<&str> = report
+        .targets
+        .iter()
+        .flat_map(|t| &t.checks)
+        .filter(|c| !c.passed)
+        .map(|c| c.name.as_str())
+        .collect();
+    eprintln!(
+        "wrote {} ({:.0} s)",
+        args.out.display(),
+        budget.start.elapsed().as_secs_f64()
+    );
     if !failed.is_empty() {
         bail!("device checks failed: {}", failed.join(", "));
     }
@@ -573,7 +724,12 @@ mod tests {
 
     #[test]
     fn median_table() {
-        let cases: [(Vec<f64>, f64); 4] = [(vec![], 0.0), (vec![3.0], 3.0), (vec![5.0, 1.0, 3.0], 3.0), (vec![4.0, 1.0, 2.0, 3.0], 2.5)];
+        let cases: [(Vec<f64>, f64); 4] = [
+            (vec![], 0.0),
+            (vec![3.0], 3.0),
+            (vec![5.0, 1.0, 3.0], 3.0),
+            (vec![4.0, 1.0, 2.0, 3.0], 2.5),
+        ];
         for (xs, want) in cases {
             assert_eq!(median(xs.clone()), want, "{xs:?}");
         }
@@ -596,14 +752,24 @@ mod tests {
         // 12 trunk layers + 1 head layer + unembedding, in bf16.
         let layer = param_counts(&cfg).heads / 4;
         assert_eq!(spec - plain, 3 * layer * 2);
-        assert!((0.3..0.6).contains(&floor_ms(plain, HBM_BYTES_PER_S)), "{}", floor_ms(plain, HBM_BYTES_PER_S));
+        assert!(
+            (0.3..0.6).contains(&floor_ms(plain, HBM_BYTES_PER_S)),
+            "{}",
+            floor_ms(plain, HBM_BYTES_PER_S)
+        );
         assert_eq!(floor_ms(4_300_000_000, 4.3e12), 1.0);
     }
 
     #[test]
     fn fit_prompt_table() {
         // (wanted, new tokens, max positions) -> prompt length
-        let cases = [((1024, 128, 4096), 1024), ((1024, 128, 1024), 880), ((1024, 2000, 1024), 0), ((10, 5, 31), 10), ((10, 5, 30), 9)];
+        let cases = [
+            ((1024, 128, 4096), 1024),
+            ((1024, 128, 1024), 880),
+            ((1024, 2000, 1024), 0),
+            ((10, 5, 31), 10),
+            ((10, 5, 30), 9),
+        ];
         for ((wanted, new, max), want) in cases {
             assert_eq!(fit_prompt(wanted, new, max), want, "{wanted} {new} {max}");
         }

@@ -38,13 +38,21 @@ pub struct BenchTrainArgs {
 fn default_python() -> PathBuf {
     let venv = std::env::var_os("FORESIGHT_HF_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cache/foresight/venv-hf"));
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".cache/foresight/venv-hf")
+        });
     venv.join("bin/python")
 }
 
 /// Parses the reference's one output line `tokens_per_s=.. ms_per_step=.. params=..`.
 fn parse_reference(line: &str) -> Option<Throughput> {
-    let field = |name: &str| line.split_whitespace().find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='));
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
     Some(Throughput {
         tokens_per_s: field("tokens_per_s")?.parse().ok()?,
         ms_per_step: field("ms_per_step")?.parse().ok()?,
@@ -56,14 +64,30 @@ fn run_reference(python: &str, args: &BenchTrainArgs, threads: usize) -> Result<
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/torch_train_reference.py");
     let out = Command::new(python)
         .arg(&script)
-        .args([args.heads, args.trunk_layers, args.steps, threads, args.scale].map(|v| v.to_string()))
+        .args(
+            [
+                args.heads,
+                args.trunk_layers,
+                args.steps,
+                threads,
+                args.scale,
+            ]
+            .map(|v| v.to_string()),
+        )
         .output()
         .with_context(|| format!("running the PyTorch reference with {python}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!("the PyTorch reference failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "the PyTorch reference failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
-    stdout.lines().find_map(parse_reference).with_context(|| format!("no result line in the PyTorch reference's output: {stdout:?}"))
+    stdout
+        .lines()
+        .find_map(parse_reference)
+        .with_context(|| format!("no result line in the PyTorch reference's output: {stdout:?}"))
 }
 
 pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
@@ -85,12 +109,24 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         }
     };
     let shapes = Shapes::default_model(args.trunk_layers, args.heads, args.scale);
-    eprintln!("measuring {} + 1 steps per trainer on {threads} threads: {shapes:?}", args.steps);
-    let mut rows: Vec<(&str, Throughput)> = vec![("foresight train (fused training kernels)", measure(&shapes, Kernels::Training, args.steps)?)];
+    eprintln!(
+        "measuring {} + 1 steps per trainer on {threads} threads: {shapes:?}",
+        args.steps
+    );
+    let mut rows: Vec<(&str, Throughput)> = vec![(
+        "foresight train (fused training kernels)",
+        measure(&shapes, Kernels::Training, args.steps)?,
+    )];
     if args.plain {
-        rows.push(("foresight train (plain differentiable ops)", measure(&shapes, Kernels::Differentiable, args.steps)?));
+        rows.push((
+            "foresight train (plain differentiable ops)",
+            measure(&shapes, Kernels::Differentiable, args.steps)?,
+        ));
     }
-    let reference = python.as_deref().map(|p| run_reference(p, &args, threads)).transpose()?;
+    let reference = python
+        .as_deref()
+        .map(|p| run_reference(p, &args, threads))
+        .transpose()?;
     println!(
         "n={} trunk={} d={} seq={} batch={} vocab={} threads={threads}",
         args.heads, args.trunk_layers, shapes.hidden, shapes.seq_len, shapes.batch, shapes.vocab
@@ -98,11 +134,21 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     println!("| trainer | params | ms/step | tokens/s | vs PyTorch |");
     println!("|---|---|---|---|---|");
     if let Some(r) = &reference {
-        rows.push(("PyTorch eager f32 (scripts/torch_train_reference.py)", r.clone()));
+        rows.push((
+            "PyTorch eager f32 (scripts/torch_train_reference.py)",
+            r.clone(),
+        ));
     }
     for (name, t) in &rows {
-        let ratio = reference.as_ref().map_or("-".to_string(), |r| format!("{:.2}x", t.tokens_per_s / r.tokens_per_s));
-        println!("| {name} | {:.2}M | {:.0} | {:.0} | {ratio} |", t.params as f64 / 1e6, t.ms_per_step, t.tokens_per_s);
+        let ratio = reference.as_ref().map_or("-".to_string(), |r| {
+            format!("{:.2}x", t.tokens_per_s / r.tokens_per_s)
+        });
+        println!(
+            "| {name} | {:.2}M | {:.0} | {:.0} | {ratio} |",
+            t.params as f64 / 1e6,
+            t.ms_per_step,
+            t.tokens_per_s
+        );
     }
     Ok(())
 }
@@ -114,7 +160,10 @@ mod tests {
     #[test]
     fn reference_line_parses() {
         let t = parse_reference("tokens_per_s=1389.5 ms_per_step=1474.0 params=8524032").unwrap();
-        assert_eq!((t.tokens_per_s, t.ms_per_step, t.params), (1389.5, 1474.0, 8524032));
+        assert_eq!(
+            (t.tokens_per_s, t.ms_per_step, t.params),
+            (1389.5, 1474.0, 8524032)
+        );
         assert!(parse_reference("params 12").is_none());
         assert!(parse_reference("tokens_per_s=x ms_per_step=1 params=1").is_none());
     }

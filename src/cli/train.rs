@@ -11,7 +11,9 @@ use clap::Args;
 use foresight::train::corpus::{kept_report, skip_report};
 use foresight::train::fim::FimRates;
 use foresight::train::optim::AdamWConfig;
-use foresight::train::{self as tr, Control, LossOrder, ModelInit, Outcome, RunLength, TrainOptions};
+use foresight::train::{
+    self as tr, Control, LossOrder, ModelInit, Outcome, RunLength, TrainOptions,
+};
 
 /// `foresight train`. Run options are optional here so that `--resume` can refuse them: a resumed
 /// run keeps the options it started with. Defaults are applied in `options()`.
@@ -201,7 +203,9 @@ impl TrainArgs {
 
     /// How the corpus is tokenized: through the cache unless it is disabled or has no home.
     fn tokenization(&self) -> tr::Tokenization {
-        match tr::token_cache::resolve_dir(self.token_cache.as_deref(), self.no_token_cache, |k| std::env::var_os(k)) {
+        match tr::token_cache::resolve_dir(self.token_cache.as_deref(), self.no_token_cache, |k| {
+            std::env::var_os(k)
+        }) {
             Some(dir) => tr::Tokenization::Cached(dir),
             None => tr::Tokenization::Direct,
         }
@@ -238,7 +242,10 @@ impl TrainArgs {
         if self.shard_mib == Some(0) {
             bail!("--shard-mib must be at least 1");
         }
-        o.save = foresight::model::weights::SaveOptions { bf16: self.save_bf16, max_shard_bytes: self.shard_mib.map(|m| m << 20) };
+        o.save = foresight::model::weights::SaveOptions {
+            bf16: self.save_bf16,
+            max_shard_bytes: self.shard_mib.map(|m| m << 20),
+        };
         o.lr = self.lr.unwrap_or(if finetune { 1e-4 } else { 3e-4 });
         o.min_lr_ratio = self.min_lr_ratio.unwrap_or(o.min_lr_ratio);
         o.warmup_steps = self.warmup_steps;
@@ -250,7 +257,10 @@ impl TrainArgs {
         };
         o.clip_norm = self.clip_norm.unwrap_or(o.clip_norm);
         o.seed = self.seed.unwrap_or(o.seed);
-        o.fim = FimRates { fim_rate: self.fim_rate.unwrap_or(o.fim.fim_rate), spm_rate: self.spm_rate.unwrap_or(o.fim.spm_rate) };
+        o.fim = FimRates {
+            fim_rate: self.fim_rate.unwrap_or(o.fim.fim_rate),
+            spm_rate: self.spm_rate.unwrap_or(o.fim.spm_rate),
+        };
         o.head_weights = self.head_weights.clone().unwrap_or_default();
         o.loss_order = self.loss_order.unwrap_or_default();
         o.checkpoint_every = self.checkpoint_every.unwrap_or(o.checkpoint_every);
@@ -268,8 +278,18 @@ impl TrainArgs {
 fn report(prepared: &tr::Prepared, verbose: bool) {
     let c = &prepared.corpus;
     let kept = c.train.len() + c.valid.len();
-    let langs: Vec<String> = c.languages().iter().map(|(l, n)| format!("{l} {n}")).collect();
-    eprintln!("files: {kept} kept ({} train, {} validation; {}), {} skipped", c.train.len(), c.valid.len(), langs.join(", "), c.skipped_count());
+    let langs: Vec<String> = c
+        .languages()
+        .iter()
+        .map(|(l, n)| format!("{l} {n}"))
+        .collect();
+    eprintln!(
+        "files: {kept} kept ({} train, {} validation; {}), {} skipped",
+        c.train.len(),
+        c.valid.len(),
+        langs.join(", "),
+        c.skipped_count()
+    );
     for line in skip_report(c, verbose) {
         eprintln!("{line}");
     }
@@ -306,7 +326,11 @@ fn report(prepared: &tr::Prepared, verbose: bool) {
         o.lr,
         o.loss_order,
         match &prepared.resumed_from {
-            Some(dir) => format!(", resuming at step {} from {}", prepared.step(), dir.display()),
+            Some(dir) => format!(
+                ", resuming at step {} from {}",
+                prepared.step(),
+                dir.display()
+            ),
             None => String::new(),
         }
     );
@@ -317,12 +341,18 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let prepared = if args.resume {
         let given = args.given_run_options();
         if !given.is_empty() {
-            bail!("--resume continues the run in {} with the options it started with; remove {}", args.out.display(), given.join(", "));
+            bail!(
+                "--resume continues the run in {} with the options it started with; remove {}",
+                args.out.display(),
+                given.join(", ")
+            );
         }
-        tr::prepare_resume_with(&args.out, &args.tokenization()).with_context(|| format!("cannot resume the run in {}", args.out.display()))?
+        tr::prepare_resume_with(&args.out, &args.tokenization())
+            .with_context(|| format!("cannot resume the run in {}", args.out.display()))?
     } else {
         let options = args.options()?;
-        tr::prepare_with(options, args.force, &args.tokenization()).context("cannot start training")?
+        tr::prepare_with(options, args.force, &args.tokenization())
+            .context("cannot start training")?
     };
     report(&prepared, args.verbose);
     let stop = Arc::new(AtomicBool::new(false));
@@ -332,19 +362,37 @@ pub fn train(args: TrainArgs) -> Result<()> {
             eprintln!("\nsecond interrupt: exiting without a checkpoint");
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: writing a checkpoint after this step (Ctrl-C again to quit at once)");
+        eprintln!(
+            "\ninterrupt: writing a checkpoint after this step (Ctrl-C again to quit at once)"
+        );
     })
     .context("cannot install the Ctrl-C handler")?;
-    let control = Control { stop: Some(Arc::clone(&stop)), stop_after: args.stop_after, progress: !args.no_progress };
+    let control = Control {
+        stop: Some(Arc::clone(&stop)),
+        stop_after: args.stop_after,
+        progress: !args.no_progress,
+    };
     let out = args.out.clone();
     match prepared.run(&control).context("training failed")? {
-        Outcome::Finished { out, steps, last_validation } => {
+        Outcome::Finished {
+            out,
+            steps,
+            last_validation,
+        } => {
             if let Some(v) = last_validation {
                 let top1: Vec<String> = v.head_top1.iter().map(|a| format!("{a:.3}")).collect();
                 let losses: Vec<String> = v.head_losses.iter().map(|l| format!("{l:.3}")).collect();
-                eprintln!("validation: loss per head [{}], top-1 agreement per head [{}]", losses.join(", "), top1.join(", "));
+                eprintln!(
+                    "validation: loss per head [{}], top-1 agreement per head [{}]",
+                    losses.join(", "),
+                    top1.join(", ")
+                );
             }
-            eprintln!("done: {steps} steps; model written to {} (use it with --model {})", out.display(), out.display());
+            eprintln!(
+                "done: {steps} steps; model written to {} (use it with --model {})",
+                out.display(),
+                out.display()
+            );
         }
         Outcome::Interrupted { checkpoint, step } => {
             eprintln!("stopped at step {step}; checkpoint {}. Continue with: foresight train --resume --out {}", checkpoint.display(), out.display());

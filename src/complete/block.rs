@@ -27,12 +27,20 @@ impl BlockRule {
     /// The rule for a cursor whose line starts with `cursor_line_prefix` (the text from the line
     /// start up to the cursor), with no line-length limit.
     pub fn new(lines: Lines, cursor_line_prefix: &str) -> Self {
-        Self { lines, indent: indent_width(cursor_line_prefix), cursor_col: cursor_line_prefix.chars().count(), max_line_chars: 0 }
+        Self {
+            lines,
+            indent: indent_width(cursor_line_prefix),
+            cursor_col: cursor_line_prefix.chars().count(),
+            max_line_chars: 0,
+        }
     }
 
     /// The same rule, cutting single-line suggestions whose line would pass `max_line_chars`.
     pub fn with_max_line(self, max_line_chars: usize) -> Self {
-        Self { max_line_chars, ..self }
+        Self {
+            max_line_chars,
+            ..self
+        }
     }
 
     /// Characters a suggestion may put on a line that already holds `col` characters.
@@ -145,31 +153,76 @@ mod tests {
 
     #[test]
     fn block_end_table() {
-        let single = BlockRule { lines: Lines::Single, indent: 4, cursor_col: 8, max_line_chars: 0 };
-        let multi = BlockRule { lines: Lines::Multi, indent: 4, cursor_col: 8, max_line_chars: 0 };
+        let single = BlockRule {
+            lines: Lines::Single,
+            indent: 4,
+            cursor_col: 8,
+            max_line_chars: 0,
+        };
+        let multi = BlockRule {
+            lines: Lines::Multi,
+            indent: 4,
+            cursor_col: 8,
+            max_line_chars: 0,
+        };
         // A 30-character limit with the cursor at column 8 leaves 22 characters; at column 28, 16.
         let short = single.with_max_line(30);
-        let full = BlockRule { cursor_col: 28, ..short };
+        let full = BlockRule {
+            cursor_col: 28,
+            ..short
+        };
         // (text, rule, kept text)
         let cases = [
             ("foo();\nbar();", single, "foo();"),
             ("foo();", single, "foo();"),
             ("\n    foo();\n    bar();", single, "\n    foo();"),
-            ("the the the the the the the the", short, "the the the the the"), // 22 chars: "the the the the the th"
-            ("underscores________________________", short, "underscores___________"), // no space: cut at 22
+            (
+                "the the the the the the the the",
+                short,
+                "the the the the the",
+            ), // 22 chars: "the the the the the th"
+            (
+                "underscores________________________",
+                short,
+                "underscores___________",
+            ), // no space: cut at 22
             ("fits(a, b);\nnext();", short, "fits(a, b);"),
-            ("growing line with no end yet", short, "growing line with no"),
+            (
+                "growing line with no end yet",
+                short,
+                "growing line with no",
+            ),
             ("   x.y.z(1, 2, 3) + w", full, "   x.y.z(1, 2,"), // 16 chars of room at column 28
-            ("\n    let value = compute(first, second);", short, "\n    let value ="), // line 2: room 30
-            ("the the the the the the", multi.with_max_line(10), "the the the the the the"), // multi-line: no limit
-            ("let x = 1;\n    let y = 2;\n}\nfn next() {}", multi, "let x = 1;\n    let y = 2;"),
+            (
+                "\n    let value = compute(first, second);",
+                short,
+                "\n    let value =",
+            ), // line 2: room 30
+            (
+                "the the the the the the",
+                multi.with_max_line(10),
+                "the the the the the the",
+            ), // multi-line: no limit
+            (
+                "let x = 1;\n    let y = 2;\n}\nfn next() {}",
+                multi,
+                "let x = 1;\n    let y = 2;",
+            ),
             ("let x = 1;\n\n    more();", multi, "let x = 1;"),
             ("let x = 1;\n    \n    more();", multi, "let x = 1;"),
-            ("if a {\n        b();\n    }\n    c();", multi, "if a {\n        b();\n    }\n    c();"),
+            (
+                "if a {\n        b();\n    }\n    c();",
+                multi,
+                "if a {\n        b();\n    }\n    c();",
+            ),
             ("x\n    }", multi, "x"), // a closer with nothing open belongs to the enclosing block
             ("return 1\ndef g():", multi, "return 1"), // dedent below the block
             ("still growing\n    ", multi, "still growing\n    "), // incomplete last line: wait
-            ("call(a,\n        b)\n    done()", multi, "call(a,\n        b)\n    done()"),
+            (
+                "call(a,\n        b)\n    done()",
+                multi,
+                "call(a,\n        b)\n    done()",
+            ),
         ];
         for (text, rule, want) in cases {
             assert_eq!(cut_at_block_end(text, &rule), want, "{text:?} {rule:?}");
@@ -189,7 +242,7 @@ mod tests {
             ("abc", 3, None),
             ("abcd", 3, Some(3)),
             ("ab cd", 4, Some(2)),
-            ("ab  cd", 5, Some(2)),  // trailing spaces before the cut go too
+            ("ab  cd", 5, Some(2)),   // trailing spaces before the cut go too
             ("  abcdef", 4, Some(4)), // leading indentation is not a word boundary
             ("éé éé", 4, Some("éé".len())),
             ("ééééé", 2, Some("éé".len())), // a char boundary, never inside a character

@@ -51,10 +51,19 @@ impl DraftPolicy {
     pub fn choose(&mut self) -> DraftArm {
         let n = self.requests;
         self.requests += 1;
-        let (Some(heads), Some(plain)) = (self.heads.ms_per_token(), self.no_drafts.ms_per_token()) else {
-            return if self.heads.tokens == 0.0 { DraftArm::Heads } else { DraftArm::NoDrafts };
+        let (Some(heads), Some(plain)) = (self.heads.ms_per_token(), self.no_drafts.ms_per_token())
+        else {
+            return if self.heads.tokens == 0.0 {
+                DraftArm::Heads
+            } else {
+                DraftArm::NoDrafts
+            };
         };
-        let best = if heads <= plain { DraftArm::Heads } else { DraftArm::NoDrafts };
+        let best = if heads <= plain {
+            DraftArm::Heads
+        } else {
+            DraftArm::NoDrafts
+        };
         if n % EXPLORE_EVERY == EXPLORE_EVERY - 1 {
             match best {
                 DraftArm::Heads => DraftArm::NoDrafts,
@@ -101,8 +110,15 @@ mod tests {
         assert_eq!(p.choose(), NoDrafts);
         p.record(NoDrafts, 20.0, 10); // 2 ms/token
         let picks: Vec<DraftArm> = (0..EXPLORE_EVERY).map(|_| p.choose()).collect();
-        assert_eq!(picks.iter().filter(|&&a| a == NoDrafts).count() as u64, EXPLORE_EVERY - 1);
-        assert_eq!(picks.iter().filter(|&&a| a == Heads).count(), 1, "one exploration of the slower arm");
+        assert_eq!(
+            picks.iter().filter(|&&a| a == NoDrafts).count() as u64,
+            EXPLORE_EVERY - 1
+        );
+        assert_eq!(
+            picks.iter().filter(|&&a| a == Heads).count(),
+            1,
+            "one exploration of the slower arm"
+        );
         assert_eq!(p.ms_per_token(), (Some(3.0), Some(2.0)));
     }
 
@@ -117,7 +133,10 @@ mod tests {
             p.record(Heads, 40.0, 10);
         }
         let (heads, plain) = p.ms_per_token();
-        assert!(heads.unwrap() > 3.5 && plain == Some(2.0), "{heads:?} {plain:?}");
+        assert!(
+            heads.unwrap() > 3.5 && plain == Some(2.0),
+            "{heads:?} {plain:?}"
+        );
         assert_eq!(p.choose(), NoDrafts);
     }
 

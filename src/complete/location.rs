@@ -9,7 +9,11 @@ pub enum LocationError {
     #[error("line {line} is past the end: the file has {n_lines} lines")]
     LinePastEnd { line: usize, n_lines: usize },
     #[error("column {col} is past the end of line {line}, which has {n_chars} characters (the last valid column is {})", n_chars + 1)]
-    ColumnPastEnd { line: usize, col: usize, n_chars: usize },
+    ColumnPastEnd {
+        line: usize,
+        col: usize,
+        n_chars: usize,
+    },
 }
 
 /// Byte offset of (`line`, `col`), both 1-based; `col` counts Unicode characters and may be one
@@ -56,13 +60,26 @@ mod tests {
             ((1, 1), Ok(0)),
             ((1, 3), Ok(2)),
             ((2, 1), Ok(3)),
-            ((2, 3), Ok(3 + 1 + 2)),       // after 'h' and 'é' (2 bytes)
-            ((2, 4), Ok(3 + 1 + 2 + 4)),   // after the crab (4 bytes)
+            ((2, 3), Ok(3 + 1 + 2)),         // after 'h' and 'é' (2 bytes)
+            ((2, 4), Ok(3 + 1 + 2 + 4)),     // after the crab (4 bytes)
             ((2, 5), Ok(3 + 1 + 2 + 4 + 1)), // end of line, before "\r\n"
-            ((2, 6), Err(LocationError::ColumnPastEnd { line: 2, col: 6, n_chars: 4 })),
+            (
+                (2, 6),
+                Err(LocationError::ColumnPastEnd {
+                    line: 2,
+                    col: 6,
+                    n_chars: 4,
+                }),
+            ),
             ((3, 1), Ok(13)),
             ((4, 5), Ok(text.len())),
-            ((5, 1), Err(LocationError::LinePastEnd { line: 5, n_lines: 4 })),
+            (
+                (5, 1),
+                Err(LocationError::LinePastEnd {
+                    line: 5,
+                    n_lines: 4,
+                }),
+            ),
             ((0, 1), Err(LocationError::ZeroBased { line: 0, col: 1 })),
         ];
         for ((line, col), want) in cases {

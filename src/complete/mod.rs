@@ -18,11 +18,14 @@ use std::time::Instant;
 
 use tokenizers::Tokenizer;
 
-use crate::decode::{self, Control, DraftSource, GenerateParams, GenerationStats, HeadDrafts, NoDrafts, PromptLookup, StopReason};
+use crate::decode::{
+    self, Control, DraftSource, GenerateParams, GenerationStats, HeadDrafts, NoDrafts,
+    PromptLookup, StopReason,
+};
 use crate::model::{LoadedModel, ModelCache, ModelError, Result};
 
-use drafts::DraftArm;
 pub use block::BlockRule;
+use drafts::DraftArm;
 pub use policy::{LinePolicy, Lines};
 pub use prompt::{FimOrder, Prompt, PromptBudget, PromptOptions};
 
@@ -134,13 +137,22 @@ impl Engine {
         // Halves the bytes a CPU decode step reads when the weights are bf16 values (lossless).
         match loaded.model.compact_for_decode() {
             Ok(n) => tracing::debug!("{n} projections keep a bf16 copy for decoding"),
-            Err(e) => tracing::warn!("cannot keep bf16 copies of the weights, decoding reads f32: {e}"),
+            Err(e) => {
+                tracing::warn!("cannot keep bf16 copies of the weights, decoding reads f32: {e}")
+            }
         }
         let mut text_tokenizer = loaded.tokenizer.clone();
         text_tokenizer.set_encode_special_tokens(true);
         // No cache may outgrow the positions the model knows (its RoPE table / trained context).
         let cache_capacity = cache_capacity.min(loaded.model.max_positions());
-        Self { loaded, text_tokenizer, plain_cache: None, spec_cache: None, cache_capacity, drafts: drafts::DraftPolicy::default() }
+        Self {
+            loaded,
+            text_tokenizer,
+            plain_cache: None,
+            spec_cache: None,
+            cache_capacity,
+            drafts: drafts::DraftPolicy::default(),
+        }
     }
 
     pub fn loaded(&self) -> &LoadedModel {
@@ -154,7 +166,10 @@ impl Engine {
 
     /// Empties the KV caches, so the next completion prefills its whole prompt.
     pub fn clear_caches(&mut self) {
-        for cache in [&mut self.plain_cache, &mut self.spec_cache].into_iter().flatten() {
+        for cache in [&mut self.plain_cache, &mut self.spec_cache]
+            .into_iter()
+            .flatten()
+        {
             cache.truncate(0);
         }
     }
@@ -170,41 +185,75 @@ impl Engine {
         let text_room = self.text_room(params.max_tokens);
         if text_room == 0 {
             let needed = params.max_tokens + 2 + prompt::framing_tokens(special);
-            return Err(ModelError::CacheFull { capacity: self.cache_capacity, needed });
+            return Err(ModelError::CacheFull {
+                capacity: self.cache_capacity,
+                needed,
+            });
         }
         // Encoded once: counted here, placed by the prompt builder.
         let preamble_ids: Vec<u32> = match params.preamble.as_str() {
             "" => Vec::new(),
-            p => self.text_tokenizer.encode(p, false).map(|e| e.get_ids().to_vec()).unwrap_or_default(),
+            p => self
+                .text_tokenizer
+                .encode(p, false)
+                .map(|e| e.get_ids().to_vec())
+                .unwrap_or_default(),
         };
-        let (preamble_ids, room) = match text_room.checked_sub(preamble_ids.len().max(params.preamble_reserve)) {
+        let (preamble_ids, room) = match text_room
+            .checked_sub(preamble_ids.len().max(params.preamble_reserve))
+        {
             Some(room) if room >= MIN_TEXT_TOKENS.min(text_room) => (preamble_ids.as_slice(), room),
             _ => {
                 tracing::debug!("preamble of {} tokens left out: {text_room} tokens of context left for the text", preamble_ids.len());
                 (&[][..], text_room)
             }
         };
-        let opts = PromptOptions { prefix_start_hint: params.prefix_start_hint, slack_tokens: params.prefix_slack_tokens, preamble_ids };
+        let opts = PromptOptions {
+            prefix_start_hint: params.prefix_start_hint,
+            slack_tokens: params.prefix_slack_tokens,
+            preamble_ids,
+        };
         let budget = prompt::fit_budget(params.budget, room);
-        let prompt = prompt::build_prompt_with(&self.text_tokenizer, special, text, cursor, budget, params.order, &opts);
-        debug_assert!(prompt.ids.len() + params.max_tokens < self.cache_capacity, "fitted prompt overflows");
+        let prompt = prompt::build_prompt_with(
+            &self.text_tokenizer,
+            special,
+            text,
+            cursor,
+            budget,
+            params.order,
+            &opts,
+        );
+        debug_assert!(
+            prompt.ids.len() + params.max_tokens < self.cache_capacity,
+            "fitted prompt overflows"
+        );
         Ok(prompt)
     }
 
     /// Tokens of the context left for a prompt's text (preamble, prefix, suffix) once a
     /// completion of `max_tokens` and the framing tokens are set aside.
     pub fn text_room(&self, max_tokens: usize) -> usize {
-        self.cache_capacity.saturating_sub(max_tokens + 1 + prompt::framing_tokens(&self.loaded.special))
+        self.cache_capacity
+            .saturating_sub(max_tokens + 1 + prompt::framing_tokens(&self.loaded.special))
     }
 
     /// Completes `text` at byte offset `cursor`.
-    pub fn complete(&mut self, text: &str, cursor: usize, params: &CompletionParams) -> Result<Completion> {
+    pub fn complete(
+        &mut self,
+        text: &str,
+        cursor: usize,
+        params: &CompletionParams,
+    ) -> Result<Completion> {
         let t0 = Instant::now();
         let prompt = self.prompt(text, cursor, params)?;
         let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
         let model = &self.loaded.model;
         let adaptive = params.adaptive_drafts && params.mode == Mode::Spec && model.n_heads() > 1;
-        let arm = if adaptive { self.drafts.choose() } else { DraftArm::Heads };
+        let arm = if adaptive {
+            self.drafts.choose()
+        } else {
+            DraftArm::Heads
+        };
         let (cache_slot, n_heads, mut drafter): (_, _, Box<dyn DraftSource>) = match params.mode {
             Mode::Plain => (&mut self.plain_cache, 1, Box::new(NoDrafts)),
             // Without drafts the spec cache still works: its extra heads only take keys and values.
@@ -212,7 +261,9 @@ impl Engine {
                 DraftArm::Heads => (&mut self.spec_cache, model.n_heads(), Box::new(HeadDrafts)),
                 DraftArm::NoDrafts => (&mut self.spec_cache, model.n_heads(), Box::new(NoDrafts)),
             },
-            Mode::Spec | Mode::Lookup => (&mut self.plain_cache, 1, Box::new(PromptLookup::default())),
+            Mode::Spec | Mode::Lookup => {
+                (&mut self.plain_cache, 1, Box::new(PromptLookup::default()))
+            }
         };
         if cache_slot.is_none() {
             *cache_slot = Some(model.new_cache(self.cache_capacity, n_heads)?);
@@ -225,16 +276,25 @@ impl Engine {
             stop_tokens: self.loaded.special.stop_tokens(),
             max_draft_len: params.max_draft_len,
         };
-        let block_stop = params.block.map(|rule| move |t: &str| block::block_end(t, &rule));
+        let block_stop = params
+            .block
+            .map(|rule| move |t: &str| block::block_end(t, &rule));
         let control = Control {
             cancel: params.cancel.as_deref(),
             deadline: params.deadline,
             stop_strings: Some((&self.loaded.tokenizer, &params.stop_strings)),
-            stop_fn: block_stop.as_ref().map(|f| f as &dyn Fn(&str) -> Option<usize>),
+            stop_fn: block_stop
+                .as_ref()
+                .map(|f| f as &dyn Fn(&str) -> Option<usize>),
         };
-        let generation = decode::generate(model, cache, ids, &gen_params, drafter.as_mut(), &control)?;
+        let generation =
+            decode::generate(model, cache, ids, &gen_params, drafter.as_mut(), &control)?;
         if adaptive {
-            self.drafts.record(arm, generation.stats.decode_ms, generation.stats.decode_tokens);
+            self.drafts.record(
+                arm,
+                generation.stats.decode_ms,
+                generation.stats.decode_tokens,
+            );
         }
         let raw = decode::Detokenize::detokenize(&self.loaded.tokenizer, &generation.tokens);
         Ok(Completion {

@@ -57,14 +57,22 @@ mod tests {
             ("x + 1", "\nfoo()", "x + 1"),
             ("()", ")", "("),
             ("foo()", " // note", "foo()"),
-            ("let a = 1;\n    let b = 2;\n}", "\n}\n", "let a = 1;\n    let b = 2;"),
+            (
+                "let a = 1;\n    let b = 2;\n}",
+                "\n}\n",
+                "let a = 1;\n    let b = 2;",
+            ),
             ("one\n    two\n    three", "\n\n    three\n", "one\n    two"),
             (")", ")", ""),
             ("é)", ")", "é"),
             ("🦀 = 1", "1", "🦀 ="),
         ];
         for (completion, suffix, want) in cases {
-            assert_eq!(trim_suffix_overlap(completion, suffix), want, "{completion:?} | {suffix:?}");
+            assert_eq!(
+                trim_suffix_overlap(completion, suffix),
+                want,
+                "{completion:?} | {suffix:?}"
+            );
         }
     }
 }

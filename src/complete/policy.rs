@@ -18,7 +18,9 @@ impl std::str::FromStr for LinePolicy {
             "auto" => Ok(LinePolicy::Auto),
             "single" | "singleLine" | "single-line" => Ok(LinePolicy::Single),
             "multi" | "multiLine" | "multi-line" => Ok(LinePolicy::Multi),
-            other => Err(format!("unknown line policy {other:?}: use auto, single or multi")),
+            other => Err(format!(
+                "unknown line policy {other:?}: use auto, single or multi"
+            )),
         }
     }
 }
@@ -75,7 +77,9 @@ pub fn choose_lines(prefix: &str, suffix: &str, policy: LinePolicy) -> Lines {
         return Lines::Single;
     }
     let prev = prefix.rsplit('\n').skip(1).find(|l| !l.trim().is_empty());
-    let Some(prev) = prev else { return Lines::Multi }; // an empty file: write freely
+    let Some(prev) = prev else {
+        return Lines::Multi;
+    }; // an empty file: write freely
     if !opens_block(prev) {
         return Lines::Single;
     }
@@ -90,7 +94,10 @@ pub fn choose_lines(prefix: &str, suffix: &str, policy: LinePolicy) -> Lines {
 
 /// Width of a line's leading whitespace, a tab counting as 4.
 pub fn indent_width(line: &str) -> usize {
-    line.chars().take_while(|c| *c == ' ' || *c == '\t').map(|c| if c == '\t' { 4 } else { 1 }).sum()
+    line.chars()
+        .take_while(|c| *c == ' ' || *c == '\t')
+        .map(|c| if c == '\t' { 4 } else { 1 })
+        .sum()
 }
 
 #[cfg(test)]
@@ -104,19 +111,43 @@ mod tests {
         let cases = [
             ("fn main() {\n    ", "\n}\n", LinePolicy::Auto, Multi),
             ("def f(x):\n    ", "\n\nprint(1)", LinePolicy::Auto, Multi),
-            ("fn main() {\n    let x", " = 1;\n}", LinePolicy::Auto, Single),
+            (
+                "fn main() {\n    let x",
+                " = 1;\n}",
+                LinePolicy::Auto,
+                Single,
+            ),
             ("foo(", ")", LinePolicy::Auto, Single),
             ("let v = vec![1, ", "];", LinePolicy::Auto, Single),
             ("x = 1\n", "", LinePolicy::Auto, Single),
             ("", "", LinePolicy::Auto, Multi),
-            ("fn main() {\n    ", "\n    body();\n}", LinePolicy::Auto, Single), // the block already has a body
-            ("if x {\n", "\n        deeper();\n", LinePolicy::Auto, Single),
-            ("fn main() {\n    let x", " = 1;\n}", LinePolicy::Multi, Multi),
+            (
+                "fn main() {\n    ",
+                "\n    body();\n}",
+                LinePolicy::Auto,
+                Single,
+            ), // the block already has a body
+            (
+                "if x {\n",
+                "\n        deeper();\n",
+                LinePolicy::Auto,
+                Single,
+            ),
+            (
+                "fn main() {\n    let x",
+                " = 1;\n}",
+                LinePolicy::Multi,
+                Multi,
+            ),
             ("fn main() {\n    ", "\n}\n", LinePolicy::Single, Single),
             ("a = [  // list\n  ", "\n]", LinePolicy::Auto, Multi),
         ];
         for (prefix, suffix, policy, want) in cases {
-            assert_eq!(choose_lines(prefix, suffix, policy), want, "{prefix:?} | {suffix:?} {policy:?}");
+            assert_eq!(
+                choose_lines(prefix, suffix, policy),
+                want,
+                "{prefix:?} | {suffix:?} {policy:?}"
+            );
         }
     }
 

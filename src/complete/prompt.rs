@@ -15,7 +15,10 @@ pub struct PromptBudget {
 
 impl Default for PromptBudget {
     fn default() -> Self {
-        Self { prefix_tokens: 1024, suffix_tokens: 256 }
+        Self {
+            prefix_tokens: 1024,
+            suffix_tokens: 256,
+        }
     }
 }
 
@@ -53,7 +56,10 @@ pub fn fit_budget(want: PromptBudget, room: usize) -> PromptBudget {
     }
     let room = room.max(1);
     let suffix = (want.suffix_tokens * room / total).min(room - 1);
-    PromptBudget { prefix_tokens: room - suffix, suffix_tokens: suffix }
+    PromptBudget {
+        prefix_tokens: room - suffix,
+        suffix_tokens: suffix,
+    }
 }
 
 /// How many of `counts` (tokens per line, nearest line first) fit in `budget`. The first line
@@ -75,7 +81,10 @@ fn encode(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
     if text.is_empty() {
         return Vec::new();
     }
-    tokenizer.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default()
+    tokenizer
+        .encode(text, false)
+        .map(|e| e.get_ids().to_vec())
+        .unwrap_or_default()
 }
 
 /// Byte offset where the clipped prefix starts: whole lines back from the cursor within budget.
@@ -86,7 +95,10 @@ fn clip_prefix(tokenizer: &Tokenizer, prefix: &str, budget: usize) -> usize {
     starts.reverse();
     let mut ends = vec![prefix.len()];
     ends.extend(starts.iter().take(starts.len() - 1).copied());
-    let counts = starts.iter().zip(&ends).map(|(&s, &e)| encode(tokenizer, &prefix[s..e]).len());
+    let counts = starts
+        .iter()
+        .zip(&ends)
+        .map(|(&s, &e)| encode(tokenizer, &prefix[s..e]).len());
     let kept = lines_within_budget(counts, budget);
     starts[kept - 1]
 }
@@ -102,7 +114,10 @@ fn clip_suffix(tokenizer: &Tokenizer, suffix: &str, budget: usize) -> usize {
     }
     let mut starts = vec![0];
     starts.extend(ends.iter().take(ends.len().saturating_sub(1)).copied());
-    let counts = starts.iter().zip(&ends).map(|(&s, &e)| encode(tokenizer, &suffix[s..e]).len());
+    let counts = starts
+        .iter()
+        .zip(&ends)
+        .map(|(&s, &e)| encode(tokenizer, &suffix[s..e]).len());
     let kept = lines_within_budget(counts, budget);
     ends.get(kept - 1).copied().unwrap_or(0)
 }
@@ -123,7 +138,13 @@ pub struct PromptOptions<'a> {
 }
 
 /// Byte offset where the prefix starts, with hysteresis (see [`PromptOptions`]).
-pub fn choose_prefix_start(tokenizer: &Tokenizer, prefix: &str, budget: usize, hint: Option<usize>, slack: usize) -> usize {
+pub fn choose_prefix_start(
+    tokenizer: &Tokenizer,
+    prefix: &str,
+    budget: usize,
+    hint: Option<usize>,
+    slack: usize,
+) -> usize {
     if let Some(h) = hint {
         let at_line_start = h == 0 || (h <= prefix.len() && prefix.as_bytes()[h - 1] == b'\n');
         if at_line_start && h <= prefix.len() && encode(tokenizer, &prefix[h..]).len() <= budget {
@@ -143,7 +164,15 @@ pub fn build_prompt(
     budget: PromptBudget,
     order: FimOrder,
 ) -> Prompt {
-    build_prompt_with(tokenizer, special, text, cursor, budget, order, &PromptOptions::default())
+    build_prompt_with(
+        tokenizer,
+        special,
+        text,
+        cursor,
+        budget,
+        order,
+        &PromptOptions::default(),
+    )
 }
 
 /// [`build_prompt`] with hysteresis and a preamble.
@@ -157,7 +186,13 @@ pub fn build_prompt_with(
     opts: &PromptOptions,
 ) -> Prompt {
     let (prefix, suffix) = text.split_at(cursor);
-    let prefix_start = choose_prefix_start(tokenizer, prefix, budget.prefix_tokens, opts.prefix_start_hint, opts.slack_tokens);
+    let prefix_start = choose_prefix_start(
+        tokenizer,
+        prefix,
+        budget.prefix_tokens,
+        opts.prefix_start_hint,
+        opts.slack_tokens,
+    );
     let mut prefix_ids = encode(tokenizer, &prefix[prefix_start..]);
     if prefix_ids.len() > budget.prefix_tokens {
         // One line longer than the whole budget: keep its last tokens.
@@ -170,7 +205,11 @@ pub fn build_prompt_with(
             ids.extend(prefix_ids);
             cursor
         }
-        Some(FimTokens { prefix: p, suffix: s, middle: m }) => {
+        Some(FimTokens {
+            prefix: p,
+            suffix: s,
+            middle: m,
+        }) => {
             let suffix_len = clip_suffix(tokenizer, suffix, budget.suffix_tokens);
             let mut suffix_ids = encode(tokenizer, &suffix[..suffix_len]);
             suffix_ids.truncate(budget.suffix_tokens);
@@ -192,7 +231,11 @@ pub fn build_prompt_with(
             cursor + suffix_len
         }
     };
-    Prompt { ids, prefix_start, suffix_end }
+    Prompt {
+        ids,
+        prefix_start,
+        suffix_end,
+    }
 }
 
 #[cfg(test)]
@@ -202,7 +245,10 @@ mod tests {
 
     #[test]
     fn fit_budget_table() {
-        let b = |p, x| PromptBudget { prefix_tokens: p, suffix_tokens: x };
+        let b = |p, x| PromptBudget {
+            prefix_tokens: p,
+            suffix_tokens: x,
+        };
         // (wanted, room) -> fitted
         let cases = [
             (b(1024, 256), 4096, b(1024, 256)),
@@ -230,15 +276,32 @@ mod tests {
 
     #[test]
     fn lines_within_budget_table() {
-        let cases: [(&[usize], usize, usize); 5] =
-            [(&[3, 3, 3], 6, 2), (&[3, 3, 3], 9, 3), (&[10, 1], 5, 1), (&[0, 0, 5], 4, 2), (&[], 4, 0)];
+        let cases: [(&[usize], usize, usize); 5] = [
+            (&[3, 3, 3], 6, 2),
+            (&[3, 3, 3], 9, 3),
+            (&[10, 1], 5, 1),
+            (&[0, 0, 5], 4, 2),
+            (&[], 4, 0),
+        ];
         for (counts, budget, want) in cases {
-            assert_eq!(lines_within_budget(counts.iter().copied(), budget), want, "{counts:?} {budget}");
+            assert_eq!(
+                lines_within_budget(counts.iter().copied(), budget),
+                want,
+                "{counts:?} {budget}"
+            );
         }
     }
 
     fn special() -> SpecialTokens {
-        SpecialTokens { bos: None, eos: vec![256], fim: Some(FimTokens { prefix: 257, suffix: 258, middle: 259 }) }
+        SpecialTokens {
+            bos: None,
+            eos: vec![256],
+            fim: Some(FimTokens {
+                prefix: 257,
+                suffix: 258,
+                middle: 259,
+            }),
+        }
     }
 
     #[test]
@@ -246,13 +309,24 @@ mod tests {
         let tok = byte_level_tokenizer();
         let text = "ab\ncd|ef\ngh";
         let cursor = text.find('|').unwrap();
-        let big = PromptBudget { prefix_tokens: 100, suffix_tokens: 100 };
+        let big = PromptBudget {
+            prefix_tokens: 100,
+            suffix_tokens: 100,
+        };
         let bytes = |s: &str| s.bytes().map(u32::from).collect::<Vec<_>>();
         let spm = build_prompt(&tok, &special(), text, cursor, big, FimOrder::Spm);
-        let want: Vec<u32> = [vec![257, 258], bytes("|ef\ngh"), vec![259], bytes("ab\ncd")].concat();
+        let want: Vec<u32> =
+            [vec![257, 258], bytes("|ef\ngh"), vec![259], bytes("ab\ncd")].concat();
         assert_eq!(spm.ids, want);
         let psm = build_prompt(&tok, &special(), text, cursor, big, FimOrder::Psm);
-        let want: Vec<u32> = [vec![257], bytes("ab\ncd"), vec![258], bytes("|ef\ngh"), vec![259]].concat();
+        let want: Vec<u32> = [
+            vec![257],
+            bytes("ab\ncd"),
+            vec![258],
+            bytes("|ef\ngh"),
+            vec![259],
+        ]
+        .concat();
         assert_eq!(psm.ids, want);
     }
 
@@ -263,7 +337,17 @@ mod tests {
         let cursor = text.find('|').unwrap();
         // Prefix lines from the cursor: "33" (2), "222\n" (4), "111\n" (4). Budget 7 keeps two.
         // Suffix lines: "|4\n" (3), "555\n" (4), "666" (3). Budget 7 keeps two.
-        let p = build_prompt(&tok, &special(), text, cursor, PromptBudget { prefix_tokens: 7, suffix_tokens: 7 }, FimOrder::Psm);
+        let p = build_prompt(
+            &tok,
+            &special(),
+            text,
+            cursor,
+            PromptBudget {
+                prefix_tokens: 7,
+                suffix_tokens: 7,
+            },
+            FimOrder::Psm,
+        );
         assert_eq!(&text[p.prefix_start..cursor], "222\n33");
         assert_eq!(&text[cursor..p.suffix_end], "|4\n555\n");
     }
@@ -272,7 +356,17 @@ mod tests {
     fn an_overlong_cursor_line_keeps_its_last_tokens() {
         let tok = byte_level_tokenizer();
         let text = "abcdefghij";
-        let p = build_prompt(&tok, &special(), text, 10, PromptBudget { prefix_tokens: 4, suffix_tokens: 0 }, FimOrder::Spm);
+        let p = build_prompt(
+            &tok,
+            &special(),
+            text,
+            10,
+            PromptBudget {
+                prefix_tokens: 4,
+                suffix_tokens: 0,
+            },
+            FimOrder::Spm,
+        );
         let bytes = |s: &str| s.bytes().map(u32::from).collect::<Vec<_>>();
         assert_eq!(p.ids, [vec![257, 258, 259], bytes("ghij")].concat());
     }
@@ -285,15 +379,19 @@ mod tests {
         // (budget, hint, slack, want start)
         let cases = [
             (100, None, 0, 0),
-            (10, None, 0, 8),        // "ccc\nddd\nee" = 10 tokens
-            (10, None, 4, 12),       // clipped to 6: "ddd\nee"
-            (10, Some(8), 4, 8),     // the hint still fits: kept
-            (9, Some(8), 4, 16),     // it no longer fits: clipped anew to 5 ("ee")
-            (100, Some(5), 0, 0),    // not a line start: ignored
-            (100, Some(99), 0, 0),   // past the cursor: ignored
+            (10, None, 0, 8),      // "ccc\nddd\nee" = 10 tokens
+            (10, None, 4, 12),     // clipped to 6: "ddd\nee"
+            (10, Some(8), 4, 8),   // the hint still fits: kept
+            (9, Some(8), 4, 16),   // it no longer fits: clipped anew to 5 ("ee")
+            (100, Some(5), 0, 0),  // not a line start: ignored
+            (100, Some(99), 0, 0), // past the cursor: ignored
         ];
         for (budget, hint, slack, want) in cases {
-            assert_eq!(choose_prefix_start(&tok, prefix, budget, hint, slack), want, "{budget} {hint:?} {slack}");
+            assert_eq!(
+                choose_prefix_start(&tok, prefix, budget, hint, slack),
+                want,
+                "{budget} {hint:?} {slack}"
+            );
         }
     }
 
@@ -302,16 +400,41 @@ mod tests {
         let tok = byte_level_tokenizer();
         let bytes = |s: &str| s.bytes().map(u32::from).collect::<Vec<_>>();
         let preamble = bytes("// x\n");
-        let opts = PromptOptions { preamble_ids: &preamble, ..Default::default() };
-        let p = build_prompt_with(&tok, &special(), "ab|c", 2, PromptBudget::default(), FimOrder::Spm, &opts);
-        assert_eq!(p.ids, [vec![257, 258], bytes("|c"), vec![259], bytes("// x\nab")].concat());
+        let opts = PromptOptions {
+            preamble_ids: &preamble,
+            ..Default::default()
+        };
+        let p = build_prompt_with(
+            &tok,
+            &special(),
+            "ab|c",
+            2,
+            PromptBudget::default(),
+            FimOrder::Spm,
+            &opts,
+        );
+        assert_eq!(
+            p.ids,
+            [vec![257, 258], bytes("|c"), vec![259], bytes("// x\nab")].concat()
+        );
     }
 
     #[test]
     fn without_fim_tokens_the_prompt_is_the_prefix() {
         let tok = byte_level_tokenizer();
-        let special = SpecialTokens { bos: Some(1), eos: vec![], fim: None };
-        let p = build_prompt(&tok, &special, "xy|z", 2, PromptBudget::default(), FimOrder::Spm);
+        let special = SpecialTokens {
+            bos: Some(1),
+            eos: vec![],
+            fim: None,
+        };
+        let p = build_prompt(
+            &tok,
+            &special,
+            "xy|z",
+            2,
+            PromptBudget::default(),
+            FimOrder::Spm,
+        );
         assert_eq!(p.ids, vec![1, b'x' as u32, b'y' as u32]);
     }
 }

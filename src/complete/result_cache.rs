@@ -51,7 +51,10 @@ impl Default for ResultCache {
 
 impl ResultCache {
     pub fn new(capacity: usize) -> Self {
-        Self { entries: VecDeque::new(), capacity: capacity.max(1) }
+        Self {
+            entries: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -92,14 +95,24 @@ impl ResultCache {
     /// is unchanged, and something other than whitespace remains.
     pub fn lookup(&self, doc: &str, prefix: &str, suffix: &str) -> Option<String> {
         let suffix = head(suffix, SUFFIX_KEY_BYTES);
-        for e in self.entries.iter().filter(|e| e.doc == doc && e.suffix == suffix) {
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| e.doc == doc && e.suffix == suffix)
+        {
             for (k, _) in e.completion.char_indices() {
                 let typed = &e.completion[..k];
-                let Some(before) = prefix.strip_suffix(typed) else { continue };
+                let Some(before) = prefix.strip_suffix(typed) else {
+                    continue;
+                };
                 // A full window can only be compared by its tail; a shorter one was the whole
                 // text before the cursor and must match exactly.
                 let window_was_full = e.prefix.len() + 3 >= PREFIX_KEY_BYTES;
-                let same = if window_was_full { before.ends_with(&e.prefix) } else { before == e.prefix };
+                let same = if window_was_full {
+                    before.ends_with(&e.prefix)
+                } else {
+                    before == e.prefix
+                };
                 let rest = &e.completion[k..];
                 if same && !rest.trim().is_empty() {
                     return Some(rest.to_string());
@@ -123,14 +136,18 @@ mod tests {
             ("fn main() {\n    let x", "\n}", Some(" = compute(1);")),
             ("fn main() {\n    let x ", "\n}", Some("= compute(1);")),
             ("fn main() {\n    let x = comp", "\n}", Some("ute(1);")),
-            ("fn main() {\n    let x = compX", "\n}", None),        // diverged
-            ("fn main() {\n    let x = comp", "\n}\n", None),      // the text after changed
-            ("fn main() {\n    let y = comp", "\n}", None),        // an earlier edit
-            ("xfn main() {\n    let x = comp", "\n}", None),       // more text before: not the same document state
+            ("fn main() {\n    let x = compX", "\n}", None), // diverged
+            ("fn main() {\n    let x = comp", "\n}\n", None), // the text after changed
+            ("fn main() {\n    let y = comp", "\n}", None),  // an earlier edit
+            ("xfn main() {\n    let x = comp", "\n}", None), // more text before: not the same document state
             ("fn main() {\n    let x = compute(1);", "\n}", None), // nothing left
         ];
         for (prefix, suffix, want) in cases {
-            assert_eq!(c.lookup("a.rs", prefix, suffix).as_deref(), want, "{prefix:?}");
+            assert_eq!(
+                c.lookup("a.rs", prefix, suffix).as_deref(),
+                want,
+                "{prefix:?}"
+            );
         }
         assert_eq!(c.lookup("b.rs", "fn main() {\n    let x", "\n}"), None);
     }

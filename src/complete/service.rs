@@ -15,7 +15,9 @@ use super::block::{cut_at_block_end, BlockRule};
 use super::overlap::trim_suffix_overlap;
 use super::policy::{choose_lines, LinePolicy, Lines};
 use super::result_cache::ResultCache;
-use super::snippets::{comment_prefix, query_before_cursor, render_preamble, select_snippets, SourceDoc};
+use super::snippets::{
+    comment_prefix, query_before_cursor, render_preamble, select_snippets, SourceDoc,
+};
 use super::{CompletionParams, Engine, FimOrder, Mode, PromptBudget, MIN_TEXT_TOKENS};
 
 /// Settings that apply to every request until changed.
@@ -55,7 +57,10 @@ impl Default for Settings {
         Self {
             mode: Mode::Spec,
             max_tokens: 64,
-            budget: PromptBudget { prefix_tokens: 1024, suffix_tokens: 256 },
+            budget: PromptBudget {
+                prefix_tokens: 1024,
+                suffix_tokens: 256,
+            },
             snippet_tokens: 256,
             lines: LinePolicy::Auto,
             sampling: None,
@@ -115,7 +120,11 @@ pub struct CompletionService {
 
 impl CompletionService {
     pub fn new(engine: Engine) -> Self {
-        Self { engine, results: ResultCache::default(), anchors: HashMap::new() }
+        Self {
+            engine,
+            results: ResultCache::default(),
+            anchors: HashMap::new(),
+        }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -142,7 +151,12 @@ impl CompletionService {
     }
 
     /// A suggestion for `req`; `cancel` stops decoding between forward passes.
-    pub fn suggest(&mut self, req: &Request, settings: &Settings, cancel: Option<Arc<AtomicBool>>) -> Result<Suggestion> {
+    pub fn suggest(
+        &mut self,
+        req: &Request,
+        settings: &Settings,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<Suggestion> {
         let started = Instant::now();
         let cursor = req.cursor.min(req.text.len());
         if !req.text.is_char_boundary(cursor) || req.text.contains('\0') {
@@ -152,7 +166,11 @@ impl CompletionService {
         let (prefix, suffix) = req.text.split_at(cursor);
         if settings.result_cache {
             if let Some(rest) = self.results.lookup(req.doc, prefix, suffix) {
-                return Ok(Suggestion { text: rest, from_cache: true, ..Default::default() });
+                return Ok(Suggestion {
+                    text: rest,
+                    from_cache: true,
+                    ..Default::default()
+                });
             }
         }
         let lines = choose_lines(prefix, suffix, settings.lines);
@@ -160,20 +178,32 @@ impl CompletionService {
         let rule = BlockRule::new(lines, cursor_line).with_max_line(settings.max_line_chars);
         let block = (settings.stop_at_block_end || lines == Lines::Single).then_some(rule);
 
-
         if !settings.kv_reuse {
             self.engine.clear_caches();
         }
-        let hint = self.anchors.get(req.doc).and_then(|abs| abs.checked_sub(req.base));
+        let hint = self
+            .anchors
+            .get(req.doc)
+            .and_then(|abs| abs.checked_sub(req.base));
         let capacity = self.engine.cache_capacity();
         let max_tokens = settings.max_tokens.min(capacity / 2).max(1);
         // Snippets get their budget, but never the room the document's own text needs.
-        let snippet_budget = settings.snippet_tokens.min(self.engine.text_room(max_tokens).saturating_sub(MIN_TEXT_TOKENS));
+        let snippet_budget = settings.snippet_tokens.min(
+            self.engine
+                .text_room(max_tokens)
+                .saturating_sub(MIN_TEXT_TOKENS),
+        );
         let preamble = if snippet_budget > 0 && !req.neighbours.is_empty() {
             let tok = &self.engine.loaded().tokenizer;
             let count = |s: &str| tok.encode(s, false).map(|e| e.len()).unwrap_or(usize::MAX);
             let comment = comment_prefix(req.language);
-            let snippets = select_snippets(query_before_cursor(prefix), req.neighbours, snippet_budget, comment, &count);
+            let snippets = select_snippets(
+                query_before_cursor(prefix),
+                req.neighbours,
+                snippet_budget,
+                comment,
+                &count,
+            );
             render_preamble(&snippets, comment)
         } else {
             String::new()
@@ -192,12 +222,17 @@ impl CompletionService {
             deadline: Some(started + settings.time_cap),
             prefix_start_hint: hint,
             prefix_slack_tokens: settings.prefix_slack_tokens,
-            preamble_reserve: if preamble.is_empty() { 0 } else { snippet_budget },
+            preamble_reserve: if preamble.is_empty() {
+                0
+            } else {
+                snippet_budget
+            },
             preamble,
             block,
         };
         let completion = self.engine.complete(req.text, cursor, &params)?;
-        self.anchors.insert(req.doc.to_string(), req.base + completion.prefix_start);
+        self.anchors
+            .insert(req.doc.to_string(), req.base + completion.prefix_start);
         let kept = match &block {
             Some(rule) => cut_at_block_end(&completion.text, rule),
             None => &completion.text,
@@ -227,12 +262,24 @@ mod tests {
         let spec = TinySpec::default();
         let tokenizer = spec.tokenizer();
         let special = SpecialTokens::detect(&tokenizer, &spec.config());
-        let loaded = LoadedModel { dir: "tiny".into(), model: spec.model().unwrap(), tokenizer, special };
+        let loaded = LoadedModel {
+            dir: "tiny".into(),
+            model: spec.model().unwrap(),
+            tokenizer,
+            special,
+        };
         CompletionService::new(Engine::new(loaded, 1024))
     }
 
     fn request<'a>(text: &'a str) -> Request<'a> {
-        Request { doc: "file:///a.py", language: "python", text, cursor: text.len(), base: 0, neighbours: &[] }
+        Request {
+            doc: "file:///a.py",
+            language: "python",
+            text,
+            cursor: text.len(),
+            base: 0,
+            neighbours: &[],
+        }
     }
 
     #[test]
@@ -241,7 +288,10 @@ mod tests {
         // 40 lines of 12 bytes (byte-level tokens): far over a 100-token prefix budget.
         let body: String = (0..40).map(|i| format!("line_{i:02} = 1\n")).collect();
         let settings = Settings {
-            budget: PromptBudget { prefix_tokens: 100, suffix_tokens: 0 },
+            budget: PromptBudget {
+                prefix_tokens: 100,
+                suffix_tokens: 0,
+            },
             prefix_slack_tokens: 25,
             snippet_tokens: 0,
             max_tokens: 4,
@@ -258,49 +308,85 @@ mod tests {
             let s = svc.suggest(&request(&text), &settings, None).unwrap();
             let g = s.stats.unwrap();
             assert!(g.prompt_tokens <= 100 + 3, "{g:?}");
-            assert!(g.reused_tokens + 6 >= g.prompt_tokens, "typing {c:?}: reused {} of {}", g.reused_tokens, g.prompt_tokens);
+            assert!(
+                g.reused_tokens + 6 >= g.prompt_tokens,
+                "typing {c:?}: reused {} of {}",
+                g.reused_tokens,
+                g.prompt_tokens
+            );
         }
     }
 
     #[test]
     fn the_result_cache_answers_without_the_model_and_binary_text_gets_nothing() {
         let mut svc = service();
-        let settings = Settings { max_tokens: 8, lines: LinePolicy::Multi, stop_at_block_end: false, ..Settings::default() };
+        let settings = Settings {
+            max_tokens: 8,
+            lines: LinePolicy::Multi,
+            stop_at_block_end: false,
+            ..Settings::default()
+        };
         let text = "def add(a, b):\n    return a + b\n\nprint(".to_string();
         let first = svc.suggest(&request(&text), &settings, None).unwrap();
         let typed: String = first.text.chars().take(1).collect();
-        assert!(!typed.is_empty(), "the fixture model suggests something here: {first:?}");
+        assert!(
+            !typed.is_empty(),
+            "the fixture model suggests something here: {first:?}"
+        );
         let more = format!("{text}{typed}");
         let second = svc.suggest(&request(&more), &settings, None).unwrap();
-        assert!(!first.text[typed.len()..].trim().is_empty(), "a longer suggestion is needed here: {first:?}");
+        assert!(
+            !first.text[typed.len()..].trim().is_empty(),
+            "a longer suggestion is needed here: {first:?}"
+        );
         assert!(second.from_cache && second.stats.is_none(), "{second:?}");
         assert_eq!(second.text, first.text[typed.len()..]);
         let binary = "ab\0cd";
-        assert_eq!(svc.suggest(&request(binary), &settings, None).unwrap().text, "");
+        assert_eq!(
+            svc.suggest(&request(binary), &settings, None).unwrap().text,
+            ""
+        );
     }
 
     #[test]
     fn closed_documents_leave_no_state_behind() {
         let mut svc = service();
-        let settings = Settings { max_tokens: 2, lines: LinePolicy::Multi, ..Settings::default() };
+        let settings = Settings {
+            max_tokens: 2,
+            lines: LinePolicy::Multi,
+            ..Settings::default()
+        };
         let text = "def f(x):\n    return x\n";
         for i in 0..10_000 {
             let doc = format!("file:///doc{i}.py");
-            let req = Request { doc: &doc, ..request(text) };
+            let req = Request {
+                doc: &doc,
+                ..request(text)
+            };
             svc.suggest(&req, &settings, None).unwrap();
             assert_eq!(svc.tracked_documents(), 1, "document {i}");
             svc.forget(&doc);
             assert_eq!(svc.tracked_documents(), 0, "document {i}");
         }
-        assert!(svc.results.is_empty(), "{} result-cache entries left", svc.results.len());
+        assert!(
+            svc.results.is_empty(),
+            "{} result-cache entries left",
+            svc.results.len()
+        );
     }
 
     #[test]
     fn a_set_cancel_flag_stops_before_generating() {
         let mut svc = service();
         let flag = Arc::new(AtomicBool::new(true));
-        let settings = Settings { max_tokens: 50, result_cache: false, ..Settings::default() };
-        let s = svc.suggest(&request("x = 1\n"), &settings, Some(flag)).unwrap();
+        let settings = Settings {
+            max_tokens: 50,
+            result_cache: false,
+            ..Settings::default()
+        };
+        let s = svc
+            .suggest(&request("x = 1\n"), &settings, Some(flag))
+            .unwrap();
         assert_eq!(s.stop, Some(StopReason::Cancelled));
         assert!(s.stats.unwrap().tokens <= 1);
     }

@@ -29,7 +29,9 @@ pub const MAX_DOC_BYTES: usize = 512 * 1024;
 const MIN_SCORE: f32 = 0.1;
 
 fn identifiers(text: &str) -> HashSet<&str> {
-    text.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| w.len() > 1 && !w.chars().all(|c| c.is_ascii_digit())).collect()
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| w.len() > 1 && !w.chars().all(|c| c.is_ascii_digit()))
+        .collect()
 }
 
 fn jaccard(a: &HashSet<&str>, b: &HashSet<&str>) -> f32 {
@@ -44,9 +46,14 @@ fn jaccard(a: &HashSet<&str>, b: &HashSet<&str>) -> f32 {
 /// cursor's own line is left out, so the choice of snippets changes only when the cursor changes
 /// line and the cached KV prefix survives typing.
 pub fn query_before_cursor(prefix: &str) -> &str {
-    let Some(line_start) = prefix.rfind('\n') else { return "" };
+    let Some(line_start) = prefix.rfind('\n') else {
+        return "";
+    };
     let body = &prefix[..line_start];
-    let start = body.rmatch_indices('\n').nth(WINDOW_LINES - 1).map_or(0, |(i, _)| i + 1);
+    let start = body
+        .rmatch_indices('\n')
+        .nth(WINDOW_LINES - 1)
+        .map_or(0, |(i, _)| i + 1);
     &body[start..]
 }
 
@@ -88,11 +95,24 @@ pub fn select_snippets(
     let mut taken: Vec<(usize, usize, usize)> = Vec::new();
     let mut used = 0;
     for (score, d, s, e) in scored {
-        if taken.iter().any(|&(td, ts, te)| td == d && s < te && ts < e) {
+        if taken
+            .iter()
+            .any(|&(td, ts, te)| td == d && s < te && ts < e)
+        {
             continue;
         }
-        let text = docs[d].text.lines().skip(s).take(e - s).collect::<Vec<_>>().join("\n");
-        let candidate = Snippet { name: docs[d].name.to_string(), text, score };
+        let text = docs[d]
+            .text
+            .lines()
+            .skip(s)
+            .take(e - s)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let candidate = Snippet {
+            name: docs[d].name.to_string(),
+            text,
+            score,
+        };
         // Each snippet's block is counted once, on its own, plus one token for its boundary with
         // the next (a block's closing blank line splits differently when a comment follows), so
         // the sum bounds the whole preamble's count from above without re-tokenizing it per
@@ -112,7 +132,10 @@ pub fn select_snippets(
 pub fn render_preamble(snippets: &[Snippet], comment: &str) -> String {
     let mut out = String::new();
     for s in snippets {
-        out.push_str(&format!("{comment} Compare this snippet from {}:\n", s.name));
+        out.push_str(&format!(
+            "{comment} Compare this snippet from {}:\n",
+            s.name
+        ));
         for line in s.text.lines() {
             out.push_str(comment);
             out.push(' ');
@@ -127,8 +150,8 @@ pub fn render_preamble(snippets: &[Snippet], comment: &str) -> String {
 /// The line-comment marker of an LSP language id ("//" when unknown).
 pub fn comment_prefix(language_id: &str) -> &'static str {
     match language_id {
-        "python" | "ruby" | "shellscript" | "sh" | "bash" | "perl" | "r" | "yaml" | "toml" | "makefile" | "dockerfile"
-        | "elixir" | "julia" | "nim" | "powershell" | "cmake" => "#",
+        "python" | "ruby" | "shellscript" | "sh" | "bash" | "perl" | "r" | "yaml" | "toml"
+        | "makefile" | "dockerfile" | "elixir" | "julia" | "nim" | "powershell" | "cmake" => "#",
         "lua" | "sql" | "haskell" | "elm" | "ada" => "--",
         "lisp" | "clojure" | "scheme" | "elisp" | "emacs-lisp" => ";;",
         "erlang" | "latex" | "tex" | "matlab" => "%",
@@ -149,21 +172,49 @@ mod tests {
     fn the_most_similar_window_wins_within_budget() {
         let helper = "fn parse_header(bytes: &[u8]) -> Header {\n    Header::decode(bytes)\n}\n";
         let other = "fn unrelated() {\n    println!(\"hi\");\n}\n";
-        let docs = [SourceDoc { name: "other.rs", text: other }, SourceDoc { name: "helper.rs", text: helper }];
+        let docs = [
+            SourceDoc {
+                name: "other.rs",
+                text: other,
+            },
+            SourceDoc {
+                name: "helper.rs",
+                text: helper,
+            },
+        ];
         let query = "let header = parse_header(bytes);\nlet h: Header = header;";
         let got = select_snippets(query, &docs, 100, "//", &words);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].name, "helper.rs");
         let pre = render_preamble(&got, "//");
-        assert!(pre.starts_with("// Compare this snippet from helper.rs:\n// fn parse_header"), "{pre}");
-        assert!(select_snippets(query, &docs, 5, "//", &words).is_empty(), "over budget");
+        assert!(
+            pre.starts_with("// Compare this snippet from helper.rs:\n// fn parse_header"),
+            "{pre}"
+        );
+        assert!(
+            select_snippets(query, &docs, 5, "//", &words).is_empty(),
+            "over budget"
+        );
         assert!(select_snippets("", &docs, 100, "//", &words).is_empty());
     }
 
     #[test]
     fn each_candidate_is_counted_once_and_the_blocks_add_up() {
-        let docs: Vec<String> = (0..6).map(|i| format!("fn parse_{i}(bytes: &[u8]) -> Header {{\n    Header::decode(bytes, {i})\n}}\n")).collect();
-        let docs: Vec<SourceDoc> = docs.iter().enumerate().map(|(i, t)| SourceDoc { name: ["a.rs", "b.rs", "c.rs", "d.rs", "e.rs", "f.rs"][i], text: t }).collect();
+        let docs: Vec<String> = (0..6)
+            .map(|i| {
+                format!(
+                    "fn parse_{i}(bytes: &[u8]) -> Header {{\n    Header::decode(bytes, {i})\n}}\n"
+                )
+            })
+            .collect();
+        let docs: Vec<SourceDoc> = docs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| SourceDoc {
+                name: ["a.rs", "b.rs", "c.rs", "d.rs", "e.rs", "f.rs"][i],
+                text: t,
+            })
+            .collect();
         let query = "let header = parse_0(bytes);\nlet h: Header = Header::decode(bytes, 1);";
         let calls = std::cell::Cell::new(0);
         let count = |t: &str| {
@@ -172,15 +223,26 @@ mod tests {
         };
         let got = select_snippets(query, &docs, 10_000, "//", &count);
         assert_eq!(got.len(), 6);
-        assert_eq!(calls.get(), 6, "one count per candidate, not one per candidate and preamble");
+        assert_eq!(
+            calls.get(),
+            6,
+            "one count per candidate, not one per candidate and preamble"
+        );
         // With the default model's byte-level BPE, the estimate (block counts plus one per block)
         // bounds the whole preamble's count, and is tight: one token per boundary.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/tokenizer.json");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/tokenizer.json");
         let tok = tokenizers::Tokenizer::from_file(dir).unwrap();
         let n = |t: &str| tok.encode(t, false).unwrap().len();
         let whole = n(&render_preamble(&got, "//"));
-        let estimate: usize = got.iter().map(|s| n(&render_preamble(std::slice::from_ref(s), "//")) + 1).sum();
-        assert!(estimate >= whole && estimate <= whole + 1, "estimate {estimate}, whole {whole}");
+        let estimate: usize = got
+            .iter()
+            .map(|s| n(&render_preamble(std::slice::from_ref(s), "//")) + 1)
+            .sum();
+        assert!(
+            estimate >= whole && estimate <= whole + 1,
+            "estimate {estimate}, whole {whole}"
+        );
     }
 
     #[test]
@@ -196,7 +258,12 @@ mod tests {
 
     #[test]
     fn comment_prefix_table() {
-        for (lang, want) in [("rust", "//"), ("python", "#"), ("lua", "--"), ("unknown", "//")] {
+        for (lang, want) in [
+            ("rust", "//"),
+            ("python", "#"),
+            ("lua", "--"),
+            ("unknown", "//"),
+        ] {
             assert_eq!(comment_prefix(lang), want);
         }
     }

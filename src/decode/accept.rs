@@ -7,7 +7,11 @@
 /// emitted are `drafts[..k]` followed by `targets[k]`.
 pub fn accept_greedy(drafts: &[u32], targets: &[u32]) -> usize {
     debug_assert_eq!(targets.len(), drafts.len() + 1);
-    drafts.iter().zip(targets).take_while(|(d, t)| d == t).count()
+    drafts
+        .iter()
+        .zip(targets)
+        .take_while(|(d, t)| d == t)
+        .count()
 }
 
 /// Probability of accepting `draft` drawn from `q` when the model's distribution is `p`:
@@ -56,7 +60,11 @@ mod tests {
             (&[5, 5], &[5, 5, 5], 2),
         ];
         for (drafts, targets, want) in cases {
-            assert_eq!(accept_greedy(drafts, targets), want, "{drafts:?} vs {targets:?}");
+            assert_eq!(
+                accept_greedy(drafts, targets),
+                want,
+                "{drafts:?} vs {targets:?}"
+            );
         }
     }
 
@@ -64,9 +72,17 @@ mod tests {
     fn acceptance_probability_table() {
         let p = [0.5, 0.3, 0.2];
         let q = [0.25, 0.6, 0.15];
-        let cases: [(Option<&[f32]>, u32, f32); 4] = [(Some(&q), 0, 1.0), (Some(&q), 1, 0.5), (None, 1, 0.3), (None, 2, 0.2)];
+        let cases: [(Option<&[f32]>, u32, f32); 4] = [
+            (Some(&q), 0, 1.0),
+            (Some(&q), 1, 0.5),
+            (None, 1, 0.3),
+            (None, 2, 0.2),
+        ];
         for (q, d, want) in cases {
-            assert!((acceptance_probability(&p, q, d) - want).abs() < 1e-6, "{q:?} {d}");
+            assert!(
+                (acceptance_probability(&p, q, d) - want).abs() < 1e-6,
+                "{q:?} {d}"
+            );
         }
     }
 
@@ -76,10 +92,14 @@ mod tests {
         let q = [0.25, 0.6, 0.15];
         let r = residual(&p, Some(&q), 1);
         let want = [0.25 / 0.3, 0.0, 0.05 / 0.3];
-        r.iter().zip(want).for_each(|(a, b)| assert!((a - b).abs() < 1e-6, "{r:?}"));
+        r.iter()
+            .zip(want)
+            .for_each(|(a, b)| assert!((a - b).abs() < 1e-6, "{r:?}"));
         let r = residual(&p, None, 0);
         let want = [0.0, 0.6, 0.4];
-        r.iter().zip(want).for_each(|(a, b)| assert!((a - b).abs() < 1e-6, "{r:?}"));
+        r.iter()
+            .zip(want)
+            .for_each(|(a, b)| assert!((a - b).abs() < 1e-6, "{r:?}"));
     }
 
     /// The rule's defining property: P(accept d) q(d) + P(reject) residual(d) = p(d) for every d.
@@ -87,12 +107,19 @@ mod tests {
     fn accept_then_residual_reproduces_p() {
         let p = [0.1f32, 0.4, 0.3, 0.2];
         for q in [[0.25f32; 4], [0.7, 0.1, 0.1, 0.1], [0.0, 0.0, 0.5, 0.5]] {
-            let reject_mass: f32 = (0..4).map(|d| q[d] * (1.0 - acceptance_probability(&p, Some(&q), d as u32))).sum();
+            let reject_mass: f32 = (0..4)
+                .map(|d| q[d] * (1.0 - acceptance_probability(&p, Some(&q), d as u32)))
+                .sum();
             for d in 0..4 {
                 // Whichever draft was rejected, the residual is the same distribution.
                 let res = residual(&p, Some(&q), 0);
-                let total = q[d] * acceptance_probability(&p, Some(&q), d as u32) + reject_mass * res[d];
-                assert!((total - p[d]).abs() < 1e-5, "q={q:?} d={d}: {total} vs {}", p[d]);
+                let total =
+                    q[d] * acceptance_probability(&p, Some(&q), d as u32) + reject_mass * res[d];
+                assert!(
+                    (total - p[d]).abs() < 1e-5,
+                    "q={q:?} d={d}: {total} vs {}",
+                    p[d]
+                );
             }
         }
     }

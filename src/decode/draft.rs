@@ -53,9 +53,15 @@ impl DraftSource for HeadDrafts {
     fn propose(&mut self, req: &DraftRequest, mut rng: &mut dyn rand::RngCore) -> Draft {
         let heads = &req.head_logits[..req.head_logits.len().min(req.max_len)];
         match req.sampling {
-            None => Draft { tokens: heads.iter().map(|l| argmax(l)).collect(), dists: Vec::new() },
+            None => Draft {
+                tokens: heads.iter().map(|l| argmax(l)).collect(),
+                dists: Vec::new(),
+            },
             Some(s) => {
-                let dists: Vec<Vec<f32>> = heads.iter().map(|l| probs(l, s.temperature, s.top_p)).collect();
+                let dists: Vec<Vec<f32>> = heads
+                    .iter()
+                    .map(|l| probs(l, s.temperature, s.top_p))
+                    .collect();
                 let tokens = dists.iter().map(|q| sample(q, &mut rng)).collect();
                 Draft { tokens, dists }
             }
@@ -72,18 +78,29 @@ pub struct PromptLookup {
 
 impl Default for PromptLookup {
     fn default() -> Self {
-        Self { min_ngram: 2, max_ngram: 8 }
+        Self {
+            min_ngram: 2,
+            max_ngram: 8,
+        }
     }
 }
 
 impl DraftSource for PromptLookup {
     fn propose(&mut self, req: &DraftRequest, _: &mut dyn rand::RngCore) -> Draft {
-        Draft { tokens: prompt_lookup(req.context, self.min_ngram, self.max_ngram, req.max_len), dists: Vec::new() }
+        Draft {
+            tokens: prompt_lookup(req.context, self.min_ngram, self.max_ngram, req.max_len),
+            dists: Vec::new(),
+        }
     }
 }
 
 /// The continuation after the longest (then most recent) earlier match of the context's suffix.
-pub fn prompt_lookup(context: &[u32], min_ngram: usize, max_ngram: usize, max_len: usize) -> Vec<u32> {
+pub fn prompt_lookup(
+    context: &[u32],
+    min_ngram: usize,
+    max_ngram: usize,
+    max_len: usize,
+) -> Vec<u32> {
     let len = context.len();
     if max_len == 0 || min_ngram == 0 {
         return Vec::new();
@@ -112,7 +129,10 @@ impl DraftSource for OracleDrafts {
     fn propose(&mut self, req: &DraftRequest, _: &mut dyn rand::RngCore) -> Draft {
         let generated = req.context.len().saturating_sub(self.prompt_len);
         let rest = self.continuation.get(generated..).unwrap_or(&[]);
-        Draft { tokens: rest[..rest.len().min(req.max_len)].to_vec(), dists: Vec::new() }
+        Draft {
+            tokens: rest[..rest.len().min(req.max_len)].to_vec(),
+            dists: Vec::new(),
+        }
     }
 }
 
@@ -139,17 +159,38 @@ mod tests {
 
     #[test]
     fn oracle_proposes_the_rest_of_its_sequence() {
-        let mut oracle = OracleDrafts { prompt_len: 2, continuation: vec![10, 11, 12, 13] };
+        let mut oracle = OracleDrafts {
+            prompt_len: 2,
+            continuation: vec![10, 11, 12, 13],
+        };
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-        let req = |ctx: &'static [u32], max_len| DraftRequest { context: ctx, head_logits: &[], max_len, sampling: None };
-        assert_eq!(oracle.propose(&req(&[1, 2, 10], 2), &mut rng).tokens, vec![11, 12]);
-        assert_eq!(oracle.propose(&req(&[1, 2, 10, 11, 12, 13], 2), &mut rng).tokens, Vec::<u32>::new());
+        let req = |ctx: &'static [u32], max_len| DraftRequest {
+            context: ctx,
+            head_logits: &[],
+            max_len,
+            sampling: None,
+        };
+        assert_eq!(
+            oracle.propose(&req(&[1, 2, 10], 2), &mut rng).tokens,
+            vec![11, 12]
+        );
+        assert_eq!(
+            oracle
+                .propose(&req(&[1, 2, 10, 11, 12, 13], 2), &mut rng)
+                .tokens,
+            Vec::<u32>::new()
+        );
     }
 
     #[test]
     fn greedy_head_drafts_are_argmaxes_capped_at_max_len() {
         let logits = vec![vec![0.0, 1.0], vec![2.0, 0.0], vec![0.0, 3.0]];
-        let req = DraftRequest { context: &[0], head_logits: &logits, max_len: 2, sampling: None };
+        let req = DraftRequest {
+            context: &[0],
+            head_logits: &logits,
+            max_len: 2,
+            sampling: None,
+        };
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
         assert_eq!(HeadDrafts.propose(&req, &mut rng).tokens, vec![1, 0]);
     }

@@ -33,7 +33,12 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        Self { max_tokens: 64, sampling: None, stop_tokens: Vec::new(), max_draft_len: 8 }
+        Self {
+            max_tokens: 64,
+            sampling: None,
+            stop_tokens: Vec::new(),
+            max_draft_len: 8,
+        }
     }
 }
 
@@ -50,6 +55,9 @@ pub enum StopReason {
     ContextFull,
 }
 
+/// A stop rule over decoded text: `Some(at)` cuts the text at byte `at`.
+pub type StopRule = dyn Fn(&str) -> Option<usize>;
+
 /// Optional controls checked between forward passes.
 #[derive(Default)]
 pub struct Control<'a> {
@@ -58,7 +66,7 @@ pub struct Control<'a> {
     pub stop_strings: Option<(&'a dyn Detokenize, &'a [String])>,
     /// A stop rule over the decoded generated text (needs `stop_strings` for its detokenizer):
     /// `Some(at)` stops as a stop string found at byte `at` would.
-    pub stop_fn: Option<&'a dyn Fn(&str) -> Option<usize>>,
+    pub stop_fn: Option<&'a StopRule>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,10 +104,17 @@ pub fn generate(
     let start = Instant::now();
     let sampling = params.sampling.filter(|s| !s.is_greedy());
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.map_or(0, |s| s.seed));
-    let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
+    let mut stats = GenerationStats {
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
     let mut tokens: Vec<u32> = Vec::new();
     if prompt.is_empty() || params.max_tokens == 0 {
-        return Ok(Generation { tokens, stop: StopReason::MaxTokens, stats });
+        return Ok(Generation {
+            tokens,
+            stop: StopReason::MaxTokens,
+            stats,
+        });
     }
 
     let keep = reuse_len(cache.tokens(), prompt).min(cache.synced_len());
@@ -110,7 +125,11 @@ pub fn generate(
     let has_extra = cache.n_heads() > 1;
     let uses_heads = drafter.uses_heads() && has_extra;
     let out = model.forward_verify(cache, &prompt[keep..], Logits::Last)?;
-    let mut head_logits = if has_extra { model.extend_heads(cache, &out, prompt.len() - keep, uses_heads)? } else { Vec::new() };
+    let mut head_logits = if has_extra {
+        model.extend_heads(cache, &out, prompt.len() - keep, uses_heads)?
+    } else {
+        Vec::new()
+    };
     stats.forwards += 1;
     let last_row = out.logits.squeeze(0)?.to_vec1::<f32>()?;
     let pick = |row: &[f32], rng: &mut ChaCha8Rng| match &sampling {
@@ -130,7 +149,9 @@ pub fn generate(
         context.push(pending);
         if let Some((detok, stops)) = control.stop_strings {
             let text = detok.detokenize(&tokens);
-            if let Some(at) = find_stop_string(&text, stops).or_else(|| control.stop_fn.and_then(|f| f(&text))) {
+            if let Some(at) =
+                find_stop_string(&text, stops).or_else(|| control.stop_fn.and_then(|f| f(&text)))
+            {
                 break StopReason::StopString(at);
             }
         }
@@ -149,9 +170,18 @@ pub fn generate(
         }
         // Chunks stay within the small-chunk kernels' rows, where verified rows are bit-identical
         // to one-token decoding (a longer chunk would go through gemm).
-        let max_len = params.max_draft_len.min(MAX_ROWS - 1).min(params.max_tokens - tokens.len() - 1).min(room - 1);
+        let max_len = params
+            .max_draft_len
+            .min(MAX_ROWS - 1)
+            .min(params.max_tokens - tokens.len() - 1)
+            .min(room - 1);
         let draft = if max_len > 0 {
-            let req = DraftRequest { context: &context, head_logits: &head_logits, max_len, sampling: sampling.as_ref() };
+            let req = DraftRequest {
+                context: &context,
+                head_logits: &head_logits,
+                max_len,
+                sampling: sampling.as_ref(),
+            };
             let mut d = drafter.propose(&req, &mut rng);
             d.tokens.truncate(max_len);
             d
@@ -193,13 +223,23 @@ pub fn generate(
     stats.tokens = tokens.len();
     stats.total_ms = ms_since(start);
     stats.decode_ms = stats.total_ms - stats.prefill_ms;
-    Ok(Generation { tokens, stop, stats })
+    Ok(Generation {
+        tokens,
+        stop,
+        stats,
+    })
 }
 
 /// Speculative sampling over one verified chunk: accept each draft with probability
 /// min(1, p/q); at the first rejection draw from the residual; if all pass, draw the bonus token
 /// from the last row. Returns (accepted drafts, next token).
-fn verify_sampled(rows: &[Vec<f32>], drafts: &[u32], dists: &[Vec<f32>], s: &SamplingParams, rng: &mut ChaCha8Rng) -> (usize, u32) {
+fn verify_sampled(
+    rows: &[Vec<f32>],
+    drafts: &[u32],
+    dists: &[Vec<f32>],
+    s: &SamplingParams,
+    rng: &mut ChaCha8Rng,
+) -> (usize, u32) {
     for (j, &d) in drafts.iter().enumerate() {
         let p = probs(&rows[j], s.temperature, s.top_p);
         let q = dists.get(j).map(Vec::as_slice);

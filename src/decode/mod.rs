@@ -9,7 +9,9 @@ pub mod sampling;
 pub mod stats;
 pub mod stop;
 
-pub use draft::{Draft, DraftRequest, DraftSource, HeadDrafts, NoDrafts, OracleDrafts, PromptLookup};
+pub use draft::{
+    Draft, DraftRequest, DraftSource, HeadDrafts, NoDrafts, OracleDrafts, PromptLookup,
+};
 pub use generate::{generate, Control, GenerateParams, Generation, StopReason};
 pub use sampling::SamplingParams;
 pub use stats::GenerationStats;

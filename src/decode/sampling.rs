@@ -86,8 +86,12 @@ mod tests {
 
     #[test]
     fn argmax_table() {
-        let cases: [(&[f32], u32); 4] =
-            [(&[1.0, 3.0, 2.0], 1), (&[5.0, 5.0, 1.0], 0), (&[-1.0, -0.5], 1), (&[f32::NEG_INFINITY, 0.0], 1)];
+        let cases: [(&[f32], u32); 4] = [
+            (&[1.0, 3.0, 2.0], 1),
+            (&[5.0, 5.0, 1.0], 0),
+            (&[-1.0, -0.5], 1),
+            (&[f32::NEG_INFINITY, 0.0], 1),
+        ];
         for (logits, want) in cases {
             assert_eq!(argmax(logits), want, "{logits:?}");
         }
@@ -96,7 +100,11 @@ mod tests {
     #[test]
     fn top_p_keeps_the_smallest_head_of_the_distribution() {
         let logits = [2.0f32.ln(), 1.0f32.ln(), 1.0f32.ln()]; // probs 0.5, 0.25, 0.25
-        let cases = [(1.0, vec![0.5, 0.25, 0.25]), (0.5, vec![1.0, 0.0, 0.0]), (0.6, vec![2.0 / 3.0, 1.0 / 3.0, 0.0])];
+        let cases = [
+            (1.0, vec![0.5, 0.25, 0.25]),
+            (0.5, vec![1.0, 0.0, 0.0]),
+            (0.6, vec![2.0 / 3.0, 1.0 / 3.0, 0.0]),
+        ];
         for (top_p, want) in cases {
             let got = probs(&logits, 1.0, top_p);
             for (g, w) in got.iter().zip(&want) {

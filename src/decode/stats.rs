@@ -33,7 +33,11 @@ impl GenerationStats {
 
     /// Acceptance rate at each draft position.
     pub fn acceptance_rates(&self) -> Vec<f64> {
-        self.drafted.iter().zip(&self.accepted).map(|(&d, &a)| if d == 0 { 0.0 } else { a as f64 / d as f64 }).collect()
+        self.drafted
+            .iter()
+            .zip(&self.accepted)
+            .map(|(&d, &a)| if d == 0 { 0.0 } else { a as f64 / d as f64 })
+            .collect()
     }
 
     pub fn ms_per_token(&self) -> f64 {

@@ -14,7 +14,11 @@ impl Detokenize for tokenizers::Tokenizer {
 
 /// Byte offset of the earliest occurrence of any stop string in `text`.
 pub fn find_stop_string(text: &str, stops: &[String]) -> Option<usize> {
-    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
 }
 
 #[cfg(test)]
@@ -24,7 +28,13 @@ mod tests {
     #[test]
     fn find_stop_string_table() {
         let stops = vec!["\n\n".to_string(), "}".to_string(), String::new()];
-        let cases = [("abc", None), ("a}\n\nb", Some(1)), ("x\n\ny}", Some(1)), ("", None), ("}}", Some(0))];
+        let cases = [
+            ("abc", None),
+            ("a}\n\nb", Some(1)),
+            ("x\n\ny}", Some(1)),
+            ("", None),
+            ("}}", Some(0)),
+        ];
         for (text, want) in cases {
             assert_eq!(find_stop_string(text, &stops), want, "{text:?}");
         }

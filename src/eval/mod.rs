@@ -27,21 +27,37 @@ pub struct Task {
 #[derive(Debug, thiserror::Error)]
 pub enum TaskFileError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}: not a task ({source})")]
-    Parse { path: String, line: usize, source: serde_json::Error },
+    Parse {
+        path: String,
+        line: usize,
+        source: serde_json::Error,
+    },
     #[error("{path}: no tasks")]
     Empty { path: String },
 }
 
 pub fn read_tasks(path: &Path) -> Result<Vec<Task>, TaskFileError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| TaskFileError::Io { path: shown.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| TaskFileError::Io {
+        path: shown.clone(),
+        source,
+    })?;
     let tasks = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|source| TaskFileError::Parse { path: shown.clone(), line: i + 1, source }))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|source| TaskFileError::Parse {
+                path: shown.clone(),
+                line: i + 1,
+                source,
+            })
+        })
         .collect::<Result<Vec<Task>, _>>()?;
     if tasks.is_empty() {
         return Err(TaskFileError::Empty { path: shown });
@@ -137,9 +153,13 @@ pub fn summarize(results: &[&TaskResult]) -> GroupSummary {
     if n == 0 {
         return GroupSummary::default();
     }
-    let share = |f: &dyn Fn(&TaskResult) -> bool| results.iter().filter(|r| f(r)).count() as f64 / n as f64;
+    let share =
+        |f: &dyn Fn(&TaskResult) -> bool| results.iter().filter(|r| f(r)).count() as f64 / n as f64;
     let spec: Vec<&Run> = results.iter().filter_map(|r| r.spec.as_ref()).collect();
-    let both: Vec<(&Run, &Run)> = results.iter().filter_map(|r| Some((r.plain.as_ref()?, r.spec.as_ref()?))).collect();
+    let both: Vec<(&Run, &Run)> = results
+        .iter()
+        .filter_map(|r| Some((r.plain.as_ref()?, r.spec.as_ref()?)))
+        .collect();
     let ms: Vec<f64> = results.iter().map(|r| r.ms).collect();
     GroupSummary {
         tasks: n,
@@ -150,9 +170,15 @@ pub fn summarize(results: &[&TaskResult]) -> GroupSummary {
             spec.iter().map(|s| s.decode_tokens).sum::<usize>() as f64 / forwards.max(1) as f64
         }),
         speedup: (!both.is_empty()).then(|| {
-            both.iter().map(|(p, _)| p.ms).sum::<f64>() / both.iter().map(|(_, s)| s.ms).sum::<f64>().max(1e-9)
+            both.iter().map(|(p, _)| p.ms).sum::<f64>()
+                / both.iter().map(|(_, s)| s.ms).sum::<f64>().max(1e-9)
         }),
-        identical: (!both.is_empty()).then(|| both.iter().filter(|(p, s)| p.completion == s.completion).count() as f64 / both.len() as f64),
+        identical: (!both.is_empty()).then(|| {
+            both.iter()
+                .filter(|(p, s)| p.completion == s.completion)
+                .count() as f64
+                / both.len() as f64
+        }),
         p50_ms: percentile(&ms, 50.0),
         p95_ms: percentile(&ms, 95.0),
     }
@@ -171,7 +197,10 @@ pub fn summary(results: &[TaskResult]) -> Summary {
         for r in results {
             groups.entry(key(r)).or_default().push(r);
         }
-        groups.into_iter().map(|(k, v)| (k, summarize(&v))).collect()
+        groups
+            .into_iter()
+            .map(|(k, v)| (k, summarize(&v)))
+            .collect()
     };
     Summary {
         all: summarize(&results.iter().collect::<Vec<_>>()),
@@ -201,11 +230,26 @@ pub fn eval_settings(max_tokens: usize) -> Settings {
     }
 }
 
-fn run_mode(service: &mut CompletionService, task: &Task, mode: Mode, base: &Settings) -> ModelResult<Run> {
+fn run_mode(
+    service: &mut CompletionService,
+    task: &Task,
+    mode: Mode,
+    base: &Settings,
+) -> ModelResult<Run> {
     let text = format!("{}{}", task.prefix, task.suffix);
     let doc = format!("{}#{mode:?}", task.id);
-    let req = Request { doc: &doc, language: &task.language, text: &text, cursor: task.prefix.len(), base: 0, neighbours: &[] };
-    let settings = Settings { mode, ..base.clone() };
+    let req = Request {
+        doc: &doc,
+        language: &task.language,
+        text: &text,
+        cursor: task.prefix.len(),
+        base: 0,
+        neighbours: &[],
+    };
+    let settings = Settings {
+        mode,
+        ..base.clone()
+    };
     let s = service.suggest(&req, &settings, None)?;
     let stats = s.stats.unwrap_or_default();
     Ok(Run {
@@ -219,9 +263,16 @@ fn run_mode(service: &mut CompletionService, task: &Task, mode: Mode, base: &Set
 }
 
 /// Runs one task through the same pipeline as `serve` (`CompletionService::suggest`).
-pub fn evaluate(service: &mut CompletionService, task: &Task, modes: EvalModes, base: &Settings) -> ModelResult<TaskResult> {
+pub fn evaluate(
+    service: &mut CompletionService,
+    task: &Task,
+    modes: EvalModes,
+    base: &Settings,
+) -> ModelResult<TaskResult> {
     let plain = match modes {
-        EvalModes::Both | EvalModes::Only(Mode::Plain) => Some(run_mode(service, task, Mode::Plain, base)?),
+        EvalModes::Both | EvalModes::Only(Mode::Plain) => {
+            Some(run_mode(service, task, Mode::Plain, base)?)
+        }
         _ => None,
     };
     let spec = match modes {
@@ -229,7 +280,10 @@ pub fn evaluate(service: &mut CompletionService, task: &Task, modes: EvalModes, 
         EvalModes::Only(m) if m != Mode::Plain => Some(run_mode(service, task, m, base)?),
         _ => None,
     };
-    let scored = spec.as_ref().or(plain.as_ref()).expect("at least one mode ran");
+    let scored = spec
+        .as_ref()
+        .or(plain.as_ref())
+        .expect("at least one mode ran");
     Ok(TaskResult {
         id: task.id.clone(),
         language: task.language.clone(),
@@ -255,7 +309,13 @@ mod tests {
 
     #[test]
     fn exact_match_table() {
-        let cases = [("a + b", "a + b\n", true), ("a + b  ", "a + b", true), ("a+b", "a + b", false), (" a", "a", false), ("", "", true)];
+        let cases = [
+            ("a + b", "a + b\n", true),
+            ("a + b  ", "a + b", true),
+            ("a+b", "a + b", false),
+            (" a", "a", false),
+            ("", "", true),
+        ];
         for (a, b, want) in cases {
             assert_eq!(exact_match(a, b), want, "{a:?} {b:?}");
         }
@@ -263,9 +323,19 @@ mod tests {
 
     #[test]
     fn edit_similarity_table() {
-        let cases = [("abc", "abc", 1.0), ("", "", 1.0), ("abc", "", 0.0), ("kitten", "sitting", 1.0 - 3.0 / 7.0), ("héllo", "hello", 0.8)];
+        let cases = [
+            ("abc", "abc", 1.0),
+            ("", "", 1.0),
+            ("abc", "", 0.0),
+            ("kitten", "sitting", 1.0 - 3.0 / 7.0),
+            ("héllo", "hello", 0.8),
+        ];
         for (a, b, want) in cases {
-            assert!((edit_similarity(a, b) - want).abs() < 1e-9, "{a:?} {b:?}: {}", edit_similarity(a, b));
+            assert!(
+                (edit_similarity(a, b) - want).abs() < 1e-9,
+                "{a:?} {b:?}: {}",
+                edit_similarity(a, b)
+            );
         }
     }
 

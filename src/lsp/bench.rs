@@ -32,7 +32,11 @@ pub enum BenchError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("bad task file {path}, line {line}: {err}")]
-    Task { path: String, line: usize, err: serde_json::Error },
+    Task {
+        path: String,
+        line: usize,
+        err: serde_json::Error,
+    },
     #[error("the server {0}")]
     Server(String),
 }
@@ -41,8 +45,17 @@ pub enum BenchError {
 pub fn read_tasks(path: &Path, limit: usize) -> Result<Vec<Task>, BenchError> {
     let text = std::fs::read_to_string(path)?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).take(limit) {
-        out.push(serde_json::from_str(line).map_err(|err| BenchError::Task { path: path.display().to_string(), line: i + 1, err })?);
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .take(limit)
+    {
+        out.push(serde_json::from_str(line).map_err(|err| BenchError::Task {
+            path: path.display().to_string(),
+            line: i + 1,
+            err,
+        })?);
     }
     Ok(out)
 }
@@ -77,9 +90,20 @@ fn read_message(r: &mut impl BufRead) -> Option<Value> {
 
 impl Client {
     pub fn spawn(program: &Path, args: &[String]) -> Result<Self, BenchError> {
-        let mut child = Command::new(program).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
-        let stdin = child.stdin.take().ok_or_else(|| BenchError::Server("has no stdin".into()))?;
-        let stdout = child.stdout.take().ok_or_else(|| BenchError::Server("has no stdout".into()))?;
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| BenchError::Server("has no stdin".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| BenchError::Server("has no stdout".into()))?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut r = BufReader::new(stdout);
@@ -89,7 +113,12 @@ impl Client {
                 }
             }
         });
-        Ok(Self { child, stdin, rx, next_id: 1 })
+        Ok(Self {
+            child,
+            stdin,
+            rx,
+            next_id: 1,
+        })
     }
 
     fn send(&mut self, msg: &Value) -> Result<(), BenchError> {
@@ -109,7 +138,10 @@ impl Client {
         self.next_id += 1;
         self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))?;
         loop {
-            let msg = self.rx.recv_timeout(Duration::from_secs(120)).map_err(|_| BenchError::Server(format!("did not answer {method} in 120 s")))?;
+            let msg = self
+                .rx
+                .recv_timeout(Duration::from_secs(120))
+                .map_err(|_| BenchError::Server(format!("did not answer {method} in 120 s")))?;
             if msg.get("method").is_some() {
                 if let Some(sid) = msg.get("id") {
                     self.send(&json!({"jsonrpc": "2.0", "id": sid, "result": null}))?;
@@ -118,7 +150,9 @@ impl Client {
             }
             if msg.get("id") == Some(&json!(id)) {
                 if let Some(err) = msg.get("error") {
-                    return Err(BenchError::Server(format!("answered {method} with an error: {err}")));
+                    return Err(BenchError::Server(format!(
+                        "answered {method} with an error: {err}"
+                    )));
                 }
                 return Ok(msg.get("result").cloned().unwrap_or(Value::Null));
             }
@@ -220,7 +254,14 @@ pub fn big_file(tasks: &[Task], lines: usize) -> (String, usize, usize) {
 
 /// Runs one variant: a fresh server, a cold request in a `cold_lines`-line file, then typing
 /// through each task's middle (at most `keystrokes` characters each).
-pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tasks: &[Task], keystrokes: usize, cold_lines: usize) -> Result<Report, BenchError> {
+pub fn run_variant(
+    server: &Path,
+    server_args: &[String],
+    variant: &Variant,
+    tasks: &[Task],
+    keystrokes: usize,
+    cold_lines: usize,
+) -> Result<Report, BenchError> {
     let mut c = Client::spawn(server, server_args)?;
     c.request(
         "initialize",
@@ -244,7 +285,11 @@ pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tas
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let inline = |c: &mut Client, uri: &str, line: usize, col: usize| -> Result<(f64, Option<String>), BenchError> {
+    let inline = |c: &mut Client,
+                  uri: &str,
+                  line: usize,
+                  col: usize|
+     -> Result<(f64, Option<String>), BenchError> {
         let t = Instant::now();
         let r = c.request(
             "textDocument/inlineCompletion",
@@ -256,18 +301,31 @@ pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tas
     };
 
     let (big, line, col) = big_file(tasks, cold_lines);
-    let lang = tasks.first().map_or("python", |t| t.language.as_str()).to_string();
+    let lang = tasks
+        .first()
+        .map_or("python", |t| t.language.as_str())
+        .to_string();
     let uri = format!("file:///bench/cold.{}", extension(&lang));
-    c.notify("textDocument/didOpen", json!({"textDocument": {"uri": uri, "languageId": lang, "version": 1, "text": big}}))?;
+    c.notify(
+        "textDocument/didOpen",
+        json!({"textDocument": {"uri": uri, "languageId": lang, "version": 1, "text": big}}),
+    )?;
     let (cold_ms, _) = inline(&mut c, &uri, line, col)?;
-    c.notify("textDocument/didClose", json!({"textDocument": {"uri": uri}}))?;
+    c.notify(
+        "textDocument/didClose",
+        json!({"textDocument": {"uri": uri}}),
+    )?;
 
     let mut latencies = Vec::new();
     let mut single = Vec::new();
     let mut shown = 0usize;
     // The server's own rule, on the text around the cursor: is this a single-line request?
-    let policy = variant.options["lines"].as_str().and_then(|s| s.parse::<LinePolicy>().ok()).unwrap_or_default();
-    let is_single = |prefix: &str, suffix: &str| choose_lines(prefix, suffix, policy) == Lines::Single;
+    let policy = variant.options["lines"]
+        .as_str()
+        .and_then(|s| s.parse::<LinePolicy>().ok())
+        .unwrap_or_default();
+    let is_single =
+        |prefix: &str, suffix: &str| choose_lines(prefix, suffix, policy) == Lines::Single;
     for (i, task) in tasks.iter().enumerate() {
         let uri = format!("file:///bench/{i}.{}", extension(&task.language));
         let text = format!("{}{}", task.prefix, task.suffix);
@@ -282,8 +340,13 @@ pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tas
         shown += current.is_some() as usize;
         let mut author = task.middle.chars();
         for k in 0..keystrokes {
-            let followed = current.as_deref().and_then(|s| s.chars().next()).filter(|_| variant.follow_suggestions);
-            let Some(ch) = followed.or_else(|| author.next()) else { break };
+            let followed = current
+                .as_deref()
+                .and_then(|s| s.chars().next())
+                .filter(|_| variant.follow_suggestions);
+            let Some(ch) = followed.or_else(|| author.next()) else {
+                break;
+            };
             let pos = json!({"line": line, "character": col});
             c.notify(
                 "textDocument/didChange",
@@ -304,7 +367,10 @@ pub fn run_variant(server: &Path, server_args: &[String], variant: &Variant, tas
             shown += next.is_some() as usize;
             current = next;
         }
-        c.notify("textDocument/didClose", json!({"textDocument": {"uri": uri}}))?;
+        c.notify(
+            "textDocument/didClose",
+            json!({"textDocument": {"uri": uri}}),
+        )?;
     }
     let stats = c.request("foresight/stats", Value::Null)?;
     c.close();
@@ -376,7 +442,13 @@ mod tests {
 
     #[test]
     fn big_file_has_the_lines_asked_for() {
-        let t = Task { id: String::new(), language: "python".into(), prefix: "a\nb".into(), middle: "c".into(), suffix: "\nd".into() };
+        let t = Task {
+            id: String::new(),
+            language: "python".into(),
+            prefix: "a\nb".into(),
+            middle: "c".into(),
+            suffix: "\nd".into(),
+        };
         let (text, line, col) = big_file(&[t], 2000);
         assert_eq!(text.split('\n').count(), 2000);
         assert_eq!(line, 1000);

@@ -28,7 +28,15 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { model: None, device: DeviceChoice::Cpu, settings: Settings::default(), speculative: true, temperature: 0.0, top_p: 0.95, seed: 0 }
+        Self {
+            model: None,
+            device: DeviceChoice::Cpu,
+            settings: Settings::default(),
+            speculative: true,
+            temperature: 0.0,
+            top_p: 0.95,
+            seed: 0,
+        }
     }
 }
 
@@ -65,12 +73,18 @@ impl ServerConfig {
                 _ => map,
             },
             other => {
-                warnings.push(format!("configuration must be an object, got {other}; ignored"));
+                warnings.push(format!(
+                    "configuration must be an object, got {other}; ignored"
+                ));
                 return warnings;
             }
         };
         for (key, v) in obj {
-            let mut bad = |what: &str| warnings.push(format!("configuration key {key:?} expects {what}, got {v}; ignored"));
+            let mut bad = |what: &str| {
+                warnings.push(format!(
+                    "configuration key {key:?} expects {what}, got {v}; ignored"
+                ))
+            };
             let as_usize = |v: &Value| v.as_u64().map(|n| n as usize);
             match key.as_str() {
                 "model" => match v.as_str() {
@@ -148,11 +162,22 @@ impl ServerConfig {
                     Some(n) => self.settings.max_line_chars = n,
                     None => bad("a non-negative integer (0: no limit)"),
                 },
-                _ => warnings.push(format!("unknown configuration key {key:?} ignored (known: {})", KEYS.join(", "))),
+                _ => warnings.push(format!(
+                    "unknown configuration key {key:?} ignored (known: {})",
+                    KEYS.join(", ")
+                )),
             }
         }
-        self.settings.mode = if self.speculative { Mode::Spec } else { Mode::Plain };
-        self.settings.sampling = (self.temperature > 0.0).then_some(SamplingParams { temperature: self.temperature, top_p: self.top_p, seed: self.seed });
+        self.settings.mode = if self.speculative {
+            Mode::Spec
+        } else {
+            Mode::Plain
+        };
+        self.settings.sampling = (self.temperature > 0.0).then_some(SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+        });
         warnings
     }
 }

@@ -29,7 +29,13 @@ pub struct Document {
 
 impl Document {
     pub fn new(text: &str, language: &str, version: i32) -> Self {
-        Self { rope: Rope::from_str(text), language: language.to_string(), version, edits: 0, flat: None }
+        Self {
+            rope: Rope::from_str(text),
+            language: language.to_string(),
+            version,
+            edits: 0,
+            flat: None,
+        }
     }
 
     pub fn apply(&mut self, changes: &[Change], version: i32, enc: Encoding) {
@@ -84,7 +90,8 @@ pub fn window(rope: &Rope, cursor: usize, before: usize, after: usize) -> (usize
             // One very long line: cut inside it.
             let b = boundary(earliest);
             if b < earliest {
-                rope.char_to_byte(rope.byte_to_char(earliest) + 1).min(cursor)
+                rope.char_to_byte(rope.byte_to_char(earliest) + 1)
+                    .min(cursor)
             } else {
                 b
             }
@@ -102,7 +109,8 @@ pub struct Documents {
 
 impl Documents {
     pub fn open(&mut self, uri: &str, text: &str, language: &str, version: i32) {
-        self.docs.insert(uri.to_string(), Document::new(text, language, version));
+        self.docs
+            .insert(uri.to_string(), Document::new(text, language, version));
     }
 
     pub fn close(&mut self, uri: &str) -> bool {
@@ -121,7 +129,13 @@ impl Documents {
     /// Other open documents of `language` (at most `max_bytes` each) for snippets: the first
     /// `max_docs` by URI, so the same set of open documents always gives the same neighbours
     /// (and the same prompt), whatever the map's iteration order.
-    pub fn neighbours(&mut self, uri: &str, language: &str, max_bytes: usize, max_docs: usize) -> Vec<(String, Arc<str>)> {
+    pub fn neighbours(
+        &mut self,
+        uri: &str,
+        language: &str,
+        max_bytes: usize,
+        max_docs: usize,
+    ) -> Vec<(String, Arc<str>)> {
         let mut candidates: Vec<&String> = self
             .docs
             .iter()
@@ -130,10 +144,17 @@ impl Documents {
             .collect();
         candidates.sort();
         let chosen: Vec<String> = candidates.into_iter().take(max_docs).cloned().collect();
-        chosen.into_iter().map(|u| {
-            let text = self.docs.get_mut(&u).expect("chosen from the map").flat_text();
-            (u, text)
-        }).collect()
+        chosen
+            .into_iter()
+            .map(|u| {
+                let text = self
+                    .docs
+                    .get_mut(&u)
+                    .expect("chosen from the map")
+                    .flat_text();
+                (u, text)
+            })
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -163,13 +184,21 @@ mod tests {
             (99, 4, 4, (29, 29)), // clamped cursor at the end, after the last line break
         ];
         for (cursor, before, after, want) in cases {
-            assert_eq!(window(&rope, cursor, before, after), want, "{cursor} {before} {after}");
+            assert_eq!(
+                window(&rope, cursor, before, after),
+                want,
+                "{cursor} {before} {after}"
+            );
         }
         let long = format!("{}é{}", "x".repeat(100), "y".repeat(100));
         let rope = Rope::from_str(&long);
         let (s, e) = window(&rope, 150, 49, 1000);
         assert!(long.is_char_boundary(s) && long.is_char_boundary(e));
-        assert_eq!((s, e), (102, 202), "a long line is cut inside, after the é the cut fell in");
+        assert_eq!(
+            (s, e),
+            (102, 202),
+            "a long line is cut inside, after the é the cut fell in"
+        );
         let (s, _) = window(&rope, 110, 10, 0);
         assert_eq!(s, 100, "a cut at a character start keeps it");
     }
@@ -181,10 +210,27 @@ mod tests {
         docs.open("file:///b.rs", "fn b() {}\n", "rust", 1);
         docs.open("file:///c.py", "def c(): pass\n", "python", 1);
         let d = docs.get_mut("file:///a.rs").unwrap();
-        d.apply(&[Change { range: Some((Pos::new(0, 3), Pos::new(0, 4))), text: "🦀".into() }], 2, Encoding::Utf16);
+        d.apply(
+            &[Change {
+                range: Some((Pos::new(0, 3), Pos::new(0, 4))),
+                text: "🦀".into(),
+            }],
+            2,
+            Encoding::Utf16,
+        );
         assert_eq!(d.rope.to_string(), "fn 🦀() {}\n");
-        d.apply(&[Change { range: None, text: "new".into() }], 3, Encoding::Utf16);
-        assert_eq!((d.rope.to_string().as_str(), d.version, d.edits), ("new", 3, 2));
+        d.apply(
+            &[Change {
+                range: None,
+                text: "new".into(),
+            }],
+            3,
+            Encoding::Utf16,
+        );
+        assert_eq!(
+            (d.rope.to_string().as_str(), d.version, d.edits),
+            ("new", 3, 2)
+        );
         let n = docs.neighbours("file:///a.rs", "rust", 1 << 20, 8);
         assert_eq!(n.len(), 1);
         assert_eq!(&*n[0].1, "fn b() {}\n");
@@ -194,19 +240,30 @@ mod tests {
 
     #[test]
     fn neighbours_are_the_same_whatever_the_opening_order() {
-        let uris: Vec<String> = (0..20).map(|i| format!("file:///m{:02}.rs", (i * 7) % 20)).collect();
+        let uris: Vec<String> = (0..20)
+            .map(|i| format!("file:///m{:02}.rs", (i * 7) % 20))
+            .collect();
         let pick = |order: &[String]| {
             let mut docs = Documents::default();
             for u in order {
                 docs.open(u, &format!("// {u}\n"), "rust", 1);
             }
             docs.open("file:///big.rs", &"x".repeat(100), "rust", 1);
-            docs.neighbours("file:///m03.rs", "rust", 50, 8).into_iter().map(|(u, _)| u).collect::<Vec<_>>()
+            docs.neighbours("file:///m03.rs", "rust", 50, 8)
+                .into_iter()
+                .map(|(u, _)| u)
+                .collect::<Vec<_>>()
         };
         let forward = pick(&uris);
         let backward = pick(&uris.iter().rev().cloned().collect::<Vec<_>>());
-        let want: Vec<String> = [0, 1, 2, 4, 5, 6, 7, 8].iter().map(|i| format!("file:///m{i:02}.rs")).collect();
-        assert_eq!(forward, want, "the first 8 by URI, the cursor's own and the oversized one left out");
+        let want: Vec<String> = [0, 1, 2, 4, 5, 6, 7, 8]
+            .iter()
+            .map(|i| format!("file:///m{i:02}.rs"))
+            .collect();
+        assert_eq!(
+            forward, want,
+            "the first 8 by URI, the cursor's own and the oversized one left out"
+        );
         assert_eq!(backward, want);
     }
 }

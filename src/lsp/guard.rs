@@ -9,7 +9,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
 
 /// Frames larger than this are refused (their bytes are skipped).
 pub const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
@@ -29,7 +31,11 @@ pub async fn read_frame<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<O
     loop {
         let mut line = Vec::new();
         if r.read_until(b'\n', &mut line).await? == 0 {
-            return Ok(if saw_header { Some(Frame::BadHeader("end of input inside headers".into())) } else { None });
+            return Ok(if saw_header {
+                Some(Frame::BadHeader("end of input inside headers".into()))
+            } else {
+                None
+            });
         }
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\r', '\n']);
@@ -42,7 +48,12 @@ pub async fn read_frame<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<O
         saw_header = true;
         if let Some((name, value)) = text.split_once(':') {
             if name.trim().eq_ignore_ascii_case("content-length") {
-                length = Some(value.trim().parse::<usize>().map_err(|_| format!("bad Content-Length {:?}", value.trim())));
+                length = Some(
+                    value
+                        .trim()
+                        .parse::<usize>()
+                        .map_err(|_| format!("bad Content-Length {:?}", value.trim())),
+                );
             }
         }
     }
@@ -51,7 +62,9 @@ pub async fn read_frame<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<O
         Some(Err(e)) => Ok(Some(Frame::BadHeader(e))),
         Some(Ok(n)) if n > MAX_FRAME_BYTES => {
             tokio::io::copy(&mut r.take(n as u64), &mut tokio::io::sink()).await?;
-            Ok(Some(Frame::BadHeader(format!("frame of {n} bytes is over the limit of {MAX_FRAME_BYTES}"))))
+            Ok(Some(Frame::BadHeader(format!(
+                "frame of {n} bytes is over the limit of {MAX_FRAME_BYTES}"
+            ))))
         }
         Some(Ok(n)) => {
             let mut body = vec![0u8; n];
@@ -66,32 +79,68 @@ pub async fn read_frame<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<O
 pub fn check_body(body: &[u8]) -> Result<(), Value> {
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => return Err(error_response(Value::Null, -32700, &format!("parse error: {e}"))),
+        Err(e) => {
+            return Err(error_response(
+                Value::Null,
+                -32700,
+                &format!("parse error: {e}"),
+            ))
+        }
     };
     let id = value.get("id").cloned().unwrap_or(Value::Null);
     let Some(obj) = value.as_object() else {
-        return Err(error_response(Value::Null, -32600, "invalid request: a message must be a JSON object (batches are not part of LSP)"));
+        return Err(error_response(
+            Value::Null,
+            -32600,
+            "invalid request: a message must be a JSON object (batches are not part of LSP)",
+        ));
     };
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Err(error_response(id, -32600, "invalid request: \"jsonrpc\" must be \"2.0\""));
+        return Err(error_response(
+            id,
+            -32600,
+            "invalid request: \"jsonrpc\" must be \"2.0\"",
+        ));
     }
-    let id_ok = matches!(obj.get("id"), None | Some(Value::Number(_)) | Some(Value::String(_)));
+    let id_ok = matches!(
+        obj.get("id"),
+        None | Some(Value::Number(_)) | Some(Value::String(_))
+    );
     if !id_ok {
-        return Err(error_response(Value::Null, -32600, "invalid request: \"id\" must be a number or a string"));
+        return Err(error_response(
+            Value::Null,
+            -32600,
+            "invalid request: \"id\" must be a number or a string",
+        ));
     }
     match obj.get("method") {
         Some(Value::String(_)) => {
-            if !matches!(obj.get("params"), None | Some(Value::Object(_)) | Some(Value::Array(_)) | Some(Value::Null)) {
-                return Err(error_response(id, -32600, "invalid request: \"params\" must be an object or an array"));
+            if !matches!(
+                obj.get("params"),
+                None | Some(Value::Object(_)) | Some(Value::Array(_)) | Some(Value::Null)
+            ) {
+                return Err(error_response(
+                    id,
+                    -32600,
+                    "invalid request: \"params\" must be an object or an array",
+                ));
             }
             Ok(())
         }
-        Some(_) => Err(error_response(id, -32600, "invalid request: \"method\" must be a string")),
+        Some(_) => Err(error_response(
+            id,
+            -32600,
+            "invalid request: \"method\" must be a string",
+        )),
         None if obj.contains_key("result") || obj.contains_key("error") => {
             if obj.contains_key("id") {
                 Ok(())
             } else {
-                Err(error_response(Value::Null, -32600, "invalid response: no id"))
+                Err(error_response(
+                    Value::Null,
+                    -32600,
+                    "invalid response: no id",
+                ))
             }
         }
         None => Err(error_response(id, -32600, "invalid request: no \"method\"")),
@@ -119,7 +168,11 @@ pub fn write_frame(out: &Output, body: &[u8]) -> std::io::Result<()> {
 
 /// Client → server: passes good frames to `to_server`, answers bad ones on `out`. Returns at the
 /// end of input (closing `to_server`, which tells tower-lsp the client is gone).
-pub async fn pump_input<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(input: R, mut to_server: W, out: Output) {
+pub async fn pump_input<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    input: R,
+    mut to_server: W,
+    out: Output,
+) {
     let mut input = BufReader::with_capacity(1 << 16, input);
     loop {
         match read_frame(&mut input).await {
@@ -140,7 +193,10 @@ pub async fn pump_input<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(input: R, m
                     }
                 }
                 Err(reply) => {
-                    tracing::warn!("malformed message from the client: {}", reply["error"]["message"]);
+                    tracing::warn!(
+                        "malformed message from the client: {}",
+                        reply["error"]["message"]
+                    );
                     let _ = write_frame(&out, reply.to_string().as_bytes());
                 }
             },
@@ -164,7 +220,9 @@ mod tests {
     use super::*;
 
     fn frames(input: &[u8]) -> Vec<Frame> {
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let mut r = BufReader::new(input);
             let mut out = Vec::new();
@@ -191,19 +249,41 @@ mod tests {
 
     #[test]
     fn check_body_table() {
-        let code = |b: &str| check_body(b.as_bytes()).err().map(|v| (v["error"]["code"].as_i64().unwrap(), v["id"].clone()));
+        let code = |b: &str| {
+            check_body(b.as_bytes())
+                .err()
+                .map(|v| (v["error"]["code"].as_i64().unwrap(), v["id"].clone()))
+        };
         let cases = [
             (r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{}}"#, None),
             (r#"{"jsonrpc":"2.0","method":"x"}"#, None),
             (r#"{"jsonrpc":"2.0","id":"a","result":null}"#, None),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"#, Some((-32700, Value::Null))),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"#,
+                Some((-32700, Value::Null)),
+            ),
             ("\u{0}\u{1}binary", Some((-32700, Value::Null))),
-            (r#"[{"jsonrpc":"2.0","id":1,"method":"x"}]"#, Some((-32600, Value::Null))),
-            (r#"{"jsonrpc":"1.0","id":7,"method":"x"}"#, Some((-32600, json!(7)))),
-            (r#"{"jsonrpc":"2.0","id":7,"method":5}"#, Some((-32600, json!(7)))),
+            (
+                r#"[{"jsonrpc":"2.0","id":1,"method":"x"}]"#,
+                Some((-32600, Value::Null)),
+            ),
+            (
+                r#"{"jsonrpc":"1.0","id":7,"method":"x"}"#,
+                Some((-32600, json!(7))),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":7,"method":5}"#,
+                Some((-32600, json!(7))),
+            ),
             (r#"{"jsonrpc":"2.0","id":7}"#, Some((-32600, json!(7)))),
-            (r#"{"jsonrpc":"2.0","id":{"a":1},"method":"x"}"#, Some((-32600, Value::Null))),
-            (r#"{"jsonrpc":"2.0","id":7,"method":"x","params":3}"#, Some((-32600, json!(7)))),
+            (
+                r#"{"jsonrpc":"2.0","id":{"a":1},"method":"x"}"#,
+                Some((-32600, Value::Null)),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":7,"method":"x","params":3}"#,
+                Some((-32600, json!(7))),
+            ),
         ];
         for (body, want) in cases {
             assert_eq!(code(body), want, "{body}");

@@ -104,7 +104,10 @@ pub fn from_byte(rope: &Rope, byte: usize, enc: Encoding) -> Pos {
         Encoding::Utf8 => rope.char_to_byte(ch) - rope.char_to_byte(start_char),
         Encoding::Utf16 => rope.char_to_utf16_cu(ch) - rope.char_to_utf16_cu(start_char),
     };
-    Pos { line: line as u32, character: character as u32 }
+    Pos {
+        line: line as u32,
+        character: character as u32,
+    }
 }
 
 /// Applies one incremental change: replaces the text between `start` and `end` (clamped; swapped
@@ -157,7 +160,11 @@ mod tests {
             (1, 1, Utf8, 12),
         ];
         for (line, character, enc, want) in cases {
-            assert_eq!(to_byte(&rope, Pos::new(line, character), enc), want, "{line}:{character} {enc:?}");
+            assert_eq!(
+                to_byte(&rope, Pos::new(line, character), enc),
+                want,
+                "{line}:{character} {enc:?}"
+            );
         }
     }
 
@@ -180,7 +187,11 @@ mod tests {
             (13, Utf8, (1, 2)),
         ];
         for (byte, enc, (line, character)) in cases {
-            assert_eq!(from_byte(&rope, byte, enc), Pos::new(line, character), "{byte} {enc:?}");
+            assert_eq!(
+                from_byte(&rope, byte, enc),
+                Pos::new(line, character),
+                "{byte} {enc:?}"
+            );
         }
     }
 
@@ -188,8 +199,15 @@ mod tests {
     fn round_trips_at_every_character_boundary() {
         let rope = Rope::from_str(TEXT);
         for enc in [Encoding::Utf8, Encoding::Utf16] {
-            for (byte, _) in TEXT.char_indices().filter(|(i, _)| !TEXT[..*i].ends_with('\r')) {
-                assert_eq!(to_byte(&rope, from_byte(&rope, byte, enc), enc), byte, "{byte} {enc:?}");
+            for (byte, _) in TEXT
+                .char_indices()
+                .filter(|(i, _)| !TEXT[..*i].ends_with('\r'))
+            {
+                assert_eq!(
+                    to_byte(&rope, from_byte(&rope, byte, enc), enc),
+                    byte,
+                    "{byte} {enc:?}"
+                );
             }
         }
     }
@@ -199,7 +217,10 @@ mod tests {
         let rope = Rope::from_str("a\rb\r\nc\u{2028}d");
         assert_eq!(rope.len_lines(), 3);
         assert_eq!(to_byte(&rope, Pos::new(1, 0), Encoding::Utf16), 2);
-        assert_eq!(to_byte(&rope, Pos::new(2, 3), Encoding::Utf16), 5 + 1 + 3 + 1);
+        assert_eq!(
+            to_byte(&rope, Pos::new(2, 3), Encoding::Utf16),
+            5 + 1 + 3 + 1
+        );
     }
 
     #[test]
@@ -216,7 +237,13 @@ mod tests {
         apply_change(&mut rope, Pos::new(1, 5), Pos::new(1, 0), "W", enc);
         assert_eq!(rope.to_string(), "héllo ∑x\nW!");
         // UTF-8 columns: replace "é" (bytes 1..3).
-        apply_change(&mut rope, Pos::new(0, 1), Pos::new(0, 3), "e", Encoding::Utf8);
+        apply_change(
+            &mut rope,
+            Pos::new(0, 1),
+            Pos::new(0, 3),
+            "e",
+            Encoding::Utf8,
+        );
         assert_eq!(rope.to_string(), "hello ∑x\nW!");
         // Deleting across the line break.
         apply_change(&mut rope, Pos::new(0, 8), Pos::new(1, 0), "", enc);

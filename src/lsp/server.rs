@@ -95,7 +95,10 @@ async fn guarded_notification<F: Future<Output = ()>>(what: &str, fut: F) {
 }
 
 fn to_position(p: Pos) -> Position {
-    Position { line: p.line, character: p.character }
+    Position {
+        line: p.line,
+        character: p.character,
+    }
 }
 
 fn from_position(p: Position) -> Pos {
@@ -119,7 +122,11 @@ impl Backend {
     async fn ensure_model(&self) {
         let (dir, device, progress) = {
             let mut s = self.lock();
-            let dir = s.config.model.clone().or_else(|| self.default_model.clone());
+            let dir = s
+                .config
+                .model
+                .clone()
+                .or_else(|| self.default_model.clone());
             let want = (dir.clone(), s.config.device);
             if s.loading.as_ref() == Some(&want) {
                 return;
@@ -131,24 +138,48 @@ impl Backend {
             let msg = "Foresight: no model configured. Set initializationOptions.model to a model directory, or start `foresight serve --model DIR`.";
             self.client.show_message(MessageType::ERROR, msg).await;
             self.client.log_message(MessageType::ERROR, msg).await;
-            self.worker.send(Job::NoModel { reason: msg.to_string() });
+            self.worker.send(Job::NoModel {
+                reason: msg.to_string(),
+            });
             return;
         };
         let token = NumberOrString::String(format!("foresight/load/{}", dir.display()));
-        let ongoing = if progress && self.client.create_work_done_progress(token.clone()).await.is_ok() {
-            Some(self.client.progress(token, "Foresight").with_message(format!("loading model {}", dir.display())).begin().await)
+        let ongoing = if progress
+            && self
+                .client
+                .create_work_done_progress(token.clone())
+                .await
+                .is_ok()
+        {
+            Some(
+                self.client
+                    .progress(token, "Foresight")
+                    .with_message(format!("loading model {}", dir.display()))
+                    .begin()
+                    .await,
+            )
         } else {
             None
         };
         let (tx, rx) = oneshot::channel();
-        let result = if self.worker.send(Job::Load { dir: dir.clone(), device, reply: tx }) {
-            rx.await.unwrap_or_else(|_| Err("the model worker stopped".into()))
+        let result = if self.worker.send(Job::Load {
+            dir: dir.clone(),
+            device,
+            reply: tx,
+        }) {
+            rx.await
+                .unwrap_or_else(|_| Err("the model worker stopped".into()))
         } else {
             Err("the model worker stopped".into())
         };
         match result {
             Ok(info) => {
-                let msg = format!("Foresight: model {} loaded ({} heads) in {:.0} ms", info.dir.display(), info.heads, info.load_ms);
+                let msg = format!(
+                    "Foresight: model {} loaded ({} heads) in {:.0} ms",
+                    info.dir.display(),
+                    info.heads,
+                    info.load_ms
+                );
                 tracing::info!("{msg}");
                 if let Some(p) = ongoing {
                     p.finish_with_message(msg.clone()).await;
@@ -160,8 +191,12 @@ impl Backend {
                 if let Some(p) = ongoing {
                     p.finish_with_message(format!("failed: {e}")).await;
                 }
-                self.client.show_message(MessageType::ERROR, format!("Foresight: {e}")).await;
-                self.client.log_message(MessageType::ERROR, format!("Foresight: {e}")).await;
+                self.client
+                    .show_message(MessageType::ERROR, format!("Foresight: {e}"))
+                    .await;
+                self.client
+                    .log_message(MessageType::ERROR, format!("Foresight: {e}"))
+                    .await;
             }
         }
     }
@@ -188,11 +223,22 @@ impl Backend {
             let before = (settings.budget.prefix_tokens * 8).max(4096);
             let after = (settings.budget.suffix_tokens * 8).max(1024);
             let (start, end) = window(&rope, cursor, before, after);
-            let text = rope.slice(rope.byte_to_char(start)..rope.byte_to_char(end)).to_string();
+            let text = rope
+                .slice(rope.byte_to_char(start)..rope.byte_to_char(end))
+                .to_string();
             let local = cursor - start;
-            let word_len = text[..local].chars().rev().take_while(|c| c.is_alphanumeric() || *c == '_').map(char::len_utf8).sum::<usize>();
+            let word_len = text[..local]
+                .chars()
+                .rev()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .map(char::len_utf8)
+                .sum::<usize>();
             let word = text[local - word_len..local].to_string();
-            let neighbours = if settings.snippet_tokens > 0 { s.docs.neighbours(uri, &language, MAX_DOC_BYTES, 8) } else { Vec::new() };
+            let neighbours = if settings.snippet_tokens > 0 {
+                s.docs.neighbours(uri, &language, MAX_DOC_BYTES, 8)
+            } else {
+                Vec::new()
+            };
             if let Some(old) = s.latest.insert(key.clone(), cancel.clone()) {
                 old.store(true, Ordering::Relaxed); // superseded
             }
@@ -208,14 +254,27 @@ impl Backend {
                 cancel: cancel.clone(),
                 reply: tx,
             };
-            (job, edits, from_byte(&rope, cursor, enc), word, from_byte(&rope, cursor - word_len, enc), rx)
+            (
+                job,
+                edits,
+                from_byte(&rope, cursor, enc),
+                word,
+                from_byte(&rope, cursor - word_len, enc),
+                rx,
+            )
         };
         let _on_drop = CancelOnDrop(cancel.clone());
         if !self.worker.send(Job::Complete(job)) {
             return Err(RpcError::internal_error());
         }
-        let result = rx.await.unwrap_or(JobResult::Failed("the model worker stopped".into()));
-        tracing::debug!("completion for {uri} at {}:{}: {result:?}", pos.line, pos.character);
+        let result = rx
+            .await
+            .unwrap_or(JobResult::Failed("the model worker stopped".into()));
+        tracing::debug!(
+            "completion for {uri} at {}:{}: {result:?}",
+            pos.line,
+            pos.character
+        );
         let text = match result {
             JobResult::Done(s) => s.text,
             JobResult::Cancelled => return Ok(None),
@@ -224,7 +283,12 @@ impl Backend {
                 return Ok(None);
             }
             JobResult::Failed(why) => {
-                self.client.log_message(MessageType::ERROR, format!("Foresight: completion failed: {why}")).await;
+                self.client
+                    .log_message(
+                        MessageType::ERROR,
+                        format!("Foresight: completion failed: {why}"),
+                    )
+                    .await;
                 return Ok(None);
             }
         };
@@ -242,24 +306,39 @@ impl Backend {
         if text.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Ready { text, cursor, word, word_start }))
+        Ok(Some(Ready {
+            text,
+            cursor,
+            word,
+            word_start,
+        }))
     }
 
-    async fn inline_completion(&self, params: InlineCompletionParams) -> RpcResult<Option<InlineCompletionResponse>> {
+    async fn inline_completion(
+        &self,
+        params: InlineCompletionParams,
+    ) -> RpcResult<Option<InlineCompletionResponse>> {
         guarded("textDocument/inlineCompletion", async {
             let tdp = params.text_document_position;
-            let ready = self.suggest("inline", tdp.text_document.uri.as_str(), tdp.position).await?;
+            let ready = self
+                .suggest("inline", tdp.text_document.uri.as_str(), tdp.position)
+                .await?;
             let items = ready
                 .map(|r| InlineCompletionItem {
                     insert_text: r.text,
                     filter_text: None,
-                    range: Some(Range { start: to_position(r.cursor), end: to_position(r.cursor) }),
+                    range: Some(Range {
+                        start: to_position(r.cursor),
+                        end: to_position(r.cursor),
+                    }),
                     command: None,
                     insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
                 })
                 .into_iter()
                 .collect();
-            Ok(Some(InlineCompletionResponse::List(InlineCompletionList { items })))
+            Ok(Some(InlineCompletionResponse::List(InlineCompletionList {
+                items,
+            })))
         })
         .await
     }
@@ -291,7 +370,12 @@ impl LanguageServer for Backend {
                 .map(|v| v.iter().map(|k| k.as_str().to_string()).collect())
                 .unwrap_or_default();
             let enc = Encoding::negotiate(offered.iter().map(String::as_str));
-            let progress = params.capabilities.window.as_ref().and_then(|w| w.work_done_progress).unwrap_or(false);
+            let progress = params
+                .capabilities
+                .window
+                .as_ref()
+                .and_then(|w| w.work_done_progress)
+                .unwrap_or(false);
             {
                 let mut s = self.lock();
                 s.enc = enc;
@@ -301,20 +385,29 @@ impl LanguageServer for Backend {
                     s.pending_warnings.extend(w);
                 }
             }
-            tracing::info!("initialize: position encoding {}, progress {}", enc.as_str(), progress);
+            tracing::info!(
+                "initialize: position encoding {}, progress {}",
+                enc.as_str(),
+                progress
+            );
             Ok(InitializeResult {
                 capabilities: ServerCapabilities {
                     position_encoding: Some(PositionEncodingKind::from(enc.as_str())),
-                    text_document_sync: Some(TextDocumentSyncCapability::Options(TextDocumentSyncOptions {
-                        open_close: Some(true),
-                        change: Some(TextDocumentSyncKind::INCREMENTAL),
-                        ..Default::default()
-                    })),
+                    text_document_sync: Some(TextDocumentSyncCapability::Options(
+                        TextDocumentSyncOptions {
+                            open_close: Some(true),
+                            change: Some(TextDocumentSyncKind::INCREMENTAL),
+                            ..Default::default()
+                        },
+                    )),
                     completion_provider: Some(CompletionOptions::default()),
                     inline_completion_provider: Some(OneOf::Left(true)),
                     ..Default::default()
                 },
-                server_info: Some(ServerInfo { name: "foresight".into(), version: Some(env!("CARGO_PKG_VERSION").into()) }),
+                server_info: Some(ServerInfo {
+                    name: "foresight".into(),
+                    version: Some(env!("CARGO_PKG_VERSION").into()),
+                }),
                 ..Default::default()
             })
         })
@@ -342,7 +435,9 @@ impl LanguageServer for Backend {
     async fn did_open(&self, params: DidOpenTextDocumentParams) {
         guarded_notification("textDocument/didOpen", async {
             let d = params.text_document;
-            self.lock().docs.open(d.uri.as_str(), &d.text, &d.language_id, d.version);
+            self.lock()
+                .docs
+                .open(d.uri.as_str(), &d.text, &d.language_id, d.version);
         })
         .await
     }
@@ -353,7 +448,12 @@ impl LanguageServer for Backend {
             let changes: Vec<Change> = params
                 .content_changes
                 .into_iter()
-                .map(|c| Change { range: c.range.map(|r| (from_position(r.start), from_position(r.end))), text: c.text })
+                .map(|c| Change {
+                    range: c
+                        .range
+                        .map(|r| (from_position(r.start), from_position(r.end))),
+                    text: c.text,
+                })
                 .collect();
             let mut s = self.lock();
             let enc = s.enc;
@@ -376,7 +476,9 @@ impl LanguageServer for Backend {
                 }
             }
             // Queued behind any running completion, so it never races one for this document.
-            self.worker.send(Job::Forget { doc: uri.to_string() });
+            self.worker.send(Job::Forget {
+                doc: uri.to_string(),
+            });
         })
         .await
     }
@@ -393,12 +495,22 @@ impl LanguageServer for Backend {
     async fn completion(&self, params: CompletionParams) -> RpcResult<Option<CompletionResponse>> {
         guarded("textDocument/completion", async {
             let tdp = params.text_document_position;
-            let ready = self.suggest("completion", tdp.text_document.uri.as_str(), tdp.position).await?;
+            let ready = self
+                .suggest("completion", tdp.text_document.uri.as_str(), tdp.position)
+                .await?;
             let items = ready
                 .map(|r| {
                     let full = format!("{}{}", r.word, r.text);
-                    let first = full.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-                    let label: String = if first.chars().count() > 60 { first.chars().take(59).chain(['…']).collect() } else { first.to_string() };
+                    let first = full
+                        .lines()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("")
+                        .trim();
+                    let label: String = if first.chars().count() > 60 {
+                        first.chars().take(59).chain(['…']).collect()
+                    } else {
+                        first.to_string()
+                    };
                     CompletionItem {
                         label,
                         kind: Some(CompletionItemKind::TEXT),
@@ -407,7 +519,10 @@ impl LanguageServer for Backend {
                         filter_text: Some(full.clone()),
                         insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
                         text_edit: Some(CompletionTextEdit::Edit(TextEdit {
-                            range: Range { start: to_position(r.word_start), end: to_position(r.cursor) },
+                            range: Range {
+                                start: to_position(r.word_start),
+                                end: to_position(r.cursor),
+                            },
                             new_text: full,
                         })),
                         ..Default::default()
@@ -415,7 +530,10 @@ impl LanguageServer for Backend {
                 })
                 .into_iter()
                 .collect();
-            Ok(Some(CompletionResponse::List(CompletionList { is_incomplete: true, items })))
+            Ok(Some(CompletionResponse::List(CompletionList {
+                is_incomplete: true,
+                items,
+            })))
         })
         .await
     }
@@ -460,14 +578,21 @@ where
     })
     .custom_method("textDocument/inlineCompletion", Backend::inline_completion)
     .custom_method("foresight/stats", Backend::stats);
-    let builder = if opts.test_hooks { builder.custom_method("foresight/debugPanic", Backend::debug_panic) } else { builder };
+    let builder = if opts.test_hooks {
+        builder.custom_method("foresight/debugPanic", Backend::debug_panic)
+    } else {
+        builder
+    };
     let (service, socket) = builder.finish();
 
     let (to_server, server_in) = tokio::io::duplex(1 << 20);
     let (server_out, from_server) = tokio::io::duplex(1 << 20);
     let input_task = tokio::spawn(pump_input(input, to_server, output.clone()));
     let output_task = tokio::spawn(pump_output(from_server, output));
-    Server::new(server_in, server_out, socket).concurrency_level(4096).serve(service).await;
+    Server::new(server_in, server_out, socket)
+        .concurrency_level(4096)
+        .serve(service)
+        .await;
     input_task.abort();
     // Let the last responses (the `shutdown` reply) reach stdout.
     let _ = output_task.await;

@@ -12,12 +12,14 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::complete::service::{serving_capacity, CompletionService, Request, Settings, Suggestion};
+use crate::complete::service::{
+    serving_capacity, CompletionService, Request, Settings, Suggestion,
+};
 use crate::complete::snippets::SourceDoc;
 use crate::complete::Engine;
 use crate::model::cpu_kernels::run_on_kernel_pool;
-use crate::model::weights::load_dir;
 use crate::model::weight_dtype;
+use crate::model::weights::load_dir;
 
 use super::config::DeviceChoice;
 
@@ -53,12 +55,20 @@ pub struct ModelInfo {
 }
 
 pub enum Job {
-    Load { dir: PathBuf, device: DeviceChoice, reply: oneshot::Sender<Result<ModelInfo, String>> },
+    Load {
+        dir: PathBuf,
+        device: DeviceChoice,
+        reply: oneshot::Sender<Result<ModelInfo, String>>,
+    },
     Complete(CompleteJob),
     /// The editor closed this document: release what the service keeps for it.
-    Forget { doc: String },
+    Forget {
+        doc: String,
+    },
     /// No model is configured: completions answer `NoModel(reason)` until one loads.
-    NoModel { reason: String },
+    NoModel {
+        reason: String,
+    },
     /// Panics inside the worker (only reachable with FORESIGHT_TEST_HOOKS=1), to test recovery.
     Panic,
 }
@@ -124,7 +134,11 @@ impl State {
 }
 
 fn run(rx: mpsc::Receiver<Job>, stats: Arc<Mutex<WorkerStats>>) {
-    let mut st = State { service: None, no_model: "the model is still loading".into(), stats };
+    let mut st = State {
+        service: None,
+        no_model: "the model is still loading".into(),
+        stats,
+    };
     while let Ok(job) = rx.recv() {
         let outcome = catch_unwind(AssertUnwindSafe(|| handle(&mut st, job)));
         if let Err(panic) = outcome {
@@ -140,7 +154,11 @@ fn run(rx: mpsc::Receiver<Job>, stats: Arc<Mutex<WorkerStats>>) {
 }
 
 pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 fn handle(st: &mut State, job: Job) {
@@ -150,7 +168,11 @@ fn handle(st: &mut State, job: Job) {
             let result = load(&dir, device).map(|engine| {
                 let heads = engine.loaded().model.n_heads();
                 st.service = Some(CompletionService::new(engine));
-                ModelInfo { dir: dir.clone(), heads, load_ms: t0.elapsed().as_secs_f64() * 1e3 }
+                ModelInfo {
+                    dir: dir.clone(),
+                    heads,
+                    load_ms: t0.elapsed().as_secs_f64() * 1e3,
+                }
             });
             match &result {
                 Ok(info) => st.count(|s| s.model = Some(info.clone())),
@@ -188,7 +210,11 @@ fn handle(st: &mut State, job: Job) {
                 guard.send(JobResult::NoModel(st.no_model.clone()));
                 return;
             };
-            let neighbours: Vec<SourceDoc> = job.neighbours.iter().map(|(name, text)| SourceDoc { name, text }).collect();
+            let neighbours: Vec<SourceDoc> = job
+                .neighbours
+                .iter()
+                .map(|(name, text)| SourceDoc { name, text })
+                .collect();
             let req = Request {
                 doc: &job.doc,
                 language: &job.language,
@@ -240,13 +266,16 @@ impl ReplyGuard {
 
 impl Drop for ReplyGuard {
     fn drop(&mut self) {
-        self.send(JobResult::Failed("internal error while completing (logged)".into()));
+        self.send(JobResult::Failed(
+            "internal error while completing (logged)".into(),
+        ));
     }
 }
 
 fn load(dir: &std::path::Path, device: DeviceChoice) -> Result<Engine, String> {
     let device = device.device().map_err(|e| e.to_string())?;
-    let loaded = load_dir(dir, &device, weight_dtype(&device)).map_err(|e| format!("cannot load model {}: {e}", dir.display()))?;
+    let loaded = load_dir(dir, &device, weight_dtype(&device))
+        .map_err(|e| format!("cannot load model {}: {e}", dir.display()))?;
     let capacity = serving_capacity(&loaded.model);
     Ok(Engine::new(loaded, capacity))
 }

@@ -95,14 +95,26 @@ fn default_n_future_tokens() -> usize {
 /// is absent), so both generations of config.json read alike; any rope_type but "default" becomes
 /// `rope_scaling`, which `validate` refuses by name.
 pub fn normalize_rope_parameters(config: &mut serde_json::Value) {
-    let Some(obj) = config.as_object_mut() else { return };
-    let Some(params) = obj.get("rope_parameters").and_then(|p| p.as_object()).cloned() else { return };
+    let Some(obj) = config.as_object_mut() else {
+        return;
+    };
+    let Some(params) = obj
+        .get("rope_parameters")
+        .and_then(|p| p.as_object())
+        .cloned()
+    else {
+        return;
+    };
     if !obj.contains_key("rope_theta") {
         if let Some(theta) = params.get("rope_theta") {
             obj.insert("rope_theta".into(), theta.clone());
         }
     }
-    let rope_type = params.get("rope_type").or_else(|| params.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
+    let rope_type = params
+        .get("rope_type")
+        .or_else(|| params.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
     if rope_type != "default" && obj.get("rope_scaling").is_none_or(|v| v.is_null()) {
         obj.insert("rope_scaling".into(), serde_json::Value::Object(params));
     }
@@ -112,17 +124,24 @@ impl ModelConfig {
     /// Which decoder family this config describes, from `model_type` or else `architectures`.
     pub fn architecture(&self) -> Result<Architecture> {
         let from_name = |name: &str| match name {
-            "llama" | "LlamaForCausalLM" | "mistral" | "MistralForCausalLM" => Some(Architecture::Llama),
+            "llama" | "LlamaForCausalLM" | "mistral" | "MistralForCausalLM" => {
+                Some(Architecture::Llama)
+            }
             "qwen2" | "Qwen2ForCausalLM" => Some(Architecture::Qwen2),
             _ => None,
         };
         if let Some(model_type) = &self.model_type {
-            return from_name(model_type)
-                .ok_or_else(|| ModelError::UnknownArchitecture { found: model_type.clone() });
+            return from_name(model_type).ok_or_else(|| ModelError::UnknownArchitecture {
+                found: model_type.clone(),
+            });
         }
         match self.architectures.first() {
-            Some(arch) => from_name(arch).ok_or_else(|| ModelError::UnknownArchitecture { found: arch.clone() }),
-            None => Err(ModelError::UnknownArchitecture { found: "(no model_type or architectures)".into() }),
+            Some(arch) => from_name(arch).ok_or_else(|| ModelError::UnknownArchitecture {
+                found: arch.clone(),
+            }),
+            None => Err(ModelError::UnknownArchitecture {
+                found: "(no model_type or architectures)".into(),
+            }),
         }
     }
 
@@ -131,7 +150,8 @@ impl ModelConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// Layers shared by all heads: `layers[..L-1]`.
@@ -159,7 +179,10 @@ impl ModelConfig {
     }
 
     pub fn eos_token_ids(&self) -> Vec<u32> {
-        self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
+        self.eos_token_id
+            .as_ref()
+            .map(TokenIds::to_vec)
+            .unwrap_or_default()
     }
 
     /// Checks everything the model code relies on, with a message naming the offending key.
@@ -178,25 +201,30 @@ impl ModelConfig {
         if self.num_attention_heads == 0 || self.n_kv_heads() == 0 {
             return bad("num_attention_heads and num_key_value_heads must be positive".into());
         }
-        if self.num_attention_heads % self.n_kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.n_kv_heads()) {
             return bad(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_attention_heads,
                 self.n_kv_heads()
             ));
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "hidden_size ({}) must be a multiple of num_attention_heads ({})",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
-            return bad(format!("head_dim ({}) must be even for RoPE", self.head_dim()));
+        if !self.head_dim().is_multiple_of(2) {
+            return bad(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim()
+            ));
         }
         if let Some(act) = &self.hidden_act {
             if act != "silu" {
-                return bad(format!("hidden_act {act:?} is not supported (only silu/SwiGLU)"));
+                return bad(format!(
+                    "hidden_act {act:?} is not supported (only silu/SwiGLU)"
+                ));
             }
         }
         if self.mlp_bias == Some(true) {
@@ -230,11 +258,23 @@ mod tests {
         use serde_json::json;
         let cases = [
             // transformers 5: theta only inside rope_parameters
-            (json!({"rope_parameters": {"rope_theta": 5e5, "rope_type": "default"}}), Some(json!(5e5)), None),
+            (
+                json!({"rope_parameters": {"rope_theta": 5e5, "rope_type": "default"}}),
+                Some(json!(5e5)),
+                None,
+            ),
             // top-level key wins
-            (json!({"rope_theta": 1e4, "rope_parameters": {"rope_theta": 5e5}}), Some(json!(1e4)), None),
+            (
+                json!({"rope_theta": 1e4, "rope_parameters": {"rope_theta": 5e5}}),
+                Some(json!(1e4)),
+                None,
+            ),
             // scaled RoPE becomes rope_scaling (refused later by validate)
-            (json!({"rope_parameters": {"rope_theta": 5e5, "rope_type": "llama3", "factor": 32.0}}), Some(json!(5e5)), Some("llama3")),
+            (
+                json!({"rope_parameters": {"rope_theta": 5e5, "rope_type": "llama3", "factor": 32.0}}),
+                Some(json!(5e5)),
+                Some("llama3"),
+            ),
             // transformers 4 layout is left alone
             (json!({"rope_theta": 1e6}), Some(json!(1e6)), None),
             (json!({}), None, None),
@@ -243,7 +283,11 @@ mod tests {
             let before = v.clone();
             normalize_rope_parameters(&mut v);
             assert_eq!(v.get("rope_theta").cloned(), theta, "{before}");
-            assert_eq!(v.get("rope_scaling").and_then(|s| s["rope_type"].as_str()), scaling, "{before}");
+            assert_eq!(
+                v.get("rope_scaling").and_then(|s| s["rope_type"].as_str()),
+                scaling,
+                "{before}"
+            );
         }
     }
 
@@ -277,11 +321,20 @@ mod tests {
     #[test]
     fn invalid_configs_name_the_problem() {
         let cases = [
-            (serde_json::json!({"num_key_value_heads": 3}), "multiple of num_key_value_heads"),
-            (serde_json::json!({"num_hidden_layers": 0}), "num_hidden_layers"),
+            (
+                serde_json::json!({"num_key_value_heads": 3}),
+                "multiple of num_key_value_heads",
+            ),
+            (
+                serde_json::json!({"num_hidden_layers": 0}),
+                "num_hidden_layers",
+            ),
             (serde_json::json!({"n_future_tokens": 0}), "n_future_tokens"),
             (serde_json::json!({"hidden_act": "gelu"}), "gelu"),
-            (serde_json::json!({"rope_scaling": {"type": "yarn"}}), "rope_scaling"),
+            (
+                serde_json::json!({"rope_scaling": {"type": "yarn"}}),
+                "rope_scaling",
+            ),
         ];
         for (patch, needle) in cases {
             let mut v = base();

@@ -14,9 +14,17 @@ pub const MAX_ROWS: usize = 16;
 /// Below this many multiply-adds a kernel runs on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 18;
 
-pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else { candle_core::bail!("{what}: small-chunk kernels take f32") };
-    let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("{what}: must be contiguous") };
+pub(crate) fn f32_slice<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("{what}: small-chunk kernels take f32")
+    };
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what}: must be contiguous")
+    };
     Ok(&data[start..end])
 }
 
@@ -27,7 +35,10 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut acc = [0f32; LANES];
     let full = a.len() / LANES * LANES;
-    for (ca, cb) in a[..full].chunks_exact(LANES).zip(b[..full].chunks_exact(LANES)) {
+    for (ca, cb) in a[..full]
+        .chunks_exact(LANES)
+        .zip(b[..full].chunks_exact(LANES))
+    {
         for l in 0..LANES {
             acc[l] += ca[l] * cb[l];
         }
@@ -50,10 +61,15 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
 /// pool, each loop is handed to the global pool while the caller sleeps, two context switches per
 /// matmul. Wrap whole decoding loops in it (the server's model worker, `eval`, `complete`).
 pub fn run_on_kernel_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    match rayon::ThreadPoolBuilder::new().thread_name(|i| format!("foresight-kernels-{i}")).build() {
+    match rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("foresight-kernels-{i}"))
+        .build()
+    {
         Ok(pool) => pool.install(f),
         Err(e) => {
-            tracing::warn!("cannot start the kernel thread pool ({e}); decoding on the global pool");
+            tracing::warn!(
+                "cannot start the kernel thread pool ({e}); decoding on the global pool"
+            );
             f()
         }
     }
@@ -159,7 +175,10 @@ unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
     let va = _mm256_set1_ps(a);
     let mut i = 0;
     while i + 8 <= n {
-        _mm256_storeu_ps(py.add(i), _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))));
+        _mm256_storeu_ps(
+            py.add(i),
+            _mm256_fmadd_ps(va, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i))),
+        );
         i += 8;
     }
     while i < n {
@@ -200,7 +219,10 @@ unsafe fn widen_bf16_avx2(src: &[half::bf16], out: &mut [f32]) {
     let mut i = 0;
     while i + 8 <= src.len() {
         let halves = _mm_loadu_si128(ps.add(i) as *const __m128i);
-        _mm256_storeu_ps(po.add(i), _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves))));
+        _mm256_storeu_ps(
+            po.add(i),
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves))),
+        );
         i += 8;
     }
     for j in i..src.len() {
@@ -264,7 +286,11 @@ pub fn small_matmul(x: &[f32], rows: usize, k: usize, w: Weights, n: usize) -> V
         Weights::F32(w) => w.len(),
         Weights::Bf16(w) => w.len(),
     };
-    assert!(x.len() >= rows * k && w_len >= n * k, "small_matmul: {} x values for {rows}x{k}, {w_len} weights for {n}x{k}", x.len());
+    assert!(
+        x.len() >= rows * k && w_len >= n * k,
+        "small_matmul: {} x values for {rows}x{k}, {w_len} weights for {n}x{k}",
+        x.len()
+    );
     if rows == 0 || n == 0 {
         return Vec::new();
     }
@@ -277,7 +303,9 @@ pub fn small_matmul(x: &[f32], rows: usize, k: usize, w: Weights, n: usize) -> V
     let fill = |b: usize, out: &mut [f32], scratch: &mut Vec<f32>| {
         let (j0, j1) = (b * BLOCK, ((b + 1) * BLOCK).min(n));
         match w {
-            Weights::F32(w) if j1 - j0 == BLOCK => matmul_block(x, rows, k, &w[j0 * k..j1 * k], out),
+            Weights::F32(w) if j1 - j0 == BLOCK => {
+                matmul_block(x, rows, k, &w[j0 * k..j1 * k], out)
+            }
             Weights::F32(w) => {
                 // The last, partial block: zero rows after the real ones.
                 scratch.clear();
@@ -300,12 +328,15 @@ pub fn small_matmul(x: &[f32], rows: usize, k: usize, w: Weights, n: usize) -> V
     };
     if n * k * rows >= PARALLEL_MIN_WORK {
         let per_task = n_blocks.div_ceil(rayon::current_num_threads() * 4).max(2);
-        out_blocks.par_chunks_mut(per_task * block_len).enumerate().for_each(|(t, chunk)| {
-            let mut scratch = Vec::with_capacity(BLOCK * k);
-            for (i, out) in chunk.chunks_exact_mut(block_len).enumerate() {
-                fill(t * per_task + i, out, &mut scratch);
-            }
-        });
+        out_blocks
+            .par_chunks_mut(per_task * block_len)
+            .enumerate()
+            .for_each(|(t, chunk)| {
+                let mut scratch = Vec::with_capacity(BLOCK * k);
+                for (i, out) in chunk.chunks_exact_mut(block_len).enumerate() {
+                    fill(t * per_task + i, out, &mut scratch);
+                }
+            });
     } else {
         let mut scratch = Vec::with_capacity(BLOCK * k);
         for (b, out) in out_blocks.chunks_exact_mut(block_len).enumerate() {
@@ -337,9 +368,17 @@ impl CustomOp2 for SmallMatmul {
         "small-matmul"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "small-matmul lhs")?;
-        let Some((start, end)) = l2.contiguous_offsets() else { candle_core::bail!("small-matmul weight: must be contiguous") };
+        let Some((start, end)) = l2.contiguous_offsets() else {
+            candle_core::bail!("small-matmul weight: must be contiguous")
+        };
         let w = match s2 {
             CpuStorage::F32(w) => Weights::F32(&w[start..end]),
             CpuStorage::BF16(w) => Weights::Bf16(&w[start..end]),
@@ -353,7 +392,10 @@ impl CustomOp2 for SmallMatmul {
         let rows = x.len() / k;
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("lhs has a last dim") = n;
-        Ok((CpuStorage::F32(small_matmul(x, rows, k, w, n)), Shape::from(out_dims)))
+        Ok((
+            CpuStorage::F32(small_matmul(x, rows, k, w, n)),
+            Shape::from(out_dims),
+        ))
     }
 }
 
@@ -403,7 +445,10 @@ impl CustomOp3 for CachedAttention {
         let (_, heads, t, hd) = l1.shape().dims4()?;
         let (_, kv_heads, capacity, _) = l2.shape().dims4()?;
         if self.len > capacity || t > self.len {
-            candle_core::bail!("cached-attention: len {} with {t} queries and capacity {capacity}", self.len);
+            candle_core::bail!(
+                "cached-attention: len {} with {t} queries and capacity {capacity}",
+                self.len
+            );
         }
         let group = heads / kv_heads;
         let offset = self.len - t;
@@ -431,9 +476,13 @@ impl CustomOp3 for CachedAttention {
             }
         };
         if heads * t * self.len * hd >= PARALLEL_MIN_WORK {
-            out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| row(idx, o));
+            out.par_chunks_mut(hd)
+                .enumerate()
+                .for_each(|(idx, o)| row(idx, o));
         } else {
-            out.chunks_mut(hd).enumerate().for_each(|(idx, o)| row(idx, o));
+            out.chunks_mut(hd)
+                .enumerate()
+                .for_each(|(idx, o)| row(idx, o));
         }
         Ok((CpuStorage::F32(out), Shape::from((1, heads, t, hd))))
     }
@@ -462,8 +511,12 @@ mod tests {
     #[test]
     fn small_matmul_rows_do_not_depend_on_the_row_count() {
         let (k, n) = (70, 300);
-        let x: Vec<f32> = (0..8 * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.05).collect();
+        let x: Vec<f32> = (0..8 * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.05)
+            .collect();
         let all = small_matmul(&x, 8, k, Weights::F32(&w), n);
         for i in 0..8 {
             let one = small_matmul(&x[i * k..(i + 1) * k], 1, k, Weights::F32(&w), n);
@@ -476,17 +529,27 @@ mod tests {
     #[test]
     fn bf16_weights_give_the_bits_of_their_f32_values() {
         let (k, n) = (70, 45);
-        let x: Vec<f32> = (0..3 * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
-        let w16: Vec<half::bf16> = (0..n * k).map(|i| half::bf16::from_f32(((i * 5 % 11) as f32 - 5.0) * 0.0371)).collect();
+        let x: Vec<f32> = (0..3 * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
+            .collect();
+        let w16: Vec<half::bf16> = (0..n * k)
+            .map(|i| half::bf16::from_f32(((i * 5 % 11) as f32 - 5.0) * 0.0371))
+            .collect();
         let w32: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
         assert!(exactly_bf16(&w32));
         assert!(!exactly_bf16(&[0.1f32]));
         for rows in [1, 3] {
             // rows 1 takes the inline-widening kernel for full blocks, rows 3 the scratch path.
-            assert_eq!(small_matmul(&x, rows, k, Weights::Bf16(&w16), n), small_matmul(&x, rows, k, Weights::F32(&w32), n));
+            assert_eq!(
+                small_matmul(&x, rows, k, Weights::Bf16(&w16), n),
+                small_matmul(&x, rows, k, Weights::F32(&w32), n)
+            );
         }
         let one = small_matmul(&x[..k], 1, k, Weights::Bf16(&w16), n);
-        assert_eq!(&small_matmul(&x, 3, k, Weights::Bf16(&w16), n)[..n], one.as_slice());
+        assert_eq!(
+            &small_matmul(&x, 3, k, Weights::Bf16(&w16), n)[..n],
+            one.as_slice()
+        );
     }
 
     #[test]
@@ -495,15 +558,24 @@ mod tests {
         // last block; the split between threads must not change a single output.
         let (rows, k, n) = (4, 136, 1003);
         assert!(rows * k * n >= PARALLEL_MIN_WORK);
-        let x: Vec<f32> = (0..rows * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.05).collect();
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.05)
+            .collect();
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             pool.install(|| small_matmul(&x, rows, k, Weights::F32(&w), n))
         };
         let one = run(1);
         assert_eq!(run(3), one);
-        let serial: Vec<f32> = (0..rows).flat_map(|r| small_matmul(&x[r * k..(r + 1) * k], 1, k, Weights::F32(&w), n)).collect();
+        let serial: Vec<f32> = (0..rows)
+            .flat_map(|r| small_matmul(&x[r * k..(r + 1) * k], 1, k, Weights::F32(&w), n))
+            .collect();
         assert_eq!(serial, one, "row by row, below the parallel threshold");
         assert!(small_matmul(&x, 0, k, Weights::F32(&w), n).is_empty());
     }

@@ -22,7 +22,9 @@ impl std::str::FromStr for DeviceChoice {
             "cuda" | "gpu" => Ok(Self::Cuda(0)),
             other => match other.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(n)) => Ok(Self::Cuda(n)),
-                _ => Err(format!("unknown device {other:?}: use auto, cpu, cuda or cuda:N")),
+                _ => Err(format!(
+                    "unknown device {other:?}: use auto, cpu, cuda or cuda:N"
+                )),
             },
         }
     }

@@ -8,11 +8,19 @@ pub enum ModelError {
     #[error("model directory {0} does not exist")]
     NoDirectory(PathBuf),
     #[error("{dir}: missing {file}: {hint}")]
-    MissingFile { dir: PathBuf, file: String, hint: &'static str },
+    MissingFile {
+        dir: PathBuf,
+        file: String,
+        hint: &'static str,
+    },
     /// A JSON file of a model directory (config.json, the shard index, Meta's params.json) that
     /// does not parse, or does not hold what that file should.
     #[error("{path}: not a valid {what}: {source}")]
-    BadConfig { path: PathBuf, what: &'static str, source: serde_json::Error },
+    BadConfig {
+        path: PathBuf,
+        what: &'static str,
+        source: serde_json::Error,
+    },
     #[error("invalid model config: {reason}")]
     InvalidConfig { reason: String },
     #[error("unknown architecture {found:?}: Foresight loads Llama- and Qwen2-style decoders (model_type \"llama\" or \"qwen2\")")]
@@ -20,7 +28,11 @@ pub enum ModelError {
     #[error("tensor {name} is missing from the weights (config.json expects it)")]
     MissingTensor { name: String },
     #[error("tensor {name} has shape {found:?}, but config.json implies {expected:?}")]
-    ShapeMismatch { name: String, expected: Vec<usize>, found: Vec<usize> },
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("the weights hold tensors that config.json does not account for (wrong num_hidden_layers or n_future_tokens?): {names:?}")]
     UnexpectedTensors { names: Vec<String> },
     #[error("{path}: cannot read tokenizer: {reason}")]
@@ -28,9 +40,15 @@ pub enum ModelError {
     #[error("tokenizer has {tokenizer} tokens but config.json says vocab_size {config}: they belong to different models")]
     VocabMismatch { tokenizer: usize, config: usize },
     #[error("{path}: cannot read weights: {source}")]
-    BadWeights { path: PathBuf, source: candle_core::Error },
+    BadWeights {
+        path: PathBuf,
+        source: candle_core::Error,
+    },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("KV cache holds at most {capacity} positions; this forward needs {needed}")]
     CacheFull { capacity: usize, needed: usize },
     #[error("token id {id} is out of range for vocab_size {vocab_size}")]

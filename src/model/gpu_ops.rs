@@ -41,13 +41,25 @@ impl FusedAttention {
         let (b, n_heads, t, head_dim) = q.shape().dims4()?;
         let (bk, n_kv_heads, capacity, hdk) = k.shape().dims4()?;
         if b != 1 || bk != 1 || hdk != head_dim || k.shape() != v.shape() {
-            candle_core::bail!("fused attention: q {:?} / k {:?} / v {:?} do not fit", q.shape(), k.shape(), v.shape());
+            candle_core::bail!(
+                "fused attention: q {:?} / k {:?} / v {:?} do not fit",
+                q.shape(),
+                k.shape(),
+                v.shape()
+            );
         }
-        if n_kv_heads == 0 || n_heads % n_kv_heads != 0 || head_dim > MAX_HEAD_DIM || t > self.len || self.len > capacity {
+        if n_kv_heads == 0
+            || n_heads % n_kv_heads != 0
+            || head_dim > MAX_HEAD_DIM
+            || t > self.len
+            || self.len > capacity
+        {
             candle_core::bail!("fused attention: heads {n_heads}/{n_kv_heads}, head_dim {head_dim}, t {t}, len {}, capacity {capacity}", self.len);
         }
         if q.stride()[3] != 1 || !k.is_contiguous() || !v.is_contiguous() {
-            candle_core::bail!("fused attention: q's last dim and the k/v buffers must be contiguous");
+            candle_core::bail!(
+                "fused attention: q's last dim and the k/v buffers must be contiguous"
+            );
         }
         Ok(AttnDims {
             t,
@@ -127,7 +139,10 @@ impl CustomOp3 for FusedAttention {
                 }
             }
         }
-        Ok((from_f32(out, s1.dtype())?, Shape::from((1, d.t, d.n_heads, hd))))
+        Ok((
+            from_f32(out, s1.dtype())?,
+            Shape::from((1, d.t, d.n_heads, hd)),
+        ))
     }
 
     #[cfg(feature = "cuda")]
@@ -154,7 +169,11 @@ fn matmul_dims(x: &Layout, w: &Layout) -> candle_core::Result<(usize, usize, usi
     let (rows, d) = x.shape().dims2()?;
     let (vocab, dw) = w.shape().dims2()?;
     if d != dw || !x.is_contiguous() || !w.is_contiguous() {
-        candle_core::bail!("logits: x {:?} and w {:?} must be contiguous (rows, d) and (vocab, d)", x.shape(), w.shape());
+        candle_core::bail!(
+            "logits: x {:?} and w {:?} must be contiguous (rows, d) and (vocab, d)",
+            x.shape(),
+            w.shape()
+        );
     }
     Ok((rows, d, vocab))
 }
@@ -164,7 +183,13 @@ impl CustomOp2 for LogitsF32 {
         "foresight-logits-f32"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, d, vocab) = matmul_dims(l1, l2)?;
         let (x, w) = (to_f32(s1)?, to_f32(s2)?);
         let (x, w) = (&x[l1.start_offset()..], &w[l2.start_offset()..]);
@@ -195,16 +220,20 @@ pub fn logits_f32(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
     if weight.dtype() == DType::F32 {
         return x.to_dtype(DType::F32)?.matmul(&weight.t()?);
     }
-    x.to_dtype(weight.dtype())?.contiguous()?.apply_op2_no_bwd(&weight.contiguous()?, &LogitsF32)
+    x.to_dtype(weight.dtype())?
+        .contiguous()?
+        .apply_op2_no_bwd(&weight.contiguous()?, &LogitsF32)
 }
 
 #[cfg(feature = "cuda")]
 mod cuda {
     //! The CUDA sides of the fused ops: PTX built by build.rs, cuBLAS through cudarc.
-    use candle_core::cuda_backend::cudarc::cublas::{result as cublas, sys as cublas_sys};
-    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice, WrapErr};
     use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::cublas::{result as cublas, sys as cublas_sys};
+    use candle_core::cuda_backend::cudarc::driver::{
+        DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice, WrapErr};
     use candle_core::{Layout, Shape};
 
     use super::FusedAttention;
@@ -265,10 +294,18 @@ mod cuda {
             }
             _ => candle_core::bail!("fused attention: q, k and v must all be bf16 or all f32"),
         };
-        Ok((CudaStorage { slice, device: dev }, Shape::from((1, d.t, d.n_heads, d.head_dim))))
+        Ok((
+            CudaStorage { slice, device: dev },
+            Shape::from((1, d.t, d.n_heads, d.head_dim)),
+        ))
     }
 
-    pub fn logits_f32(s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+    pub fn logits_f32(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
         let (rows, d, vocab) = super::matmul_dims(l1, l2)?;
         let (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(w)) = (&s1.slice, &s2.slice) else {
             candle_core::bail!("logits: the GPU path takes bf16 x and w");
@@ -311,7 +348,13 @@ mod cuda {
                 .map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
             }
         }
-        Ok((CudaStorage { slice: CudaStorageSlice::F32(out), device: dev }, Shape::from((rows, vocab))))
+        Ok((
+            CudaStorage {
+                slice: CudaStorageSlice::F32(out),
+                device: dev,
+            },
+            Shape::from((rows, vocab)),
+        ))
     }
 }
 
@@ -322,7 +365,9 @@ mod tests {
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
         let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|i| ((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0 - 1.0).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
@@ -330,22 +375,40 @@ mod tests {
     fn logits_f32_matches_matmul_and_is_f32_for_bf16_inputs() {
         let (x, w) = (rand(&[3, 16], 1), rand(&[40, 16], 2));
         let want = x.matmul(&w.t().unwrap()).unwrap();
-        let got = logits_f32(&x.to_dtype(DType::BF16).unwrap(), &w.to_dtype(DType::BF16).unwrap()).unwrap();
+        let got = logits_f32(
+            &x.to_dtype(DType::BF16).unwrap(),
+            &w.to_dtype(DType::BF16).unwrap(),
+        )
+        .unwrap();
         assert_eq!(got.dtype(), DType::F32);
-        let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (got - &want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 0.1, "{diff}"); // bf16 rounding of the inputs only
         let exact = logits_f32(&x, &w).unwrap();
-        assert_eq!(exact.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap());
+        assert_eq!(
+            exact.to_vec2::<f32>().unwrap(),
+            want.to_vec2::<f32>().unwrap()
+        );
     }
 
     #[test]
     fn fused_attention_refuses_shapes_it_cannot_handle() {
         let q = rand(&[1, 3, 2, 8], 1);
         let k = rand(&[1, 2, 5, 8], 2); // 3 heads over 2 kv heads
-        let err = q.apply_op3_no_bwd(&k, &k, &FusedAttention { len: 4, scale: 1.0 }).unwrap_err();
+        let err = q
+            .apply_op3_no_bwd(&k, &k, &FusedAttention { len: 4, scale: 1.0 })
+            .unwrap_err();
         assert!(err.to_string().contains("heads 3/2"), "{err}");
         let k = rand(&[1, 1, 5, 8], 2);
-        let err = q.apply_op3_no_bwd(&k, &k, &FusedAttention { len: 6, scale: 1.0 }).unwrap_err();
+        let err = q
+            .apply_op3_no_bwd(&k, &k, &FusedAttention { len: 6, scale: 1.0 })
+            .unwrap_err();
         assert!(err.to_string().contains("capacity 5"), "{err}");
     }
 }

@@ -16,9 +16,20 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(n_kv_heads: usize, head_dim: usize, capacity: usize, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        n_kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let shape = (1, n_kv_heads, capacity, head_dim);
-        Ok(Self { k: Tensor::zeros(shape, dtype, device)?, v: Tensor::zeros(shape, dtype, device)?, len: 0, capacity })
+        Ok(Self {
+            k: Tensor::zeros(shape, dtype, device)?,
+            v: Tensor::zeros(shape, dtype, device)?,
+            len: 0,
+            capacity,
+        })
     }
 
     /// Number of positions currently held.
@@ -50,7 +61,10 @@ impl KvCache {
         let t = k.dim(2)?;
         let needed = self.len + t;
         if needed > self.capacity {
-            return Err(ModelError::CacheFull { capacity: self.capacity, needed });
+            return Err(ModelError::CacheFull {
+                capacity: self.capacity,
+                needed,
+            });
         }
         self.k.slice_set(&k.contiguous()?, 2, self.len)?;
         self.v.slice_set(&v.contiguous()?, 2, self.len)?;

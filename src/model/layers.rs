@@ -66,13 +66,24 @@ pub enum AttentionPath {
 pub const FUSED_MAX_ROWS: usize = 16;
 
 /// Picks the attention path: a pure decision on the kernels wanted and where the call runs.
-pub fn attention_path(kernels: Kernels, on_gpu: bool, has_cache: bool, small: bool, rows: usize, head_dim: usize) -> AttentionPath {
+pub fn attention_path(
+    kernels: Kernels,
+    on_gpu: bool,
+    has_cache: bool,
+    small: bool,
+    rows: usize,
+    head_dim: usize,
+) -> AttentionPath {
     match kernels {
         Kernels::Training if !on_gpu && !has_cache => AttentionPath::CpuTraining,
-        Kernels::Differentiable | Kernels::PlainAttention | Kernels::Training => AttentionPath::Plain,
+        Kernels::Differentiable | Kernels::PlainAttention | Kernels::Training => {
+            AttentionPath::Plain
+        }
         _ if !has_cache => AttentionPath::Plain,
         Kernels::Fused if small => AttentionPath::CpuSmallChunk,
-        Kernels::Fused if on_gpu && rows <= FUSED_MAX_ROWS && head_dim <= MAX_HEAD_DIM => AttentionPath::Fused,
+        Kernels::Fused if on_gpu && rows <= FUSED_MAX_ROWS && head_dim <= MAX_HEAD_DIM => {
+            AttentionPath::Fused
+        }
         Kernels::Fused => AttentionPath::Plain,
         Kernels::FusedAttention if head_dim <= MAX_HEAD_DIM => AttentionPath::Fused,
         Kernels::FusedAttention => AttentionPath::Plain,
@@ -87,13 +98,21 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { weight: vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.0))?, eps })
+        Ok(Self {
+            weight: vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.0))?,
+            eps,
+        })
     }
 
     pub fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
         // The fused kernel keeps the mean of squares and the scaling in f32 for bf16 inputs too.
         Ok(if kernels.fused_training(x) {
-            x.contiguous()?.apply_op2(&self.weight, RmsNormOp { eps: self.eps as f32 })?
+            x.contiguous()?.apply_op2(
+                &self.weight,
+                RmsNormOp {
+                    eps: self.eps as f32,
+                },
+            )?
         } else if kernels.differentiable() {
             candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps as f32)?
         } else {
@@ -164,7 +183,11 @@ impl Proj {
 }
 
 fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Proj> {
-    Ok(Proj::new(if bias { candle_nn::linear(in_dim, out_dim, vb)? } else { candle_nn::linear_no_bias(in_dim, out_dim, vb)? }))
+    Ok(Proj::new(if bias {
+        candle_nn::linear(in_dim, out_dim, vb)?
+    } else {
+        candle_nn::linear_no_bias(in_dim, out_dim, vb)?
+    }))
 }
 
 #[derive(Debug, Clone)]
@@ -212,7 +235,12 @@ pub struct Attention {
 
 impl Attention {
     pub fn load(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
-        let (d, h, kv, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
+        let (d, h, kv, hd) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.n_kv_heads(),
+            cfg.head_dim(),
+        );
         Ok(Self {
             q_proj: linear(d, h * hd, cfg.qkv_bias(), vb.pp("q_proj"))?,
             k_proj: linear(d, kv * hd, cfg.qkv_bias(), vb.pp("k_proj"))?,
@@ -226,11 +254,27 @@ impl Attention {
 
     /// Keys (with RoPE) and values `(b, kv_heads, t, head_dim)` of normed input `x` at positions
     /// `offset..offset+t`.
-    fn keys_values(&self, x: &Tensor, offset: usize, rope: &Rope, small: bool, differentiable: bool) -> Result<(Tensor, Tensor)> {
+    fn keys_values(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        rope: &Rope,
+        small: bool,
+        differentiable: bool,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
         let (kv, hd) = (self.n_kv_heads, self.head_dim);
-        let k = self.k_proj.apply(x, small)?.reshape((b, t, kv, hd))?.transpose(1, 2)?;
-        let v = self.v_proj.apply(x, small)?.reshape((b, t, kv, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = self
+            .k_proj
+            .apply(x, small)?
+            .reshape((b, t, kv, hd))?
+            .transpose(1, 2)?;
+        let v = self
+            .v_proj
+            .apply(x, small)?
+            .reshape((b, t, kv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
         Ok((rope.apply(&k, offset, differentiable)?, v))
     }
 
@@ -241,7 +285,10 @@ impl Attention {
         let (b, t, d) = x.dims3()?;
         let projs = [&self.q_proj, &self.k_proj, &self.v_proj];
         let weights: Vec<Tensor> = projs.iter().map(|p| p.weight().clone()).collect();
-        let qkv = x.contiguous()?.reshape((b * t, d))?.matmul(&Tensor::cat(&weights, 0)?.t()?)?;
+        let qkv = x
+            .contiguous()?
+            .reshape((b * t, d))?
+            .matmul(&Tensor::cat(&weights, 0)?.t()?)?;
         let qkv = match projs.map(|p| p.bias()) {
             [Some(bq), Some(bk), Some(bv)] => qkv.broadcast_add(&Tensor::cat(&[bq, bk, bv], 0)?)?,
             [None, None, None] => qkv,
@@ -255,24 +302,48 @@ impl Attention {
             scale: (1.0 / (self.head_dim as f64).sqrt()) as f32,
             rope: rope.tables(t)?,
         };
-        let out = qkv.apply_op1(op)?.reshape((b, t, self.n_heads * self.head_dim))?;
+        let out = qkv
+            .apply_op1(op)?
+            .reshape((b, t, self.n_heads * self.head_dim))?;
         Ok(Some(self.o_proj.forward(&out)?))
     }
 
     /// `x`: `(b, t, hidden)` at positions `offset..offset+t`. With a cache (b must be 1), the new
     /// keys and values are appended and attention covers every cached position.
-    pub fn forward(&self, x: &Tensor, offset: usize, rope: &Rope, cache: Option<&mut KvCache>, kernels: Kernels) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        rope: &Rope,
+        cache: Option<&mut KvCache>,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let differentiable = kernels.differentiable();
         let small = small_chunk(x, b * t, kernels);
-        let path = attention_path(kernels, x.device().is_cuda(), cache.is_some() && b == 1, small, t, hd);
-        if path == AttentionPath::CpuTraining && cache.is_none() && offset == 0 && kernels.fused_training(x) {
+        let path = attention_path(
+            kernels,
+            x.device().is_cuda(),
+            cache.is_some() && b == 1,
+            small,
+            t,
+            hd,
+        );
+        if path == AttentionPath::CpuTraining
+            && cache.is_none()
+            && offset == 0
+            && kernels.fused_training(x)
+        {
             if let Some(out) = self.forward_training(x, rope)? {
                 return Ok(out);
             }
         }
-        let q = self.q_proj.apply(x, small)?.reshape((b, t, h, hd))?.transpose(1, 2)?;
+        let q = self
+            .q_proj
+            .apply(x, small)?
+            .reshape((b, t, h, hd))?
+            .transpose(1, 2)?;
         let q = rope.apply(&q, offset, differentiable)?;
         let (k, v) = self.keys_values(x, offset, rope, small, differentiable)?;
         let scale = 1.0 / (hd as f64).sqrt();
@@ -280,7 +351,10 @@ impl Attention {
             (Some(cache), AttentionPath::CpuSmallChunk) => {
                 cache.append(&k, &v)?;
                 let (k_all, v_all) = cache.buffers();
-                let op = CachedAttention { len: cache.len(), scale: scale as f32 };
+                let op = CachedAttention {
+                    len: cache.len(),
+                    scale: scale as f32,
+                };
                 let out = q.contiguous()?.apply_op3_no_bwd(k_all, v_all, &op)?;
                 let out = out.transpose(1, 2)?.reshape((b, t, h * hd))?;
                 return self.o_proj.apply(&out, small);
@@ -289,7 +363,14 @@ impl Attention {
                 cache.append(&k, &v)?;
                 let (k_all, v_all) = cache.buffers();
                 // One launch; q is read in place and the output is already (1, t, h, hd).
-                let out = q.apply_op3_no_bwd(k_all, v_all, &FusedAttention { len: cache.len(), scale: scale as f32 })?;
+                let out = q.apply_op3_no_bwd(
+                    k_all,
+                    v_all,
+                    &FusedAttention {
+                        len: cache.len(),
+                        scale: scale as f32,
+                    },
+                )?;
                 return self.o_proj.forward(&out.reshape((b, t, h * hd))?);
             }
             (Some(cache), _) => cache.append(&k, &v)?,
@@ -301,10 +382,17 @@ impl Attention {
         let q = q.contiguous()?.reshape((b, kv, group * t, hd))?;
         let scores = (q.matmul(&k.t()?)? * scale)?;
         // Softmax statistics in f32 whatever the weight dtype (bf16 on a GPU); back to it for PV.
-        let scores = if differentiable { scores } else { scores.to_dtype(DType::F32)? };
+        let scores = if differentiable {
+            scores
+        } else {
+            scores.to_dtype(DType::F32)?
+        };
         let scores = if t > 1 {
             let mask = causal_mask(t, n_keys, offset, scores.dtype(), scores.device())?;
-            scores.reshape((b, kv, group, t, n_keys))?.broadcast_add(&mask)?.reshape((b, kv, group * t, n_keys))?
+            scores
+                .reshape((b, kv, group, t, n_keys))?
+                .broadcast_add(&mask)?
+                .reshape((b, kv, group * t, n_keys))?
         } else {
             scores
         };
@@ -313,15 +401,33 @@ impl Attention {
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?
         };
-        let out = probs.matmul(&v)?.reshape((b, h, t, hd))?.transpose(1, 2)?.reshape((b, t, h * hd))?;
+        let out = probs
+            .matmul(&v)?
+            .reshape((b, h, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * hd))?;
         self.o_proj.forward(&out)
     }
 }
 
 /// Additive mask `(t, n_keys)`: query `i` (at position `offset + i`) sees keys `0..=offset + i`.
-pub fn causal_mask(t: usize, n_keys: usize, offset: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+pub fn causal_mask(
+    t: usize,
+    n_keys: usize,
+    offset: usize,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..n_keys).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..n_keys).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (t, n_keys), device)?.to_dtype(dtype)?)
 }
@@ -338,9 +444,17 @@ pub struct DecoderLayer {
 impl DecoderLayer {
     pub fn load(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            input_layernorm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            input_layernorm: RmsNorm::load(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("input_layernorm"),
+            )?,
             self_attn: Attention::load(cfg, vb.pp("self_attn"))?,
-            post_attention_layernorm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            post_attention_layernorm: RmsNorm::load(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
             mlp: Mlp::load(cfg, vb.pp("mlp"))?,
         })
     }
@@ -348,25 +462,63 @@ impl DecoderLayer {
     /// Every projection of the layer, for [`Proj::compact`].
     pub fn projections_mut(&mut self) -> [&mut Proj; 7] {
         let (a, m) = (&mut self.self_attn, &mut self.mlp);
-        [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj]
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
     }
 
     /// Appends the keys and values of `x` `(1, t, hidden)` at positions `offset..offset+t` to
     /// `cache` without computing the layer's output: what later positions attend to, at about a
     /// sixth of the layer's cost. The MTP heads need their output only where a draft is made.
-    pub fn append_keys_values(&self, x: &Tensor, offset: usize, rope: &Rope, cache: &mut KvCache, kernels: Kernels) -> Result<()> {
+    pub fn append_keys_values(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        rope: &Rope,
+        cache: &mut KvCache,
+        kernels: Kernels,
+    ) -> Result<()> {
         let (b, t, _) = x.dims3()?;
         let normed = self.input_layernorm.forward(x, kernels)?;
-        let (k, v) = self.self_attn.keys_values(&normed, offset, rope, small_chunk(x, b * t, kernels), kernels.differentiable())?;
+        let (k, v) = self.self_attn.keys_values(
+            &normed,
+            offset,
+            rope,
+            small_chunk(x, b * t, kernels),
+            kernels.differentiable(),
+        )?;
         cache.append(&k, &v)?;
         Ok(())
     }
 
-    pub fn forward(&self, x: &Tensor, offset: usize, rope: &Rope, cache: Option<&mut KvCache>, kernels: Kernels) -> Result<Tensor> {
-        let attn = self.self_attn.forward(&self.input_layernorm.forward(x, kernels)?, offset, rope, cache, kernels)?;
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        rope: &Rope,
+        cache: Option<&mut KvCache>,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let attn = self.self_attn.forward(
+            &self.input_layernorm.forward(x, kernels)?,
+            offset,
+            rope,
+            cache,
+            kernels,
+        )?;
         let x = (x + attn)?;
         let (b, t, _) = x.dims3()?;
-        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x, kernels)?, small_chunk(&x, b * t, kernels), kernels.fused_training(&x))?;
+        let mlp = self.mlp.forward(
+            &self.post_attention_layernorm.forward(&x, kernels)?,
+            small_chunk(&x, b * t, kernels),
+            kernels.fused_training(&x),
+        )?;
         Ok((x + mlp)?)
     }
 }
@@ -390,23 +542,39 @@ mod tests {
             ((k, true, false, false, 1, 64), Plain),
             ((Kernels::PlainAttention, true, true, false, 1, 64), Plain),
             ((Kernels::FusedAttention, false, true, true, 1, 64), Fused),
-            ((Kernels::FusedAttention, true, true, false, 2048, 64), Fused),
+            (
+                (Kernels::FusedAttention, true, true, false, 2048, 64),
+                Fused,
+            ),
             ((Kernels::FusedAttention, false, false, false, 1, 64), Plain),
             ((Kernels::Differentiable, true, true, false, 1, 64), Plain),
-            ((Kernels::Differentiable, false, false, false, 512, 64), Plain),
-            ((Kernels::Training, false, false, false, 512, 64), CpuTraining),
+            (
+                (Kernels::Differentiable, false, false, false, 512, 64),
+                Plain,
+            ),
+            (
+                (Kernels::Training, false, false, false, 512, 64),
+                CpuTraining,
+            ),
             ((Kernels::Training, true, false, false, 512, 64), Plain),
             ((Kernels::Training, false, true, false, 512, 64), Plain),
         ];
         for ((kernels, gpu, cache, small, rows, hd), want) in cases {
-            assert_eq!(attention_path(kernels, gpu, cache, small, rows, hd), want, "{kernels:?} gpu={gpu} cache={cache} small={small} rows={rows} hd={hd}");
+            assert_eq!(
+                attention_path(kernels, gpu, cache, small, rows, hd),
+                want,
+                "{kernels:?} gpu={gpu} cache={cache} small={small} rows={rows} hd={hd}"
+            );
         }
     }
 
     #[test]
     fn causal_mask_table() {
         // t=2 new queries at offset 1 over 3 keys: row 0 sees keys 0..=1, row 1 sees 0..=2.
-        let m = causal_mask(2, 3, 1, DType::F32, &candle_core::Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let m = causal_mask(2, 3, 1, DType::F32, &candle_core::Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(m[0], vec![0.0, 0.0, f32::NEG_INFINITY]);
         assert_eq!(m[1], vec![0.0, 0.0, 0.0]);
     }

@@ -35,7 +35,10 @@ pub fn hf_name(meta: &str) -> Option<String> {
         "output.weight" => return Some("lm_head.weight".into()),
         _ => {}
     }
-    for (meta_prefix, hf_prefix) in [("layers.", "model.layers."), ("extra_heads.", "model.extra_heads.")] {
+    for (meta_prefix, hf_prefix) in [
+        ("layers.", "model.layers."),
+        ("extra_heads.", "model.extra_heads."),
+    ] {
         if let Some(rest) = meta.strip_prefix(meta_prefix) {
             let (index, rest) = rest.split_once('.')?;
             index.parse::<usize>().ok()?;
@@ -47,13 +50,21 @@ pub fn hf_name(meta: &str) -> Option<String> {
 
 /// The config implied by `params.json` and the tensors' shapes (vocabulary and FFN width come
 /// from the weights, since Meta's params leave them implicit).
-pub fn config_from_params(params: &serde_json::Value, tensors: &HashMap<String, Tensor>) -> Result<ModelConfig> {
+pub fn config_from_params(
+    params: &serde_json::Value,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<ModelConfig> {
     let bad = |reason: String| ModelError::InvalidConfig { reason };
     let get = |key: &str| params.get(key).and_then(|v| v.as_u64()).map(|v| v as usize);
     let dim = get("dim").ok_or_else(|| bad("params.json has no dim".into()))?;
     let n_layers = get("n_layers").ok_or_else(|| bad("params.json has no n_layers".into()))?;
     let n_heads = get("n_heads").ok_or_else(|| bad("params.json has no n_heads".into()))?;
-    let shape = |name: &str| tensors.get(name).map(|t| t.dims().to_vec()).ok_or_else(|| ModelError::MissingTensor { name: name.into() });
+    let shape = |name: &str| {
+        tensors
+            .get(name)
+            .map(|t| t.dims().to_vec())
+            .ok_or_else(|| ModelError::MissingTensor { name: name.into() })
+    };
     let vocab_size = shape("model.embed_tokens.weight")?[0];
     let intermediate_size = shape("model.layers.0.mlp.gate_proj.weight")?[0];
     let json = serde_json::json!({
@@ -79,16 +90,33 @@ pub fn config_from_params(params: &serde_json::Value, tensors: &HashMap<String, 
 
 /// Renames Meta tensors to HF names, dropping those the model does not use.
 pub fn rename_tensors(meta: impl IntoIterator<Item = (String, Tensor)>) -> HashMap<String, Tensor> {
-    meta.into_iter().filter_map(|(name, t)| Some((hf_name(&name)?, t))).collect()
+    meta.into_iter()
+        .filter_map(|(name, t)| Some((hf_name(&name)?, t)))
+        .collect()
 }
 
 /// Reads `params.json` and the `.pth` file of a Meta-layout directory.
-pub fn read_meta_dir(dir: &Path, device: &Device, dtype: DType) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
+pub fn read_meta_dir(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
     let params_path = dir.join(PARAMS_FILE);
-    let text = std::fs::read_to_string(&params_path).map_err(|source| ModelError::Io { path: params_path.clone(), source })?;
-    let params: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::BadConfig { path: params_path, what: "JSON file (Meta's params.json)", source })?;
+    let text = std::fs::read_to_string(&params_path).map_err(|source| ModelError::Io {
+        path: params_path.clone(),
+        source,
+    })?;
+    let params: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| ModelError::BadConfig {
+            path: params_path,
+            what: "JSON file (Meta's params.json)",
+            source,
+        })?;
     let mut pths: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?
+        .map_err(|source| ModelError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "pth"))
         .collect();
@@ -96,19 +124,32 @@ pub fn read_meta_dir(dir: &Path, device: &Device, dtype: DType) -> Result<(Model
     let pth = match pths.as_slice() {
         [one] => one.clone(),
         [] => {
-            return Err(ModelError::MissingFile { dir: dir.to_path_buf(), file: "consolidated.pth".into(), hint: "Meta layout needs its weights" })
+            return Err(ModelError::MissingFile {
+                dir: dir.to_path_buf(),
+                file: "consolidated.pth".into(),
+                hint: "Meta layout needs its weights",
+            })
         }
         _ => {
             return Err(ModelError::InvalidConfig {
-                reason: format!("{}: several .pth files; model-parallel shards are not supported, merge them first", dir.display()),
+                reason: format!(
+                "{}: several .pth files; model-parallel shards are not supported, merge them first",
+                dir.display()
+            ),
             })
         }
     };
-    let bad_weights = |source| ModelError::BadWeights { path: pth.clone(), source };
+    let bad_weights = |source| ModelError::BadWeights {
+        path: pth.clone(),
+        source,
+    };
     let pth_tensors = candle_core::pickle::PthTensors::new(&pth, None).map_err(bad_weights)?;
     let mut meta = Vec::new();
     for name in pth_tensors.tensor_infos().keys() {
-        let t = pth_tensors.get(name).map_err(bad_weights)?.expect("listed tensor exists");
+        let t = pth_tensors
+            .get(name)
+            .map_err(bad_weights)?
+            .expect("listed tensor exists");
         meta.push((name.clone(), t.to_device(device)?.to_dtype(dtype)?));
     }
     let tensors = rename_tensors(meta);
@@ -124,12 +165,30 @@ mod tests {
     fn hf_name_table() {
         let cases = [
             ("tok_embeddings.weight", Some("model.embed_tokens.weight")),
-            ("layers.3.attention.wq.weight", Some("model.layers.3.self_attn.q_proj.weight")),
-            ("layers.10.feed_forward.w1.weight", Some("model.layers.10.mlp.gate_proj.weight")),
-            ("layers.0.feed_forward.w3.weight", Some("model.layers.0.mlp.up_proj.weight")),
-            ("layers.0.feed_forward.w2.weight", Some("model.layers.0.mlp.down_proj.weight")),
-            ("layers.1.ffn_norm.weight", Some("model.layers.1.post_attention_layernorm.weight")),
-            ("extra_heads.2.attention_norm.weight", Some("model.extra_heads.2.input_layernorm.weight")),
+            (
+                "layers.3.attention.wq.weight",
+                Some("model.layers.3.self_attn.q_proj.weight"),
+            ),
+            (
+                "layers.10.feed_forward.w1.weight",
+                Some("model.layers.10.mlp.gate_proj.weight"),
+            ),
+            (
+                "layers.0.feed_forward.w3.weight",
+                Some("model.layers.0.mlp.up_proj.weight"),
+            ),
+            (
+                "layers.0.feed_forward.w2.weight",
+                Some("model.layers.0.mlp.down_proj.weight"),
+            ),
+            (
+                "layers.1.ffn_norm.weight",
+                Some("model.layers.1.post_attention_layernorm.weight"),
+            ),
+            (
+                "extra_heads.2.attention_norm.weight",
+                Some("model.extra_heads.2.input_layernorm.weight"),
+            ),
             ("output.weight", Some("lm_head.weight")),
             ("norm.weight", Some("model.norm.weight")),
             ("rope.freqs", None),

@@ -89,7 +89,12 @@ impl ModelCache {
     /// [`MtpModel::forward_verify`] and [`MtpModel::extend_heads`], and stay behind if a failure
     /// came in between; a new generation reuses at most this much.
     pub fn synced_len(&self) -> usize {
-        self.layers.iter().map(KvCache::len).min().unwrap_or(0).min(self.tokens.len())
+        self.layers
+            .iter()
+            .map(KvCache::len)
+            .min()
+            .unwrap_or(0)
+            .min(self.tokens.len())
     }
 
     /// Keeps positions `0..keep_len` in every layer. O(1) per layer.
@@ -121,7 +126,8 @@ impl MtpModel {
     pub fn load(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
         let cfg = config;
-        let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("model.embed_tokens"))?;
+        let embed_tokens =
+            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("model.embed_tokens"))?;
         let trunk = (0..cfg.n_trunk_layers())
             .map(|i| DecoderLayer::load(cfg, vb.pp(format!("model.layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
@@ -135,7 +141,14 @@ impl MtpModel {
             candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
         });
         let rope_positions = cfg.max_position_embeddings.min(MAX_ROPE_POSITIONS);
-        let rope = Rope::new(cfg.head_dim(), rope_positions, cfg.rope_theta, cfg.rope_interleaved, vb.dtype(), vb.device())?;
+        let rope = Rope::new(
+            cfg.head_dim(),
+            rope_positions,
+            cfg.rope_theta,
+            cfg.rope_interleaved,
+            vb.dtype(),
+            vb.device(),
+        )?;
         Ok(Self {
             config: cfg.clone(),
             embed_tokens,
@@ -201,12 +214,22 @@ impl MtpModel {
         let layers = (0..self.trunk.len() + n_heads_used)
             .map(|_| KvCache::new(kv, hd, capacity, self.dtype, &self.device))
             .collect::<Result<Vec<_>>>()?;
-        Ok(ModelCache { layers, n_trunk: self.trunk.len(), tokens: Vec::new() })
+        Ok(ModelCache {
+            layers,
+            n_trunk: self.trunk.len(),
+            tokens: Vec::new(),
+        })
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
-        match tokens.iter().find(|&&id| id as usize >= self.config.vocab_size) {
-            Some(&id) => Err(ModelError::TokenOutOfRange { id, vocab_size: self.config.vocab_size }),
+        match tokens
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
+            Some(&id) => Err(ModelError::TokenOutOfRange {
+                id,
+                vocab_size: self.config.vocab_size,
+            }),
             None => Ok(()),
         }
     }
@@ -214,30 +237,53 @@ impl MtpModel {
     /// Feeds `tokens` at positions `cache.len()..` through the trunk and the first `n_run` heads the
     /// cache holds, appending to their caches; returns those heads' outputs `(t, hidden)` and the
     /// trunk output `(1, t, hidden)`.
-    fn run_chunk(&self, cache: &mut ModelCache, tokens: &[u32], n_run: usize) -> Result<(Vec<Tensor>, Tensor)> {
+    fn run_chunk(
+        &self,
+        cache: &mut ModelCache,
+        tokens: &[u32],
+        n_run: usize,
+    ) -> Result<(Vec<Tensor>, Tensor)> {
         if tokens.is_empty() {
-            return Err(ModelError::Misuse { reason: "forward needs at least one token".into() });
+            return Err(ModelError::Misuse {
+                reason: "forward needs at least one token".into(),
+            });
         }
         self.check_tokens(tokens)?;
         let offset = cache.len();
         let needed = offset + tokens.len();
         if needed > cache.capacity() {
-            return Err(ModelError::CacheFull { capacity: cache.capacity(), needed });
+            return Err(ModelError::CacheFull {
+                capacity: cache.capacity(),
+                needed,
+            });
         }
         let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
         let mut z = self.embed_tokens.forward(&ids)?;
         let (trunk_caches, head_caches) = cache.layers.split_at_mut(cache.n_trunk);
         // A layer behind the others (an extra head that missed extend_heads) would store keys at
         // the wrong positions: refuse rather than corrupt the cache.
-        if let Some(kv) = trunk_caches.iter().chain(head_caches.iter().take(n_run)).find(|kv| kv.len() != offset) {
-            return Err(ModelError::Misuse { reason: format!("a layer holds {} positions, not {offset}: truncate to synced_len() first", kv.len()) });
+        if let Some(kv) = trunk_caches
+            .iter()
+            .chain(head_caches.iter().take(n_run))
+            .find(|kv| kv.len() != offset)
+        {
+            return Err(ModelError::Misuse {
+                reason: format!(
+                    "a layer holds {} positions, not {offset}: truncate to synced_len() first",
+                    kv.len()
+                ),
+            });
         }
         for (layer, kv) in self.trunk.iter().zip(trunk_caches.iter_mut()) {
             z = layer.forward(&z, offset, &self.rope, Some(kv), self.kernels)?;
         }
         let mut outs = Vec::with_capacity(n_run);
         for (layer, kv) in self.heads.iter().zip(head_caches.iter_mut()).take(n_run) {
-            outs.push(layer.forward(&z, offset, &self.rope, Some(kv), self.kernels)?.squeeze(0)?);
+            outs.push(
+                layer
+                    .forward(&z, offset, &self.rope, Some(kv), self.kernels)?
+                    .squeeze(0)?,
+            );
         }
         cache.tokens.extend_from_slice(tokens);
         Ok((outs, z))
@@ -254,18 +300,34 @@ impl MtpModel {
 
     /// Feeds `tokens` at positions `cache.len()..`, appending to every cached layer, and returns
     /// head-1 logits plus the extra heads' hidden states for the new positions.
-    pub fn forward(&self, cache: &mut ModelCache, tokens: &[u32], logits: Logits) -> Result<ForwardOutput> {
+    pub fn forward(
+        &self,
+        cache: &mut ModelCache,
+        tokens: &[u32],
+        logits: Logits,
+    ) -> Result<ForwardOutput> {
         let (mut outs, _) = self.run_chunk(cache, tokens, cache.n_heads())?;
         let head1 = outs.remove(0);
-        Ok(ForwardOutput { logits: self.head1_logits(head1, logits)?, extra_hidden: outs })
+        Ok(ForwardOutput {
+            logits: self.head1_logits(head1, logits)?,
+            extra_hidden: outs,
+        })
     }
 
     /// Decoding's first half: feeds `tokens` through the trunk and head 1 only, and returns head-1
     /// logits. The cache's tokens and trunk/head-1 layers advance; the extra heads wait for
     /// [`Self::extend_heads`], which runs them only on the rows that are kept.
-    pub fn forward_verify(&self, cache: &mut ModelCache, tokens: &[u32], logits: Logits) -> Result<VerifyOutput> {
+    pub fn forward_verify(
+        &self,
+        cache: &mut ModelCache,
+        tokens: &[u32],
+        logits: Logits,
+    ) -> Result<VerifyOutput> {
         let (mut outs, trunk) = self.run_chunk(cache, tokens, 1)?;
-        Ok(VerifyOutput { logits: self.head1_logits(outs.remove(0), logits)?, trunk })
+        Ok(VerifyOutput {
+            logits: self.head1_logits(outs.remove(0), logits)?,
+            trunk,
+        })
     }
 
     /// Decoding's second half: after the cache was cut back to keep the first `keep` rows of the
@@ -274,26 +336,49 @@ impl MtpModel {
     /// layers give each extra head's logits there (the drafts for the next round), as
     /// [`Self::extra_head_logits`] would. Empty when the cache runs no extra heads or when
     /// `want_logits` is false.
-    pub fn extend_heads(&self, cache: &mut ModelCache, out: &VerifyOutput, keep: usize, want_logits: bool) -> Result<Vec<Vec<f32>>> {
+    pub fn extend_heads(
+        &self,
+        cache: &mut ModelCache,
+        out: &VerifyOutput,
+        keep: usize,
+        want_logits: bool,
+    ) -> Result<Vec<Vec<f32>>> {
         let t = out.trunk.dim(1)?;
         let end = cache.len();
         if keep == 0 || keep > t || keep > end {
-            return Err(ModelError::Misuse { reason: format!("extend_heads: keep {keep} of {t} rows with {end} cached") });
+            return Err(ModelError::Misuse {
+                reason: format!("extend_heads: keep {keep} of {t} rows with {end} cached"),
+            });
         }
         let start = end - keep;
         let (_, head_caches) = cache.layers.split_at_mut(cache.n_trunk);
         let mut rows = Vec::with_capacity(head_caches.len().saturating_sub(1));
         for (layer, kv) in self.heads.iter().zip(head_caches.iter_mut()).skip(1) {
             if kv.len() != start {
-                return Err(ModelError::Misuse { reason: format!("extend_heads: an extra head holds {} positions, not {start}", kv.len()) });
+                return Err(ModelError::Misuse {
+                    reason: format!(
+                        "extend_heads: an extra head holds {} positions, not {start}",
+                        kv.len()
+                    ),
+                });
             }
             let kv_rows = if want_logits { keep - 1 } else { keep };
             if kv_rows > 0 {
-                layer.append_keys_values(&out.trunk.narrow(1, 0, kv_rows)?, start, &self.rope, kv, self.kernels)?;
+                layer.append_keys_values(
+                    &out.trunk.narrow(1, 0, kv_rows)?,
+                    start,
+                    &self.rope,
+                    kv,
+                    self.kernels,
+                )?;
             }
             if want_logits {
                 let last = out.trunk.narrow(1, keep - 1, 1)?;
-                rows.push(layer.forward(&last, end - 1, &self.rope, Some(kv), self.kernels)?.squeeze(0)?);
+                rows.push(
+                    layer
+                        .forward(&last, end - 1, &self.rope, Some(kv), self.kernels)?
+                        .squeeze(0)?,
+                );
             }
         }
         if rows.is_empty() {
@@ -313,7 +398,10 @@ impl MtpModel {
             return Ok(self.lm_head.apply(&normed, small)?.to_dtype(DType::F32)?);
         }
         let mut dims = hidden.dims().to_vec();
-        let logits = logits_f32(&normed.reshape((rows, self.config.hidden_size))?, self.lm_head.weight())?;
+        let logits = logits_f32(
+            &normed.reshape((rows, self.config.hidden_size))?,
+            self.lm_head.weight(),
+        )?;
         *dims.last_mut().expect("hidden has a last dim") = self.config.vocab_size;
         Ok(logits.reshape(dims)?)
     }
@@ -323,7 +411,11 @@ impl MtpModel {
         if out.extra_hidden.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = out.extra_hidden.iter().map(|h| h.narrow(0, pos, 1)).collect::<candle_core::Result<Vec<_>>>()?;
+        let rows = out
+            .extra_hidden
+            .iter()
+            .map(|h| h.narrow(0, pos, 1))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(self.project(&Tensor::cat(&rows, 0)?)?.to_vec2::<f32>()?)
     }
 
@@ -338,7 +430,8 @@ impl MtpModel {
 
     /// Training: head `head_idx` (0 = next token) on trunk output `z`; returns logits `(b, t, vocab)`.
     pub fn forward_head(&self, head_idx: usize, z: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(&self.forward_head_normed(head_idx, z)?)
+        self.lm_head
+            .forward(&self.forward_head_normed(head_idx, z)?)
     }
 
     /// Training: head `head_idx` on trunk output `z` through the final norm, before the
@@ -359,21 +452,42 @@ impl MtpModel {
 
     /// Every weight under its Hugging Face name (tied `lm_head` is not repeated).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.embeddings().clone())];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.embeddings().clone(),
+        )];
         let mut push_layer = |prefix: String, layer: &DecoderLayer| {
             let a = &layer.self_attn;
-            for (name, lin) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj)] {
-                out.push((format!("{prefix}.self_attn.{name}.weight"), lin.weight().clone()));
+            for (name, lin) in [
+                ("q_proj", &a.q_proj),
+                ("k_proj", &a.k_proj),
+                ("v_proj", &a.v_proj),
+                ("o_proj", &a.o_proj),
+            ] {
+                out.push((
+                    format!("{prefix}.self_attn.{name}.weight"),
+                    lin.weight().clone(),
+                ));
                 if let Some(b) = lin.bias() {
                     out.push((format!("{prefix}.self_attn.{name}.bias"), b.clone()));
                 }
             }
             let m = &layer.mlp;
-            for (name, lin) in [("gate_proj", &m.gate_proj), ("up_proj", &m.up_proj), ("down_proj", &m.down_proj)] {
+            for (name, lin) in [
+                ("gate_proj", &m.gate_proj),
+                ("up_proj", &m.up_proj),
+                ("down_proj", &m.down_proj),
+            ] {
                 out.push((format!("{prefix}.mlp.{name}.weight"), lin.weight().clone()));
             }
-            out.push((format!("{prefix}.input_layernorm.weight"), layer.input_layernorm.weight.clone()));
-            out.push((format!("{prefix}.post_attention_layernorm.weight"), layer.post_attention_layernorm.weight.clone()));
+            out.push((
+                format!("{prefix}.input_layernorm.weight"),
+                layer.input_layernorm.weight.clone(),
+            ));
+            out.push((
+                format!("{prefix}.post_attention_layernorm.weight"),
+                layer.post_attention_layernorm.weight.clone(),
+            ));
         };
         for (i, layer) in self.trunk.iter().enumerate() {
             push_layer(format!("model.layers.{i}"), layer);

@@ -15,10 +15,18 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(head_dim: usize, max_positions: usize, theta: f64, interleaved: bool, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        head_dim: usize,
+        max_positions: usize,
+        theta: f64,
+        interleaved: bool,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let half = head_dim / 2;
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| 1.0 / (theta.powf(2.0 * i as f64 / head_dim as f64)) as f32).collect();
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (theta.powf(2.0 * i as f64 / head_dim as f64)) as f32)
+            .collect();
         let mut cos = Vec::with_capacity(max_positions * half);
         let mut sin = Vec::with_capacity(max_positions * half);
         for pos in 0..max_positions {
@@ -30,7 +38,11 @@ impl Rope {
         }
         let cos = Tensor::from_vec(cos, (max_positions, half), device)?.to_dtype(dtype)?;
         let sin = Tensor::from_vec(sin, (max_positions, half), device)?.to_dtype(dtype)?;
-        Ok(Self { cos, sin, interleaved })
+        Ok(Self {
+            cos,
+            sin,
+            interleaved,
+        })
     }
 
     pub fn max_positions(&self) -> usize {
@@ -39,8 +51,17 @@ impl Rope {
 
     /// The tables of positions `0..t` in f32, for the training attention kernel.
     pub fn tables(&self, t: usize) -> Result<RopeTables> {
-        let flat = |m: &Tensor| m.narrow(0, 0, t)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
-        Ok(RopeTables { cos: flat(&self.cos)?, sin: flat(&self.sin)?, interleaved: self.interleaved })
+        let flat = |m: &Tensor| {
+            m.narrow(0, 0, t)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()
+        };
+        Ok(RopeTables {
+            cos: flat(&self.cos)?,
+            sin: flat(&self.sin)?,
+            interleaved: self.interleaved,
+        })
     }
 
     /// Rotates `x` of shape `(b, heads, t, head_dim)` for positions `offset..offset+t`.
@@ -67,13 +88,23 @@ mod tests {
     #[test]
     fn fused_and_plain_forms_agree_in_both_layouts() {
         let dev = Device::Cpu;
-        let x = Tensor::arange(0f32, 2.0 * 3.0 * 5.0 * 8.0, &dev).unwrap().reshape((2, 3, 5, 8)).unwrap();
+        let x = Tensor::arange(0f32, 2.0 * 3.0 * 5.0 * 8.0, &dev)
+            .unwrap()
+            .reshape((2, 3, 5, 8))
+            .unwrap();
         let x = (x * 0.01).unwrap().sin().unwrap();
         for interleaved in [false, true] {
             let rope = Rope::new(8, 32, 10_000.0, interleaved, DType::F32, &dev).unwrap();
             let a = rope.apply(&x, 7, false).unwrap();
             let b = rope.apply(&x, 7, true).unwrap();
-            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff < 1e-6, "interleaved={interleaved}: {diff}");
         }
     }
@@ -84,6 +115,9 @@ mod tests {
         let x = Tensor::ones((1, 1, 1, 4), DType::F32, &dev).unwrap();
         let rope = Rope::new(4, 8, 10_000.0, false, DType::F32, &dev).unwrap();
         let y = rope.apply(&x, 0, false).unwrap();
-        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 4]);
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![1.0; 4]
+        );
     }
 }

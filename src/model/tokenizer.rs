@@ -19,14 +19,20 @@ pub const OWN_SPECIAL_TOKENS: [&str; 4] = [ENDOFTEXT, FIM_PREFIX, FIM_SUFFIX, FI
 
 /// (prefix, suffix, middle) names by vocabulary family.
 const FIM_NAMES: [(&str, &str, &str); 3] = [
-    (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE),                         // Foresight, StarCoder
-    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),       // Qwen2.5-Coder
-    ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),        // DeepSeek-Coder
+    (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE), // Foresight, StarCoder
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"), // Qwen2.5-Coder
+    ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"), // DeepSeek-Coder
 ];
 
 /// Tokens that end a document in the vocabularies we know.
-const END_NAMES: [&str; 6] =
-    [ENDOFTEXT, "</s>", "<|end_of_text|>", "<｜end▁of▁sentence｜>", "<|file_sep|>", "<file_sep>"];
+const END_NAMES: [&str; 6] = [
+    ENDOFTEXT,
+    "</s>",
+    "<|end_of_text|>",
+    "<｜end▁of▁sentence｜>",
+    "<|file_sep|>",
+    "<file_sep>",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FimTokens {
@@ -47,7 +53,13 @@ pub struct SpecialTokens {
 impl SpecialTokens {
     pub fn detect(tokenizer: &Tokenizer, cfg: &ModelConfig) -> Self {
         let id = |name: &str| tokenizer.token_to_id(name);
-        let fim = FIM_NAMES.iter().find_map(|(p, s, m)| Some(FimTokens { prefix: id(p)?, suffix: id(s)?, middle: id(m)? }));
+        let fim = FIM_NAMES.iter().find_map(|(p, s, m)| {
+            Some(FimTokens {
+                prefix: id(p)?,
+                suffix: id(s)?,
+                middle: id(m)?,
+            })
+        });
         let mut eos = cfg.eos_token_ids();
         for name in END_NAMES {
             if let Some(t) = id(name) {
@@ -56,7 +68,11 @@ impl SpecialTokens {
                 }
             }
         }
-        Self { bos: cfg.bos_token_id, eos, fim }
+        Self {
+            bos: cfg.bos_token_id,
+            eos,
+            fim,
+        }
     }
 
     /// Tokens that end a completion: EOS, and any FIM marker (the model starting a new FIM frame).
@@ -70,7 +86,10 @@ impl SpecialTokens {
 }
 
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
-    Tokenizer::from_file(path).map_err(|e| ModelError::BadTokenizer { path: path.to_path_buf(), reason: e.to_string() })
+    Tokenizer::from_file(path).map_err(|e| ModelError::BadTokenizer {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// GPT-2's printable stand-in character for each byte, as used by byte-level BPE vocabularies.
@@ -95,8 +114,11 @@ pub fn byte_to_char_table() -> [char; 256] {
 /// the tokenizer of the test fixture.
 pub fn byte_level_tokenizer() -> Tokenizer {
     let table = byte_to_char_table();
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        table.iter().enumerate().map(|(i, c)| (c.to_string(), serde_json::Value::from(i))).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = table
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), serde_json::Value::from(i)))
+        .collect();
     let added: Vec<serde_json::Value> = OWN_SPECIAL_TOKENS
         .iter()
         .enumerate()
@@ -115,7 +137,9 @@ pub fn byte_level_tokenizer() -> Tokenizer {
                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                   "vocab": vocab, "merges": []}
     });
-    json.to_string().parse().expect("the byte-level tokenizer JSON is well-formed")
+    json.to_string()
+        .parse()
+        .expect("the byte-level tokenizer JSON is well-formed")
 }
 
 #[cfg(test)]
@@ -140,7 +164,11 @@ mod tests {
         let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
         assert_eq!(ids.len(), text.len());
         assert_eq!(tok.decode(&ids, false).unwrap(), text);
-        let ids = tok.encode("<fim_prefix>a<fim_suffix>", false).unwrap().get_ids().to_vec();
+        let ids = tok
+            .encode("<fim_prefix>a<fim_suffix>", false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
         assert_eq!(ids, vec![257, b'a' as u32, 258]);
     }
 }

@@ -29,28 +29,56 @@ struct View<'a> {
 impl<'a> View<'a> {
     /// The row-major `rows x cols` matrix at the start of `data`.
     fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Self { data, rows, cols, rs: cols, cs: 1 }
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
     }
 
     fn t(self) -> Self {
-        Self { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+        Self {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
     }
 
     fn in_bounds(&self) -> bool {
-        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
     }
 }
 
 /// `dst = scale * a b` (or `dst += scale * a b` when `accumulate`), `dst` row-major `m x n` with
 /// row stride `ld`. The matmul is the `gemm` crate's (the one candle uses).
-fn matmul(dst: &mut [f32], ld: usize, a: View, b: View, scale: f32, accumulate: bool, par: Parallelism) {
+fn matmul(
+    dst: &mut [f32],
+    ld: usize,
+    a: View,
+    b: View,
+    scale: f32,
+    accumulate: bool,
+    par: Parallelism,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "inner sizes");
-    assert!(a.in_bounds() && b.in_bounds(), "matmul operand out of bounds");
+    assert!(
+        a.in_bounds() && b.in_bounds(),
+        "matmul operand out of bounds"
+    );
     if m == 0 || n == 0 {
         return;
     }
-    assert!(n <= ld && (m - 1) * ld + n <= dst.len(), "matmul destination out of bounds");
+    assert!(
+        n <= ld && (m - 1) * ld + n <= dst.len(),
+        "matmul destination out of bounds"
+    );
     if k == 0 {
         if !accumulate {
             for row in dst.chunks_mut(ld).take(m) {
@@ -97,7 +125,9 @@ fn threads() -> Parallelism {
 fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("training kernels run on the CPU") };
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("training kernels run on the CPU")
+    };
     Ok(f(f32_slice(cpu, layout, "training kernel input")?))
 }
 
@@ -117,7 +147,10 @@ fn exp_fast(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5e-1;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     (p * r * r + r + 1.0) * scale
 }
@@ -194,7 +227,13 @@ impl CustomOp2 for RmsNormOp {
         "train-rms-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "rms-norm input")?;
         let w = f32_slice(s2, l2, "rms-norm weight")?;
         let d = w.len();
@@ -203,18 +242,26 @@ impl CustomOp2 for RmsNormOp {
         }
         let mut out = vec![0f32; x.len()];
         let rows_per_task = (PAR_CHUNK / d).max(1);
-        out.par_chunks_mut(rows_per_task * d).zip(x.par_chunks(rows_per_task * d)).for_each(|(o, x)| {
-            for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
-                let r = inv_rms(x, self.eps);
-                for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
-                    *o = x * r * w;
+        out.par_chunks_mut(rows_per_task * d)
+            .zip(x.par_chunks(rows_per_task * d))
+            .for_each(|(o, x)| {
+                for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+                    let r = inv_rms(x, self.eps);
+                    for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
+                        *o = x * r * w;
+                    }
                 }
-            }
-        });
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let d = w.elem_count();
         let eps = self.eps;
         let (dx, dw) = with_f32(x, |x| {
@@ -228,7 +275,8 @@ impl CustomOp2 for RmsNormOp {
                         .zip(dy.par_chunks(rows_per_task * d))
                         .map(|((dx, x), dy)| {
                             let mut dw = vec![0f32; d];
-                            for ((dx, x), dy) in dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d)) {
+                            for ((dx, x), dy) in dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d))
+                            {
                                 let r = inv_rms(x, eps);
                                 // g = dy * w; dx = r * (g - xhat * mean(g * xhat)), xhat = x * r.
                                 let mut dot = 0f32;
@@ -244,15 +292,21 @@ impl CustomOp2 for RmsNormOp {
                             }
                             dw
                         })
-                        .reduce(|| vec![0f32; d], |mut a, b| {
-                            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                            a
-                        });
+                        .reduce(
+                            || vec![0f32; d],
+                            |mut a, b| {
+                                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                                a
+                            },
+                        );
                     (dx, dw)
                 })
             })
         })???;
-        Ok((Some(cpu_tensor(dx, x.dims())?), Some(cpu_tensor(dw, w.dims())?)))
+        Ok((
+            Some(cpu_tensor(dx, x.dims())?),
+            Some(cpu_tensor(dw, w.dims())?),
+        ))
     }
 }
 
@@ -292,11 +346,13 @@ impl CustomOp1 for SwiGluOp {
         let ff = self.ff;
         let mut out = vec![0f32; rows * ff];
         let rows_per_task = (PAR_CHUNK / ff).max(1);
-        out.par_chunks_mut(rows_per_task * ff).zip(gu.par_chunks(rows_per_task * 2 * ff)).for_each(|(o, gu)| {
-            for (o, gu) in o.chunks_mut(ff).zip(gu.chunks(2 * ff)) {
-                swiglu_forward(o, &gu[..ff], &gu[ff..]);
-            }
-        });
+        out.par_chunks_mut(rows_per_task * ff)
+            .zip(gu.par_chunks(rows_per_task * 2 * ff))
+            .for_each(|(o, gu)| {
+                for (o, gu) in o.chunks_mut(ff).zip(gu.chunks(2 * ff)) {
+                    swiglu_forward(o, &gu[..ff], &gu[ff..]);
+                }
+            });
         Ok((CpuStorage::F32(out), Shape::from(self.out_dims(l.dims()))))
     }
 
@@ -311,7 +367,11 @@ impl CustomOp1 for SwiGluOp {
                     .zip(gu.par_chunks(rows_per_task * 2 * ff))
                     .zip(dy.par_chunks(rows_per_task * ff))
                     .for_each(|((dgu, gu), dy)| {
-                        for ((dgu, gu), dy) in dgu.chunks_mut(2 * ff).zip(gu.chunks(2 * ff)).zip(dy.chunks(ff)) {
+                        for ((dgu, gu), dy) in dgu
+                            .chunks_mut(2 * ff)
+                            .zip(gu.chunks(2 * ff))
+                            .zip(dy.chunks(ff))
+                        {
                             let (dg, du) = dgu.split_at_mut(ff);
                             swiglu_backward(dg, du, &gu[..ff], &gu[ff..], dy);
                         }
@@ -344,11 +404,18 @@ impl RopeTables {
     /// transpose of the rotation: the backward of RoPE).
     fn rotate(&self, src: &[f32], dst: &mut [f32], pos: usize, inverse: bool) {
         let half = src.len() / 2;
-        let (cos, sin) = (&self.cos[pos * half..(pos + 1) * half], &self.sin[pos * half..(pos + 1) * half]);
+        let (cos, sin) = (
+            &self.cos[pos * half..(pos + 1) * half],
+            &self.sin[pos * half..(pos + 1) * half],
+        );
         let sign = if inverse { -1.0 } else { 1.0 };
         for i in 0..half {
             let (c, s) = (cos[i], sign * sin[i]);
-            let (a, b) = if self.interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+            let (a, b) = if self.interleaved {
+                (2 * i, 2 * i + 1)
+            } else {
+                (i, i + half)
+            };
             dst[a] = src[a] * c - src[b] * s;
             dst[b] = src[a] * s + src[b] * c;
         }
@@ -378,9 +445,20 @@ impl CausalAttentionOp {
     /// Sequence length, after checking the input's shape and the tables.
     fn seq_len(&self, dims: &[usize]) -> candle_core::Result<usize> {
         let (h, kv, hd) = (self.heads, self.kv_heads, self.head_dim);
-        let &[rows, width] = dims else { candle_core::bail!("causal attention: input {dims:?} must be 2-d") };
-        if self.batch == 0 || rows % self.batch != 0 || width != self.width() || kv == 0 || h % kv != 0 || hd % 2 != 0 {
-            candle_core::bail!("causal attention: input {dims:?} for batch {}, {h} heads, {kv} kv heads of {hd}", self.batch);
+        let &[rows, width] = dims else {
+            candle_core::bail!("causal attention: input {dims:?} must be 2-d")
+        };
+        if self.batch == 0
+            || rows % self.batch != 0
+            || width != self.width()
+            || kv == 0
+            || h % kv != 0
+            || hd % 2 != 0
+        {
+            candle_core::bail!(
+                "causal attention: input {dims:?} for batch {}, {h} heads, {kv} kv heads of {hd}",
+                self.batch
+            );
         }
         let t = rows / self.batch;
         if self.rope.cos.len() < t * hd / 2 || self.rope.sin.len() < t * hd / 2 {
@@ -400,9 +478,23 @@ impl CausalAttentionOp {
         out
     }
 
-    /// A strided view of one head's rows `r0..r0 + rows` of sequence `bi` in a `(b * t, width)` buffer.
-    fn head_rows<'a>(data: &'a [f32], width: usize, bi: usize, t: usize, col: usize, r0: usize, rows: usize, hd: usize) -> View<'a> {
-        View { data: &data[(bi * t + r0) * width + col..], rows, cols: hd, rs: width, cs: 1 }
+    /// A strided view of `rows` rows of one head (`hd` columns from `col`) in a `(b * t, width)`
+    /// buffer, starting at buffer row `first` (sequence `bi`'s row `r0` is `bi * t + r0`).
+    fn head_rows<'a>(
+        data: &'a [f32],
+        width: usize,
+        first: usize,
+        col: usize,
+        rows: usize,
+        hd: usize,
+    ) -> View<'a> {
+        View {
+            data: &data[first * width + col..],
+            rows,
+            cols: hd,
+            rs: width,
+            cs: 1,
+        }
     }
 }
 
@@ -412,7 +504,10 @@ fn causal_softmax_rows(s: &mut [f32], rows: usize, keys: usize, first_row: usize
     for i in 0..rows {
         let row = &mut s[i * keys..(i + 1) * keys];
         let seen = (first_row + i + 1).min(keys);
-        let max = row[..seen].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = row[..seen]
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         let inv = 1.0 / exp_shifted_sum(&mut row[..seen], max);
         row[..seen].iter_mut().for_each(|v| *v *= inv);
         row[seen..].fill(0.0);
@@ -437,7 +532,13 @@ impl CustomOp1 for CausalAttentionOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let qkv = f32_slice(s, l, "attention input")?;
         let t = self.seq_len(l.dims())?;
-        let (b, h, kv, hd, w) = (self.batch, self.heads, self.kv_heads, self.head_dim, self.width());
+        let (b, h, kv, hd, w) = (
+            self.batch,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.width(),
+        );
         let group = h / kv;
         // One task per (sequence, query head); each returns its head's output rows (t, hd).
         let heads: Vec<Vec<f32>> = (0..b * h)
@@ -453,8 +554,16 @@ impl CustomOp1 for CausalAttentionOp {
                     let rows = ATTN_BLOCK.min(t - r0);
                     let keys = r0 + rows;
                     block_probs(&mut p, &q, &k, r0, rows, hd, self.scale);
-                    let v = Self::head_rows(qkv, w, bi, t, (h + kv + kvi) * hd, 0, keys, hd);
-                    matmul(&mut o[r0 * hd..], hd, View::rows(&p[..rows * keys], rows, keys), v, 1.0, false, Parallelism::None);
+                    let v = Self::head_rows(qkv, w, bi * t, (h + kv + kvi) * hd, keys, hd);
+                    matmul(
+                        &mut o[r0 * hd..],
+                        hd,
+                        View::rows(&p[..rows * keys], rows, keys),
+                        v,
+                        1.0,
+                        false,
+                        Parallelism::None,
+                    );
                 }
                 o
             })
@@ -472,7 +581,13 @@ impl CustomOp1 for CausalAttentionOp {
 
     fn bwd(&self, qkv: &Tensor, o: &Tensor, d_o: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let t = self.seq_len(qkv.dims())?;
-        let (b, h, kv, hd, w) = (self.batch, self.heads, self.kv_heads, self.head_dim, self.width());
+        let (b, h, kv, hd, w) = (
+            self.batch,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.width(),
+        );
         let (group, scale, ow) = (h / kv, self.scale, h * hd);
         let dqkv = with_f32(qkv, |qkv| {
             with_f32(o, |o| {
@@ -498,32 +613,68 @@ impl CustomOp1 for CausalAttentionOp {
                                     let rows = ATTN_BLOCK.min(t - r0);
                                     let keys = r0 + rows;
                                     block_probs(&mut p, &q, &k, r0, rows, hd, scale);
-                                    let dob = Self::head_rows(d_o, ow, bi, t, hi * hd, r0, rows, hd);
-                                    let v = Self::head_rows(qkv, w, bi, t, vcol, 0, keys, hd);
+                                    let dob =
+                                        Self::head_rows(d_o, ow, bi * t + r0, hi * hd, rows, hd);
+                                    let v = Self::head_rows(qkv, w, bi * t, vcol, keys, hd);
                                     // dP = dO V^T
-                                    matmul(&mut ds, keys, dob, v.t(), 1.0, false, Parallelism::None);
+                                    matmul(
+                                        &mut ds,
+                                        keys,
+                                        dob,
+                                        v.t(),
+                                        1.0,
+                                        false,
+                                        Parallelism::None,
+                                    );
                                     // dS = P * (dP - rowsum(dO * O))
                                     for i in 0..rows {
                                         let at = (bi * t + r0 + i) * ow + hi * hd;
-                                        let di: f32 = d_o[at..at + hd].iter().zip(&o[at..at + hd]).map(|(a, b)| a * b).sum();
-                                        for (d, p) in ds[i * keys..(i + 1) * keys].iter_mut().zip(&p[i * keys..(i + 1) * keys]) {
+                                        let di: f32 = d_o[at..at + hd]
+                                            .iter()
+                                            .zip(&o[at..at + hd])
+                                            .map(|(a, b)| a * b)
+                                            .sum();
+                                        for (d, p) in ds[i * keys..(i + 1) * keys]
+                                            .iter_mut()
+                                            .zip(&p[i * keys..(i + 1) * keys])
+                                        {
                                             *d = p * (*d - di);
                                         }
                                     }
                                     let dsb = View::rows(&ds[..rows * keys], rows, keys);
                                     let pb = View::rows(&p[..rows * keys], rows, keys);
                                     // dQ = scale dS K; dK += scale dS^T Q; dV += P^T dO
-                                    matmul(&mut dq_rot[r0 * hd..], hd, dsb, View::rows(&k[..keys * hd], keys, hd), scale, false, Parallelism::None);
-                                    matmul(&mut dk_rot, hd, dsb.t(), View::rows(&q[r0 * hd..keys * hd], rows, hd), scale, true, Parallelism::None);
+                                    matmul(
+                                        &mut dq_rot[r0 * hd..],
+                                        hd,
+                                        dsb,
+                                        View::rows(&k[..keys * hd], keys, hd),
+                                        scale,
+                                        false,
+                                        Parallelism::None,
+                                    );
+                                    matmul(
+                                        &mut dk_rot,
+                                        hd,
+                                        dsb.t(),
+                                        View::rows(&q[r0 * hd..keys * hd], rows, hd),
+                                        scale,
+                                        true,
+                                        Parallelism::None,
+                                    );
                                     matmul(&mut dv, hd, pb.t(), dob, 1.0, true, Parallelism::None);
                                 }
                                 let dq_g = &mut dq[g * t * hd..(g + 1) * t * hd];
-                                for (r, (src, dst)) in dq_rot.chunks(hd).zip(dq_g.chunks_mut(hd)).enumerate() {
+                                for (r, (src, dst)) in
+                                    dq_rot.chunks(hd).zip(dq_g.chunks_mut(hd)).enumerate()
+                                {
                                     self.rope.rotate(src, dst, r, true);
                                 }
                             }
                             let mut dk = vec![0f32; t * hd];
-                            for (r, (src, dst)) in dk_rot.chunks(hd).zip(dk.chunks_mut(hd)).enumerate() {
+                            for (r, (src, dst)) in
+                                dk_rot.chunks(hd).zip(dk.chunks_mut(hd)).enumerate()
+                            {
                                 self.rope.rotate(src, dst, r, true);
                             }
                             (dq, dk, dv)
@@ -536,10 +687,13 @@ impl CustomOp1 for CausalAttentionOp {
                             let row = &mut dqkv[(bi * t + r) * w..(bi * t + r + 1) * w];
                             for g in 0..group {
                                 let hi = kvi * group + g;
-                                row[hi * hd..(hi + 1) * hd].copy_from_slice(&dq[(g * t + r) * hd..(g * t + r + 1) * hd]);
+                                row[hi * hd..(hi + 1) * hd]
+                                    .copy_from_slice(&dq[(g * t + r) * hd..(g * t + r + 1) * hd]);
                             }
-                            row[(h + kvi) * hd..(h + kvi + 1) * hd].copy_from_slice(&dk[r * hd..(r + 1) * hd]);
-                            row[(h + kv + kvi) * hd..(h + kv + kvi + 1) * hd].copy_from_slice(&dv[r * hd..(r + 1) * hd]);
+                            row[(h + kvi) * hd..(h + kvi + 1) * hd]
+                                .copy_from_slice(&dk[r * hd..(r + 1) * hd]);
+                            row[(h + kv + kvi) * hd..(h + kv + kvi + 1) * hd]
+                                .copy_from_slice(&dv[r * hd..(r + 1) * hd]);
                         }
                     }
                     dqkv
@@ -567,7 +721,10 @@ pub struct LinearCrossEntropyOp {
 
 impl LinearCrossEntropyOp {
     pub fn new(targets: Vec<u32>) -> Self {
-        Self { targets, grads: Mutex::new(None) }
+        Self {
+            targets,
+            grads: Mutex::new(None),
+        }
     }
 }
 
@@ -590,17 +747,34 @@ impl CustomOp2 for LinearCrossEntropyOp {
         "train-linear-cross-entropy"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "cross-entropy input")?;
         let w = f32_slice(s2, l2, "unembedding")?;
         let (&[n, d], &[vocab, wd]) = (l1.dims(), l2.dims()) else {
-            candle_core::bail!("linear cross-entropy: input {:?} and weight {:?} must be 2-d", l1.dims(), l2.dims())
+            candle_core::bail!(
+                "linear cross-entropy: input {:?} and weight {:?} must be 2-d",
+                l1.dims(),
+                l2.dims()
+            )
         };
         if wd != d || self.targets.len() != n || n == 0 {
-            candle_core::bail!("linear cross-entropy: input {:?}, weight {:?}, {} targets", l1.dims(), l2.dims(), self.targets.len());
+            candle_core::bail!(
+                "linear cross-entropy: input {:?}, weight {:?}, {} targets",
+                l1.dims(),
+                l2.dims(),
+                self.targets.len()
+            );
         }
         if let Some(bad) = self.targets.iter().find(|&&t| t as usize >= vocab) {
-            candle_core::bail!("linear cross-entropy: target {bad} outside the vocabulary of {vocab}");
+            candle_core::bail!(
+                "linear cross-entropy: target {bad} outside the vocabulary of {vocab}"
+            );
         }
         let inv_n = 1.0 / n as f32;
         let mut dx = vec![0f32; n * d];
@@ -622,26 +796,53 @@ impl CustomOp2 for LinearCrossEntropyOp {
             matmul(&mut dx[r0 * d..], d, gb, wv, 1.0, false, threads());
             matmul(&mut dw, d, gb.t(), xb, 1.0, true, threads());
         }
-        *self.grads.lock().map_err(|_| candle_core::Error::Msg("cross-entropy gradients poisoned".into()))? = Some((dx, dw));
-        Ok((CpuStorage::F32(vec![(loss * f64::from(inv_n)) as f32]), Shape::from(())))
+        *self
+            .grads
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("cross-entropy gradients poisoned".into()))? =
+            Some((dx, dw));
+        Ok((
+            CpuStorage::F32(vec![(loss * f64::from(inv_n)) as f32]),
+            Shape::from(()),
+        ))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
-        let taken = self.grads.lock().map_err(|_| candle_core::Error::Msg("cross-entropy gradients poisoned".into()))?.take();
-        let Some((mut dx, mut dw)) = taken else { candle_core::bail!("linear cross-entropy: backward without a forward, or twice") };
+        let taken = self
+            .grads
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("cross-entropy gradients poisoned".into()))?
+            .take();
+        let Some((mut dx, mut dw)) = taken else {
+            candle_core::bail!("linear cross-entropy: backward without a forward, or twice")
+        };
         if g != 1.0 {
             dx.iter_mut().for_each(|v| *v *= g);
             dw.iter_mut().for_each(|v| *v *= g);
         }
-        Ok((Some(cpu_tensor(dx, x.dims())?), Some(cpu_tensor(dw, w.dims())?)))
+        Ok((
+            Some(cpu_tensor(dx, x.dims())?),
+            Some(cpu_tensor(dw, w.dims())?),
+        ))
     }
 }
 
 /// Mean cross-entropy of `x (N, d) W^T` against `targets (N)` (u32) through [`LinearCrossEntropyOp`].
-pub fn linear_cross_entropy(x: &Tensor, w: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+pub fn linear_cross_entropy(
+    x: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+) -> candle_core::Result<Tensor> {
     let targets = targets.flatten_all()?.to_vec1::<u32>()?;
-    x.contiguous()?.apply_op2(&w.contiguous()?, LinearCrossEntropyOp::new(targets))
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, LinearCrossEntropyOp::new(targets))
 }
 
 /// Whether tensors on `device` in `dtype` can take these kernels.
@@ -666,7 +867,10 @@ mod tests {
         }
         assert!(worst < 3e-7, "relative error {worst} at {at}");
         assert_eq!(exp_fast(0.0), 1.0);
-        assert!(exp_fast(-1000.0) > 0.0 && exp_fast(1000.0).is_finite(), "clamped");
+        assert!(
+            exp_fast(-1000.0) > 0.0 && exp_fast(1000.0).is_finite(),
+            "clamped"
+        );
     }
 
     #[test]
@@ -702,10 +906,26 @@ mod tests {
         let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0f32]; // 2x3
         let b = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0f32]; // 3x2
         let mut c = vec![0f32; 4];
-        matmul(&mut c, 2, View::rows(&a, 2, 3), View::rows(&b, 3, 2), 1.0, false, Parallelism::None);
+        matmul(
+            &mut c,
+            2,
+            View::rows(&a, 2, 3),
+            View::rows(&b, 3, 2),
+            1.0,
+            false,
+            Parallelism::None,
+        );
         assert_eq!(c, vec![4.0, 5.0, 10.0, 11.0]);
         // c += 2 * a a^T
-        matmul(&mut c, 2, View::rows(&a, 2, 3), View::rows(&a, 2, 3).t(), 2.0, true, Parallelism::None);
+        matmul(
+            &mut c,
+            2,
+            View::rows(&a, 2, 3),
+            View::rows(&a, 2, 3).t(),
+            2.0,
+            true,
+            Parallelism::None,
+        );
         assert_eq!(c, vec![4.0 + 28.0, 5.0 + 64.0, 10.0 + 64.0, 11.0 + 154.0]);
     }
 }

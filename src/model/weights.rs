@@ -23,7 +23,10 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// Every tensor `config` implies, with its shape, in a stable order.
 pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-    let (q, kv) = (cfg.num_attention_heads * cfg.head_dim(), cfg.n_kv_heads() * cfg.head_dim());
+    let (q, kv) = (
+        cfg.num_attention_heads * cfg.head_dim(),
+        cfg.n_kv_heads() * cfg.head_dim(),
+    );
     let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d])];
     let layer = |prefix: &str, out: &mut Vec<(String, Vec<usize>)>| {
         for (name, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
@@ -73,7 +76,9 @@ impl ParamCounts {
 }
 
 pub fn param_counts(cfg: &ModelConfig) -> ParamCounts {
-    let trunk_prefixes: Vec<String> = (0..cfg.n_trunk_layers()).map(|i| format!("model.layers.{i}.")).collect();
+    let trunk_prefixes: Vec<String> = (0..cfg.n_trunk_layers())
+        .map(|i| format!("model.layers.{i}."))
+        .collect();
     let mut counts = ParamCounts::default();
     for (name, shape) in expected_tensors(cfg) {
         let n: usize = shape.iter().product();
@@ -97,7 +102,12 @@ fn normal(rng: &mut rand_chacha::ChaCha8Rng) -> f32 {
 
 /// Seeded random weights for `cfg`: matrices and biases ~ N(0, std²), norm weights 1.
 /// The same seed gives the same weights on every machine.
-pub fn init_weights(cfg: &ModelConfig, seed: u64, std: f32, device: &Device) -> Result<HashMap<String, Tensor>> {
+pub fn init_weights(
+    cfg: &ModelConfig,
+    seed: u64,
+    std: f32,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut out = HashMap::new();
     for (name, shape) in expected_tensors(cfg) {
@@ -113,25 +123,42 @@ pub fn init_weights(cfg: &ModelConfig, seed: u64, std: f32, device: &Device) -> 
 }
 
 /// Builds a model from named tensors after checking each against `cfg`.
-pub fn model_from_tensors(cfg: &ModelConfig, tensors: HashMap<String, Tensor>, dtype: DType, device: &Device) -> Result<MtpModel> {
+pub fn model_from_tensors(
+    cfg: &ModelConfig,
+    tensors: HashMap<String, Tensor>,
+    dtype: DType,
+    device: &Device,
+) -> Result<MtpModel> {
     cfg.validate()?;
-    check_tensor_names(cfg, tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())))?;
+    check_tensor_names(
+        cfg,
+        tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())),
+    )?;
     MtpModel::load(cfg, VarBuilder::from_tensors(tensors, dtype, device))
 }
 
 /// Missing tensors, wrong shapes and layers the config does not know about, as typed errors.
-fn check_tensor_names(cfg: &ModelConfig, present: impl Iterator<Item = (String, Vec<usize>)>) -> Result<()> {
+fn check_tensor_names(
+    cfg: &ModelConfig,
+    present: impl Iterator<Item = (String, Vec<usize>)>,
+) -> Result<()> {
     let present: HashMap<String, Vec<usize>> = present.collect();
     for (name, shape) in expected_tensors(cfg) {
         match present.get(&name) {
             None => return Err(ModelError::MissingTensor { name }),
             Some(found) if *found != shape => {
-                return Err(ModelError::ShapeMismatch { name, expected: shape, found: found.clone() })
+                return Err(ModelError::ShapeMismatch {
+                    name,
+                    expected: shape,
+                    found: found.clone(),
+                })
             }
             Some(_) => {}
         }
     }
-    let layer_index = |name: &str, prefix: &str| -> Option<usize> { name.strip_prefix(prefix)?.split('.').next()?.parse().ok() };
+    let layer_index = |name: &str, prefix: &str| -> Option<usize> {
+        name.strip_prefix(prefix)?.split('.').next()?.parse().ok()
+    };
     let unexpected: BTreeSet<String> = present
         .keys()
         .filter(|name| {
@@ -141,7 +168,9 @@ fn check_tensor_names(cfg: &ModelConfig, present: impl Iterator<Item = (String, 
         .cloned()
         .collect();
     if !unexpected.is_empty() {
-        return Err(ModelError::UnexpectedTensors { names: unexpected.into_iter().take(8).collect() });
+        return Err(ModelError::UnexpectedTensors {
+            names: unexpected.into_iter().take(8).collect(),
+        });
     }
     Ok(())
 }
@@ -159,16 +188,33 @@ fn require_file(dir: &Path, file: &str, hint: &'static str) -> Result<PathBuf> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(ModelError::MissingFile { dir: dir.to_path_buf(), file: file.to_string(), hint })
+        Err(ModelError::MissingFile {
+            dir: dir.to_path_buf(),
+            file: file.to_string(),
+            hint,
+        })
     }
 }
 
 pub fn read_config(dir: &Path) -> Result<ModelConfig> {
     let path = require_file(dir, CONFIG_FILE, "every model directory needs its config")?;
-    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
-    let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::BadConfig { path: path.clone(), what: "JSON file (config.json)", source })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let mut json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| ModelError::BadConfig {
+            path: path.clone(),
+            what: "JSON file (config.json)",
+            source,
+        })?;
     super::config::normalize_rope_parameters(&mut json);
-    let cfg: ModelConfig = serde_json::from_value(json).map_err(|source| ModelError::BadConfig { path, what: "model config", source })?;
+    let cfg: ModelConfig =
+        serde_json::from_value(json).map_err(|source| ModelError::BadConfig {
+            path,
+            what: "model config",
+            source,
+        })?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -187,17 +233,33 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             hint: "expected model.safetensors or a sharded model.safetensors.index.json",
         });
     }
-    let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io { path: index.clone(), source })?;
+    let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io {
+        path: index.clone(),
+        source,
+    })?;
     let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| ModelError::BadConfig { path: index.clone(), what: "JSON file (the shard index)", source })?;
+        serde_json::from_str(&text).map_err(|source| ModelError::BadConfig {
+            path: index.clone(),
+            what: "JSON file (the shard index)",
+            source,
+        })?;
     let files: BTreeSet<String> = json["weight_map"]
         .as_object()
-        .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|m| {
+            m.values()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     if files.is_empty() {
-        return Err(ModelError::InvalidConfig { reason: format!("{}: no weight_map entries", index.display()) });
+        return Err(ModelError::InvalidConfig {
+            reason: format!("{}: no weight_map entries", index.display()),
+        });
     }
-    files.into_iter().map(|f| require_file(dir, &f, "a shard named in model.safetensors.index.json")).collect()
+    files
+        .into_iter()
+        .map(|f| require_file(dir, &f, "a shard named in model.safetensors.index.json"))
+        .collect()
 }
 
 /// Loads `dir` onto `device` in `dtype`, checking config, every tensor, and the tokenizer.
@@ -210,16 +272,34 @@ pub fn load_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel
     }
     let cfg = read_config(dir)?;
     let files = weight_files(dir)?;
-    let tokenizer_path = require_file(dir, TOKENIZER_FILE, "the model's tokenizer (Hugging Face tokenizers JSON)")?;
+    let tokenizer_path = require_file(
+        dir,
+        TOKENIZER_FILE,
+        "the model's tokenizer (Hugging Face tokenizers JSON)",
+    )?;
     // SAFETY: the files are memory-mapped read-only; a concurrent writer could change them under us,
     // which is the documented hazard of mmap and acceptable for model files.
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
-        .map_err(|source| ModelError::BadWeights { path: files[0].clone(), source })?;
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(
+        |source| ModelError::BadWeights {
+            path: files[0].clone(),
+            source,
+        },
+    )?;
     let views = st.tensors();
-    check_tensor_names(&cfg, views.iter().map(|(name, view)| (name.clone(), view.shape().to_vec())))?;
+    check_tensor_names(
+        &cfg,
+        views
+            .iter()
+            .map(|(name, view)| (name.clone(), view.shape().to_vec())),
+    )?;
     let mut tensors = HashMap::new();
     for (name, _) in expected_tensors(&cfg) {
-        let t = st.load(&name, device).map_err(|source| ModelError::BadWeights { path: files[0].clone(), source })?;
+        let t = st
+            .load(&name, device)
+            .map_err(|source| ModelError::BadWeights {
+                path: files[0].clone(),
+                source,
+            })?;
         tensors.insert(name, t.to_dtype(dtype)?);
     }
     let model = MtpModel::load(&cfg, VarBuilder::from_tensors(tensors, dtype, device))?;
@@ -232,15 +312,27 @@ fn with_tokenizer(dir: &Path, model: MtpModel, tokenizer_path: &Path) -> Result<
     let cfg = model.config();
     let tokenizer_vocab = tokenizer.get_vocab_size(true);
     if tokenizer_vocab > cfg.vocab_size {
-        return Err(ModelError::VocabMismatch { tokenizer: tokenizer_vocab, config: cfg.vocab_size });
+        return Err(ModelError::VocabMismatch {
+            tokenizer: tokenizer_vocab,
+            config: cfg.vocab_size,
+        });
     }
     let special = SpecialTokens::detect(&tokenizer, cfg);
-    Ok(LoadedModel { dir: dir.to_path_buf(), model, tokenizer, special })
+    Ok(LoadedModel {
+        dir: dir.to_path_buf(),
+        model,
+        tokenizer,
+        special,
+    })
 }
 
 /// A Meta-layout directory (`params.json`, `consolidated.pth`, and a user-supplied `tokenizer.json`).
 fn load_meta_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
-    let tokenizer_path = require_file(dir, TOKENIZER_FILE, "Meta checkpoints ship no tokenizer.json; put the matching one beside params.json")?;
+    let tokenizer_path = require_file(
+        dir,
+        TOKENIZER_FILE,
+        "Meta checkpoints ship no tokenizer.json; put the matching one beside params.json",
+    )?;
     let (cfg, tensors) = super::meta::read_meta_dir(dir, device, dtype)?;
     let model = model_from_tensors(&cfg, tensors, dtype, device)?;
     with_tokenizer(dir, model, &tokenizer_path)
@@ -248,9 +340,15 @@ fn load_meta_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedMode
 
 /// Writes `path` through a temporary file and a rename, so a crash never leaves half a file.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
     write(&tmp)?;
-    std::fs::rename(&tmp, path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })
+    std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// How [`save_dir_with`] stores the weights.
@@ -283,19 +381,30 @@ pub fn plan_shards(sizes: &[(String, u64)], max: u64) -> Vec<Vec<String>> {
 
 /// Whether `name` is a weight shard's file name (`model-00001-of-00003.safetensors`).
 pub fn is_shard_file(name: &str) -> bool {
-    name.strip_prefix("model-").and_then(|r| r.strip_suffix(".safetensors")).is_some_and(|r| {
-        let parts: Vec<&str> = r.split("-of-").collect();
-        parts.len() == 2 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-    })
+    name.strip_prefix("model-")
+        .and_then(|r| r.strip_suffix(".safetensors"))
+        .is_some_and(|r| {
+            let parts: Vec<&str> = r.split("-of-").collect();
+            parts.len() == 2
+                && parts
+                    .iter()
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        })
 }
 
 /// Removes the shard files in `dir` that are not in `keep` (what an earlier save left behind).
 pub fn remove_stale_shards(dir: &Path, keep: &[String]) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if is_shard_file(&name) && !keep.contains(&name) {
-            std::fs::remove_file(entry.path()).map_err(|source| ModelError::Io { path: entry.path(), source })?;
+            std::fs::remove_file(entry.path()).map_err(|source| ModelError::Io {
+                path: entry.path(),
+                source,
+            })?;
         }
     }
     Ok(())
@@ -307,41 +416,79 @@ pub fn save_dir(model: &MtpModel, tokenizer: &Tokenizer, dir: &Path) -> Result<(
 }
 
 /// [`save_dir`] with the weights in bf16 and/or sharded.
-pub fn save_dir_with(model: &MtpModel, tokenizer: &Tokenizer, dir: &Path, opts: SaveOptions) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+pub fn save_dir_with(
+    model: &MtpModel,
+    tokenizer: &Tokenizer,
+    dir: &Path,
+    opts: SaveOptions,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let tensors: HashMap<String, Tensor> = model
         .named_tensors()
         .into_iter()
         .map(|(name, t)| {
             let t = t.to_device(&Device::Cpu)?;
-            Ok((name, if opts.bf16 { t.to_dtype(DType::BF16)? } else { t }))
+            Ok((
+                name,
+                if opts.bf16 {
+                    t.to_dtype(DType::BF16)?
+                } else {
+                    t
+                },
+            ))
         })
         .collect::<candle_core::Result<_>>()?;
     match opts.max_shard_bytes {
         None => {
-            write_atomic(&dir.join(WEIGHTS_FILE), |tmp| Ok(candle_core::safetensors::save(&tensors, tmp)?))?;
+            write_atomic(&dir.join(WEIGHTS_FILE), |tmp| {
+                Ok(candle_core::safetensors::save(&tensors, tmp)?)
+            })?;
             // A stale sharded index would contradict what we just wrote.
             let _ = std::fs::remove_file(dir.join(WEIGHTS_INDEX_FILE));
             remove_stale_shards(dir, &[])?;
         }
         Some(max) => {
-            let sizes: Vec<(String, u64)> =
-                tensors.iter().map(|(n, t)| (n.clone(), (t.elem_count() * t.dtype().size_in_bytes()) as u64)).collect();
+            let sizes: Vec<(String, u64)> = tensors
+                .iter()
+                .map(|(n, t)| {
+                    (
+                        n.clone(),
+                        (t.elem_count() * t.dtype().size_in_bytes()) as u64,
+                    )
+                })
+                .collect();
             let shards = plan_shards(&sizes, max);
             let mut weight_map = serde_json::Map::new();
-            let files: Vec<String> = (1..=shards.len()).map(|i| format!("model-{i:05}-of-{:05}.safetensors", shards.len())).collect();
+            let files: Vec<String> = (1..=shards.len())
+                .map(|i| format!("model-{i:05}-of-{:05}.safetensors", shards.len()))
+                .collect();
             for (names, file) in shards.iter().zip(&files) {
-                let part: HashMap<&str, Tensor> = names.iter().map(|n| (n.as_str(), tensors[n].clone())).collect();
-                write_atomic(&dir.join(file), |tmp| Ok(candle_core::safetensors::save(&part, tmp)?))?;
+                let part: HashMap<&str, Tensor> = names
+                    .iter()
+                    .map(|n| (n.as_str(), tensors[n].clone()))
+                    .collect();
+                write_atomic(&dir.join(file), |tmp| {
+                    Ok(candle_core::safetensors::save(&part, tmp)?)
+                })?;
                 for n in names {
                     weight_map.insert(n.clone(), file.clone().into());
                 }
             }
             let total: u64 = sizes.iter().map(|(_, b)| b).sum();
-            let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+            let index =
+                serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
             write_atomic(&dir.join(WEIGHTS_INDEX_FILE), |tmp| {
-                std::fs::write(tmp, serde_json::to_string_pretty(&index).expect("index serializes"))
-                    .map_err(|source| ModelError::Io { path: tmp.to_path_buf(), source })
+                std::fs::write(
+                    tmp,
+                    serde_json::to_string_pretty(&index).expect("index serializes"),
+                )
+                .map_err(|source| ModelError::Io {
+                    path: tmp.to_path_buf(),
+                    source,
+                })
             })?;
             // The loader prefers a single file: a stale one would shadow the shards.
             let _ = std::fs::remove_file(dir.join(WEIGHTS_FILE));
@@ -350,10 +497,18 @@ pub fn save_dir_with(model: &MtpModel, tokenizer: &Tokenizer, dir: &Path, opts: 
     }
     let config = serde_json::to_string_pretty(model.config()).expect("config serializes");
     write_atomic(&dir.join(CONFIG_FILE), |tmp| {
-        std::fs::write(tmp, config).map_err(|source| ModelError::Io { path: tmp.to_path_buf(), source })
+        std::fs::write(tmp, config).map_err(|source| ModelError::Io {
+            path: tmp.to_path_buf(),
+            source,
+        })
     })?;
     write_atomic(&dir.join(TOKENIZER_FILE), |tmp| {
-        tokenizer.save(tmp, false).map_err(|e| ModelError::BadTokenizer { path: tmp.to_path_buf(), reason: e.to_string() })
+        tokenizer
+            .save(tmp, false)
+            .map_err(|e| ModelError::BadTokenizer {
+                path: tmp.to_path_buf(),
+                reason: e.to_string(),
+            })
     })?;
     Ok(())
 }
@@ -377,11 +532,20 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)] // a table of cases: its row type is spelled out once
     fn plan_shards_table() {
-        let s = |v: &[(&str, u64)]| v.iter().map(|(n, b)| (n.to_string(), *b)).collect::<Vec<_>>();
+        let s = |v: &[(&str, u64)]| {
+            v.iter()
+                .map(|(n, b)| (n.to_string(), *b))
+                .collect::<Vec<_>>()
+        };
         // (sizes, max) -> shards, names in order
         let cases: [(Vec<(String, u64)>, u64, Vec<Vec<&str>>); 4] = [
-            (s(&[("b", 4), ("a", 4), ("c", 4)]), 8, vec![vec!["a", "b"], vec!["c"]]),
+            (
+                s(&[("b", 4), ("a", 4), ("c", 4)]),
+                8,
+                vec![vec!["a", "b"], vec!["c"]],
+            ),
             (s(&[("a", 10), ("b", 1)]), 8, vec![vec!["a"], vec!["b"]]), // over max: a shard of its own
             (s(&[("a", 1), ("b", 1)]), 100, vec![vec!["a", "b"]]),
             (s(&[]), 8, vec![]),

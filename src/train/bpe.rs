@@ -15,11 +15,17 @@ use crate::model::tokenizer::{byte_level_tokenizer, OWN_SPECIAL_TOKENS};
 pub const MIN_VOCAB: usize = 256 + OWN_SPECIAL_TOKENS.len();
 
 /// Trains a byte-level BPE of `vocab_size` tokens on `texts`.
-pub fn train_bpe<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: usize) -> Result<Tokenizer> {
+pub fn train_bpe<'a>(
+    texts: impl Iterator<Item = &'a str> + Send,
+    vocab_size: usize,
+) -> Result<Tokenizer> {
     if vocab_size < MIN_VOCAB {
         return Err(TrainError::InvalidOptions(format!("--new-tokenizer {vocab_size} is below the minimum of {MIN_VOCAB} (256 bytes and 4 special tokens)")));
     }
-    let specials: Vec<AddedToken> = OWN_SPECIAL_TOKENS.iter().map(|s| AddedToken::from(s.to_string(), true)).collect();
+    let specials: Vec<AddedToken> = OWN_SPECIAL_TOKENS
+        .iter()
+        .map(|s| AddedToken::from(s.to_string(), true))
+        .collect();
     let mut trainer: TrainerWrapper = BpeTrainer::builder()
         .vocab_size(vocab_size)
         .min_frequency(2)
@@ -29,16 +35,22 @@ pub fn train_bpe<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: us
         .build()
         .into();
     let mut tokenizer = byte_level_base_without_specials();
-    tokenizer.train(&mut trainer, texts).map_err(|e| TrainError::Tokenizer(e.to_string()))?;
+    tokenizer
+        .train(&mut trainer, texts)
+        .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
     Ok(tokenizer)
 }
 
 /// The byte-level tokenizer without its added special tokens: the trainer assigns their ids anew
 /// (kept, the old ones would collide with the trained vocabulary's ids).
 fn byte_level_base_without_specials() -> Tokenizer {
-    let mut json: serde_json::Value = serde_json::from_str(&byte_level_tokenizer().to_string(false).expect("serializes")).expect("valid JSON");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&byte_level_tokenizer().to_string(false).expect("serializes"))
+            .expect("valid JSON");
     json["added_tokens"] = serde_json::Value::Array(Vec::new());
-    json.to_string().parse().expect("the byte-level tokenizer JSON is well-formed")
+    json.to_string()
+        .parse()
+        .expect("the byte-level tokenizer JSON is well-formed")
 }
 
 #[cfg(test)]
@@ -48,14 +60,24 @@ mod tests {
 
     #[test]
     fn trained_bpe_round_trips_and_has_the_special_tokens() {
-        let text = "fn add(a: u32, b: u32) -> u32 { a + b }\nfn sub(a: u32, b: u32) -> u32 { a - b }\n".repeat(20);
+        let text =
+            "fn add(a: u32, b: u32) -> u32 { a + b }\nfn sub(a: u32, b: u32) -> u32 { a - b }\n"
+                .repeat(20);
         let tok = train_bpe([text.as_str()].into_iter(), 300).unwrap();
         let vocab = tok.get_vocab_size(true);
         assert!(vocab > MIN_VOCAB && vocab <= 300, "{vocab}");
         for name in [ENDOFTEXT, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE] {
             let id = tok.token_to_id(name).unwrap_or_else(|| panic!("{name}"));
-            assert_eq!(tok.decode(&[id], false).unwrap(), name, "{name} decodes to itself");
-            assert_eq!(tok.encode(name, false).unwrap().get_ids(), &[id], "{name} is one token");
+            assert_eq!(
+                tok.decode(&[id], false).unwrap(),
+                name,
+                "{name} decodes to itself"
+            );
+            assert_eq!(
+                tok.encode(name, false).unwrap().get_ids(),
+                &[id],
+                "{name} is one token"
+            );
         }
         let sample = "fn mul(a: u32) -> u32 { a * 2 } // héllo 🦀";
         let ids = tok.encode(sample, false).unwrap().get_ids().to_vec();

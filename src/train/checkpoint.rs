@@ -54,7 +54,15 @@ pub fn step_dir_name(step: u64) -> String {
 }
 
 /// Writes a checkpoint of `step` and points `latest` at it; keeps the newest `keep` checkpoints.
-pub fn save(out: &Path, params: &ParamSet, tokenizer: &Tokenizer, opt: &AdamW, names: &[String], state: &TrainState, keep: usize) -> Result<PathBuf> {
+pub fn save(
+    out: &Path,
+    params: &ParamSet,
+    tokenizer: &Tokenizer,
+    opt: &AdamW,
+    names: &[String],
+    state: &TrainState,
+    keep: usize,
+) -> Result<PathBuf> {
     let root = checkpoints_dir(out);
     std::fs::create_dir_all(&root).map_err(io_err(&root))?;
     let name = step_dir_name(state.step);
@@ -78,7 +86,12 @@ pub fn save(out: &Path, params: &ParamSet, tokenizer: &Tokenizer, opt: &AdamW, n
     }
     std::fs::rename(&tmp, &final_dir).map_err(io_err(&final_dir))?;
     let latest = root.join(LATEST_FILE);
-    write_atomic(&latest, |p| std::fs::write(p, &name).map_err(|source| crate::model::ModelError::Io { path: p.to_path_buf(), source }))?;
+    write_atomic(&latest, |p| {
+        std::fs::write(p, &name).map_err(|source| crate::model::ModelError::Io {
+            path: p.to_path_buf(),
+            source,
+        })
+    })?;
     sync_dir(&root);
     prune(&root, keep.max(1))?;
     Ok(final_dir)
@@ -122,10 +135,14 @@ fn prune(root: &Path, keep: usize) -> Result<()> {
 pub fn latest(out: &Path) -> Result<PathBuf> {
     let root = checkpoints_dir(out);
     let pointer = root.join(LATEST_FILE);
-    let name = std::fs::read_to_string(&pointer).map_err(|_| TrainError::NoCheckpoint(out.to_path_buf()))?;
+    let name = std::fs::read_to_string(&pointer)
+        .map_err(|_| TrainError::NoCheckpoint(out.to_path_buf()))?;
     let dir = root.join(name.trim());
     if !dir.is_dir() {
-        return Err(TrainError::BadCheckpoint { path: dir, reason: "checkpoints/latest names a missing folder".into() });
+        return Err(TrainError::BadCheckpoint {
+            path: dir,
+            reason: "checkpoints/latest names a missing folder".into(),
+        });
     }
     Ok(dir)
 }
@@ -133,27 +150,50 @@ pub fn latest(out: &Path) -> Result<PathBuf> {
 pub fn read_state(dir: &Path) -> Result<TrainState> {
     let path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    let state: TrainState =
-        serde_json::from_str(&text).map_err(|e| TrainError::BadCheckpoint { path: path.clone(), reason: e.to_string() })?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| TrainError::BadCheckpoint {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
     if state.version != STATE_VERSION {
-        return Err(TrainError::BadCheckpoint { path, reason: format!("state version {} (this build reads {STATE_VERSION})", state.version) });
+        return Err(TrainError::BadCheckpoint {
+            path,
+            reason: format!(
+                "state version {} (this build reads {STATE_VERSION})",
+                state.version
+            ),
+        });
     }
     Ok(state)
 }
 
 /// Restores AdamW moments saved for `names` into `opt` (whose vars follow the same order).
-pub fn load_optimizer(dir: &Path, opt: &mut AdamW, names: &[String], step: u64, device: &Device) -> Result<()> {
+pub fn load_optimizer(
+    dir: &Path,
+    opt: &mut AdamW,
+    names: &[String],
+    step: u64,
+    device: &Device,
+) -> Result<()> {
     let path = dir.join(OPTIMIZER_FILE);
-    let mut tensors = candle_core::safetensors::load(&path, device)
-        .map_err(|e| TrainError::BadCheckpoint { path: path.clone(), reason: e.to_string() })?;
+    let mut tensors =
+        candle_core::safetensors::load(&path, device).map_err(|e| TrainError::BadCheckpoint {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
     for (i, n) in names.iter().enumerate() {
-        for (key, slot) in [(format!("m.{n}"), &mut opt.m[i]), (format!("v.{n}"), &mut opt.v[i])] {
+        for (key, slot) in [
+            (format!("m.{n}"), &mut opt.m[i]),
+            (format!("v.{n}"), &mut opt.v[i]),
+        ] {
             let t = tensors.remove(&key).ok_or_else(|| TrainError::BadCheckpoint {
                 path: path.clone(),
                 reason: format!("no optimizer state for {n} (was the run started with other trainable weights?)"),
             })?;
             if t.dims() != slot.dims() {
-                return Err(TrainError::BadCheckpoint { path: path.clone(), reason: format!("{key} has shape {:?}, expected {:?}", t.dims(), slot.dims()) });
+                return Err(TrainError::BadCheckpoint {
+                    path: path.clone(),
+                    reason: format!("{key} has shape {:?}, expected {:?}", t.dims(), slot.dims()),
+                });
             }
             *slot = t;
         }

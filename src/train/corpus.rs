@@ -122,9 +122,14 @@ pub fn collect(repos: &[PathBuf], opts: &WalkOptions) -> Result<Corpus> {
             .sort_by_file_path(|a, b| a.cmp(b))
             .filter_entry(move |entry| {
                 let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
-                let vendored = is_dir && entry.depth() > 0 && entry.file_name().to_str().is_some_and(is_vendored_dir);
+                let vendored = is_dir
+                    && entry.depth() > 0
+                    && entry.file_name().to_str().is_some_and(is_vendored_dir);
                 if vendored {
-                    pruned_in_filter.lock().expect("walk filter lock").push(entry.path().to_path_buf());
+                    pruned_in_filter
+                        .lock()
+                        .expect("walk filter lock")
+                        .push(entry.path().to_path_buf());
                 }
                 !vendored
             })
@@ -141,7 +146,8 @@ pub fn collect(repos: &[PathBuf], opts: &WalkOptions) -> Result<Corpus> {
                 continue;
             }
             let path = entry.path().to_path_buf();
-            let mut skip = |reason: SkipReason| corpus.skipped.entry(reason).or_default().push(path.clone());
+            let mut skip =
+                |reason: SkipReason| corpus.skipped.entry(reason).or_default().push(path.clone());
             if let Some(reason) = skip_by_name(&path) {
                 skip(reason);
                 continue;
@@ -178,21 +184,38 @@ pub fn collect(repos: &[PathBuf], opts: &WalkOptions) -> Result<Corpus> {
             }
             same.push(kept.len());
             let rel = path.strip_prefix(repo).unwrap_or(&path);
-            let rel_path = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
-            kept.push(Document { rel_path, path, language, text });
+            let rel_path = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            kept.push(Document {
+                rel_path,
+                path,
+                language,
+                text,
+            });
         }
         let pruned = std::mem::take(&mut *pruned.lock().expect("walk filter lock"));
-        corpus.skipped.entry(SkipReason::Vendored).or_default().extend(pruned);
+        corpus
+            .skipped
+            .entry(SkipReason::Vendored)
+            .or_default()
+            .extend(pruned);
     }
     corpus.skipped.retain(|_, v| !v.is_empty());
     if kept.is_empty() {
-        return Err(TrainError::EmptyCorpus { repos: repos.to_vec(), skipped: corpus.skipped_count() });
+        return Err(TrainError::EmptyCorpus {
+            repos: repos.to_vec(),
+            skipped: corpus.skipped_count(),
+        });
     }
     if kept.len() < 2 {
         return Err(TrainError::TooFewFiles { found: kept.len() });
     }
-    let (valid, train): (Vec<Document>, Vec<Document>) =
-        kept.into_iter().partition(|d| is_validation(&d.rel_path, opts.valid_fraction));
+    let (valid, train): (Vec<Document>, Vec<Document>) = kept
+        .into_iter()
+        .partition(|d| is_validation(&d.rel_path, opts.valid_fraction));
     corpus.train = train;
     corpus.valid = valid;
     balance_split(&mut corpus);
@@ -203,7 +226,12 @@ pub fn collect(repos: &[PathBuf], opts: &WalkOptions) -> Result<Corpus> {
 /// smallest path hash moves over. Deterministic, like the split itself.
 fn balance_split(corpus: &mut Corpus) {
     let smallest = |docs: &[Document]| {
-        (0..docs.len()).min_by_key(|&i| (stable_hash(docs[i].rel_path.as_bytes()), docs[i].rel_path.clone()))
+        (0..docs.len()).min_by_key(|&i| {
+            (
+                stable_hash(docs[i].rel_path.as_bytes()),
+                docs[i].rel_path.clone(),
+            )
+        })
     };
     if corpus.valid.is_empty() {
         if let Some(i) = smallest(&corpus.train) {
@@ -222,7 +250,11 @@ fn balance_split(corpus: &mut Corpus) {
 pub fn skip_report(corpus: &Corpus, verbose: bool) -> Vec<String> {
     let mut lines = Vec::new();
     for (reason, paths) in &corpus.skipped {
-        lines.push(format!("  skipped {:>6}  {}", paths.len(), reason.describe()));
+        lines.push(format!(
+            "  skipped {:>6}  {}",
+            paths.len(),
+            reason.describe()
+        ));
         if verbose {
             for p in paths {
                 lines.push(format!("           {}", p.display()));
@@ -237,7 +269,11 @@ pub fn kept_report(corpus: &Corpus) -> Vec<String> {
     let mut lines = Vec::new();
     for (split, docs) in [("train", &corpus.train), ("valid", &corpus.valid)] {
         for d in docs {
-            lines.push(format!("  {split}  {:<10} {}", d.language, d.path.display()));
+            lines.push(format!(
+                "  {split}  {:<10} {}",
+                d.language,
+                d.path.display()
+            ));
         }
     }
     lines
@@ -257,7 +293,9 @@ mod tests {
 
     #[test]
     fn split_is_deterministic_and_roughly_proportional() {
-        let paths: Vec<String> = (0..2000).map(|i| format!("src/module_{i}/file.rs")).collect();
+        let paths: Vec<String> = (0..2000)
+            .map(|i| format!("src/module_{i}/file.rs"))
+            .collect();
         let valid: Vec<bool> = paths.iter().map(|p| is_validation(p, 0.1)).collect();
         let again: Vec<bool> = paths.iter().map(|p| is_validation(p, 0.1)).collect();
         assert_eq!(valid, again);

@@ -26,7 +26,10 @@ pub enum TrainError {
     #[error("checkpoint {path} is unusable: {reason}")]
     BadCheckpoint { path: PathBuf, reason: String },
     #[error("cannot load the base model {dir}: {source}")]
-    BaseModel { dir: PathBuf, source: ModelError },
+    BaseModel {
+        dir: PathBuf,
+        source: Box<ModelError>,
+    },
     #[error("tokenizer training failed: {0}")]
     Tokenizer(String),
     #[error("the base tokenizer has no end-of-text token (looked for <|endoftext|>, </s> and the config's eos_token_id); documents need a separator")]
@@ -34,11 +37,21 @@ pub enum TrainError {
     #[error("device {0:?} is not available: {1}")]
     Device(String, String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(Box<ModelError>),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+/// Model errors are boxed: they are large, and every training `Result` would carry their size.
+impl From<ModelError> for TrainError {
+    fn from(e: ModelError) -> Self {
+        TrainError::Model(Box::new(e))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;

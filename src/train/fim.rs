@@ -16,8 +16,16 @@ use crate::model::{FimTokens, SpecialTokens};
 pub enum FimSample<'a> {
     /// Left-to-right text.
     Plain(&'a str),
-    Psm { prefix: &'a str, middle: &'a str, suffix: &'a str },
-    Spm { prefix: &'a str, middle: &'a str, suffix: &'a str },
+    Psm {
+        prefix: &'a str,
+        middle: &'a str,
+        suffix: &'a str,
+    },
+    Spm {
+        prefix: &'a str,
+        middle: &'a str,
+        suffix: &'a str,
+    },
 }
 
 /// How often documents are transformed.
@@ -48,9 +56,17 @@ pub fn transform<'a>(text: &'a str, rates: FimRates, rng: &mut impl Rng) -> FimS
     let b = rng.random_range(0..=n_chars);
     let (prefix, middle, suffix) = split_at_chars(text, a, b);
     if rng.random_bool(rates.spm_rate.clamp(0.0, 1.0)) {
-        FimSample::Spm { prefix, middle, suffix }
+        FimSample::Spm {
+            prefix,
+            middle,
+            suffix,
+        }
     } else {
-        FimSample::Psm { prefix, middle, suffix }
+        FimSample::Psm {
+            prefix,
+            middle,
+            suffix,
+        }
     }
 }
 
@@ -65,7 +81,11 @@ pub struct Framing {
 impl Framing {
     /// From a model's special tokens; `None` without an end-of-text token.
     pub fn from_special(special: &SpecialTokens) -> Option<Self> {
-        Some(Self { bos: special.bos, end_of_text: *special.eos.first()?, fim: special.fim })
+        Some(Self {
+            bos: special.bos,
+            end_of_text: *special.eos.first()?,
+            fim: special.fim,
+        })
     }
 }
 
@@ -75,7 +95,10 @@ fn encode(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
     if text.is_empty() {
         return Vec::new();
     }
-    tokenizer.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default()
+    tokenizer
+        .encode(text, false)
+        .map(|e| e.get_ids().to_vec())
+        .unwrap_or_default()
 }
 
 /// A copy of `tokenizer` that treats special-token names in user text as plain text, so a file
@@ -97,11 +120,22 @@ pub fn encode_sample(tokenizer: &Tokenizer, framing: &Framing, sample: &FimSampl
 /// text and its byte range in the document the sample was cut from (the pieces of a FIM sample
 /// are, in document order, prefix, middle and suffix, so the ranges follow from their lengths).
 /// This lets a caller that already holds the document's tokens splice them (`token_cache`).
-pub fn encode_sample_with(framing: &Framing, sample: &FimSample, mut encode_piece: impl FnMut(&str, Range<usize>) -> Vec<u32>) -> Vec<u32> {
+pub fn encode_sample_with(
+    framing: &Framing,
+    sample: &FimSample,
+    mut encode_piece: impl FnMut(&str, Range<usize>) -> Vec<u32>,
+) -> Vec<u32> {
     let mut ids: Vec<u32> = framing.bos.into_iter().collect();
     match (*sample, framing.fim) {
         (FimSample::Plain(text), _) => ids.extend(encode_piece(text, 0..text.len())),
-        (FimSample::Psm { prefix, middle, suffix }, Some(f)) => {
+        (
+            FimSample::Psm {
+                prefix,
+                middle,
+                suffix,
+            },
+            Some(f),
+        ) => {
             let (p, m) = (prefix.len(), prefix.len() + middle.len());
             ids.push(f.prefix);
             ids.extend(encode_piece(prefix, 0..p));
@@ -110,7 +144,14 @@ pub fn encode_sample_with(framing: &Framing, sample: &FimSample, mut encode_piec
             ids.push(f.middle);
             ids.extend(encode_piece(middle, p..m));
         }
-        (FimSample::Spm { prefix, middle, suffix }, Some(f)) => {
+        (
+            FimSample::Spm {
+                prefix,
+                middle,
+                suffix,
+            },
+            Some(f),
+        ) => {
             let (p, m) = (prefix.len(), prefix.len() + middle.len());
             ids.extend([f.prefix, f.suffix]);
             ids.extend(encode_piece(suffix, m..m + suffix.len()));
@@ -118,7 +159,19 @@ pub fn encode_sample_with(framing: &Framing, sample: &FimSample, mut encode_piec
             ids.extend(encode_piece(prefix, 0..p));
             ids.extend(encode_piece(middle, p..m));
         }
-        (FimSample::Psm { prefix, middle, suffix } | FimSample::Spm { prefix, middle, suffix }, None) => {
+        (
+            FimSample::Psm {
+                prefix,
+                middle,
+                suffix,
+            }
+            | FimSample::Spm {
+                prefix,
+                middle,
+                suffix,
+            },
+            None,
+        ) => {
             let whole = format!("{prefix}{middle}{suffix}");
             ids.extend(encode_piece(&whole, 0..whole.len()));
         }
@@ -135,7 +188,15 @@ mod tests {
     use rand::SeedableRng;
 
     fn framing() -> Framing {
-        Framing { bos: None, end_of_text: 256, fim: Some(FimTokens { prefix: 257, suffix: 258, middle: 259 }) }
+        Framing {
+            bos: None,
+            end_of_text: 256,
+            fim: Some(FimTokens {
+                prefix: 257,
+                suffix: 258,
+                middle: 259,
+            }),
+        }
     }
 
     fn bytes(s: &str) -> Vec<u32> {
@@ -161,27 +222,91 @@ mod tests {
     fn frames_match_the_serving_prompt() {
         let tok = text_tokenizer(&byte_level_tokenizer());
         let f = framing();
-        let psm = encode_sample(&tok, &f, &FimSample::Psm { prefix: "ab", middle: "XY", suffix: "cd" });
-        assert_eq!(psm, [vec![257], bytes("ab"), vec![258], bytes("cd"), vec![259], bytes("XY"), vec![256]].concat());
-        let spm = encode_sample(&tok, &f, &FimSample::Spm { prefix: "ab", middle: "XY", suffix: "cd" });
-        assert_eq!(spm, [vec![257, 258], bytes("cd"), vec![259], bytes("ab"), bytes("XY"), vec![256]].concat());
+        let psm = encode_sample(
+            &tok,
+            &f,
+            &FimSample::Psm {
+                prefix: "ab",
+                middle: "XY",
+                suffix: "cd",
+            },
+        );
+        assert_eq!(
+            psm,
+            [
+                vec![257],
+                bytes("ab"),
+                vec![258],
+                bytes("cd"),
+                vec![259],
+                bytes("XY"),
+                vec![256]
+            ]
+            .concat()
+        );
+        let spm = encode_sample(
+            &tok,
+            &f,
+            &FimSample::Spm {
+                prefix: "ab",
+                middle: "XY",
+                suffix: "cd",
+            },
+        );
+        assert_eq!(
+            spm,
+            [
+                vec![257, 258],
+                bytes("cd"),
+                vec![259],
+                bytes("ab"),
+                bytes("XY"),
+                vec![256]
+            ]
+            .concat()
+        );
         let plain = encode_sample(&tok, &f, &FimSample::Plain("hi"));
         assert_eq!(plain, [bytes("hi"), vec![256]].concat());
 
         // The serving prompt for the same cursor is a prefix of the training sample, in both orders.
-        let special = SpecialTokens { bos: None, eos: vec![256], fim: f.fim };
+        let special = SpecialTokens {
+            bos: None,
+            eos: vec![256],
+            fim: f.fim,
+        };
         let text = "abXYcd";
-        let budget = PromptBudget { prefix_tokens: 100, suffix_tokens: 100 };
+        let budget = PromptBudget {
+            prefix_tokens: 100,
+            suffix_tokens: 100,
+        };
         let (prefix, _, suffix) = split_at_chars(text, 2, 4);
         let doc_with_cursor = format!("{prefix}{suffix}");
         for (order, sample) in [
-            (FimOrder::Spm, FimSample::Spm { prefix: "ab", middle: "XY", suffix: "cd" }),
-            (FimOrder::Psm, FimSample::Psm { prefix: "ab", middle: "XY", suffix: "cd" }),
+            (
+                FimOrder::Spm,
+                FimSample::Spm {
+                    prefix: "ab",
+                    middle: "XY",
+                    suffix: "cd",
+                },
+            ),
+            (
+                FimOrder::Psm,
+                FimSample::Psm {
+                    prefix: "ab",
+                    middle: "XY",
+                    suffix: "cd",
+                },
+            ),
         ] {
             let prompt = build_prompt(&tok, &special, &doc_with_cursor, 2, budget, order);
             let ids = encode_sample(&tok, &f, &sample);
             assert_eq!(&ids[..prompt.ids.len()], &prompt.ids[..], "{order:?}");
-            assert_eq!(&ids[prompt.ids.len()..], &[bytes("XY"), vec![256]].concat()[..], "{order:?}");
+            assert_eq!(
+                &ids[prompt.ids.len()..],
+                &[bytes("XY"), vec![256]].concat()[..],
+                "{order:?}"
+            );
         }
     }
 
@@ -198,33 +323,73 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let (mut plain, mut psm, mut spm) = (0, 0, 0);
         for _ in 0..2000 {
-            match transform(text, FimRates { fim_rate: 0.5, spm_rate: 0.5 }, &mut rng) {
+            match transform(
+                text,
+                FimRates {
+                    fim_rate: 0.5,
+                    spm_rate: 0.5,
+                },
+                &mut rng,
+            ) {
                 FimSample::Plain(t) => {
                     assert_eq!(t, text);
                     plain += 1
                 }
-                FimSample::Psm { prefix, middle, suffix } => {
+                FimSample::Psm {
+                    prefix,
+                    middle,
+                    suffix,
+                } => {
                     assert_eq!(format!("{prefix}{middle}{suffix}"), text);
                     psm += 1
                 }
-                FimSample::Spm { prefix, middle, suffix } => {
+                FimSample::Spm {
+                    prefix,
+                    middle,
+                    suffix,
+                } => {
                     assert_eq!(format!("{prefix}{middle}{suffix}"), text);
                     spm += 1
                 }
             }
         }
         assert!((850..1150).contains(&plain), "{plain}");
-        assert!((400..600).contains(&psm) && (400..600).contains(&spm), "{psm} {spm}");
+        assert!(
+            (400..600).contains(&psm) && (400..600).contains(&spm),
+            "{psm} {spm}"
+        );
         for _ in 0..100 {
-            assert_eq!(transform(text, FimRates { fim_rate: 0.0, spm_rate: 0.5 }, &mut rng), FimSample::Plain(text));
+            assert_eq!(
+                transform(
+                    text,
+                    FimRates {
+                        fim_rate: 0.0,
+                        spm_rate: 0.5
+                    },
+                    &mut rng
+                ),
+                FimSample::Plain(text)
+            );
         }
     }
 
     #[test]
     fn without_fim_tokens_samples_are_plain_text() {
         let tok = text_tokenizer(&byte_level_tokenizer());
-        let f = Framing { bos: Some(1), end_of_text: 256, fim: None };
-        let ids = encode_sample(&tok, &f, &FimSample::Spm { prefix: "a", middle: "b", suffix: "c" });
+        let f = Framing {
+            bos: Some(1),
+            end_of_text: 256,
+            fim: None,
+        };
+        let ids = encode_sample(
+            &tok,
+            &f,
+            &FimSample::Spm {
+                prefix: "a",
+                middle: "b",
+                suffix: "c",
+            },
+        );
         assert_eq!(ids, [vec![1], bytes("abc"), vec![256]].concat());
     }
 }

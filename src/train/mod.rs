@@ -23,7 +23,10 @@ pub mod token_cache;
 pub use error::{Result, TrainError};
 pub use objective::LossOrder;
 pub use options::{ModelInit, RunLength, TrainOptions};
-pub use run::{prepare, prepare_resume, prepare_resume_with, prepare_with, Control, Outcome, Prepared, Tokenization};
+pub use run::{
+    prepare, prepare_resume, prepare_resume_with, prepare_with, Control, Outcome, Prepared,
+    Tokenization,
+};
 
 /// Tunes glibc malloc for training: never return memory to the OS between steps and serve large
 /// tensors from the heap instead of fresh mmaps. Training allocates and frees the same large

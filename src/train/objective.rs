@@ -33,7 +33,9 @@ impl std::str::FromStr for LossOrder {
         match s {
             "sequential" => Ok(LossOrder::Sequential),
             "joint" => Ok(LossOrder::Joint),
-            other => Err(format!("unknown loss order {other:?}: use sequential or joint")),
+            other => Err(format!(
+                "unknown loss order {other:?}: use sequential or joint"
+            )),
         }
     }
 }
@@ -43,7 +45,9 @@ impl std::str::FromStr for LossOrder {
 pub fn windows_tensor(windows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
     let len = windows.first().map_or(0, Vec::len);
     if len < 2 || windows.iter().any(|w| w.len() != len) {
-        return Err(TrainError::InvalidOptions("a batch needs windows of one length, at least 2 tokens".into()));
+        return Err(TrainError::InvalidOptions(
+            "a batch needs windows of one length, at least 2 tokens".into(),
+        ));
     }
     let flat: Vec<u32> = windows.iter().flatten().copied().collect();
     Ok(Tensor::from_vec(flat, (windows.len(), len), device)?)
@@ -56,10 +60,19 @@ fn scored_positions(t: usize, head_idx: usize) -> usize {
 
 /// Head `head_idx`'s logits `(b, keep, V)` in f32 and its targets `(b, keep)`. The head sees only
 /// the positions it is scored on: attention is causal, so cutting the tail changes nothing before it.
-fn head_logits_and_targets(model: &MtpModel, head_idx: usize, z: &Tensor, windows: &Tensor) -> Result<(Tensor, Tensor)> {
+fn head_logits_and_targets(
+    model: &MtpModel,
+    head_idx: usize,
+    z: &Tensor,
+    windows: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     let t = z.dim(1)?;
     let keep = scored_positions(t, head_idx);
-    let z = if keep == t { z.clone() } else { z.narrow(1, 0, keep)? };
+    let z = if keep == t {
+        z.clone()
+    } else {
+        z.narrow(1, 0, keep)?
+    };
     let logits = model.forward_head(head_idx, &z)?.to_dtype(DType::F32)?;
     let targets = windows.narrow(1, head_idx + 1, keep)?;
     Ok((logits, targets))
@@ -70,7 +83,10 @@ fn head_logits_and_targets(model: &MtpModel, head_idx: usize, z: &Tensor, window
 fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (b, keep, v) = logits.dims3()?;
     let flat = logits.reshape((b * keep, v))?;
-    Ok(candle_nn::loss::cross_entropy(&flat, &targets.reshape(b * keep)?)?)
+    Ok(candle_nn::loss::cross_entropy(
+        &flat,
+        &targets.reshape(b * keep)?,
+    )?)
 }
 
 /// Head `head_idx`'s mean cross-entropy on trunk output `z` over `windows`: the fused unembedding
@@ -82,11 +98,19 @@ fn head_loss(model: &MtpModel, head_idx: usize, z: &Tensor, windows: &Tensor) ->
     }
     let t = z.dim(1)?;
     let keep = scored_positions(t, head_idx);
-    let z = if keep == t { z.clone() } else { z.narrow(1, 0, keep)? };
+    let z = if keep == t {
+        z.clone()
+    } else {
+        z.narrow(1, 0, keep)?
+    };
     let normed = model.forward_head_normed(head_idx, &z)?;
     let (b, keep, d) = normed.dims3()?;
     let targets = windows.narrow(1, head_idx + 1, keep)?;
-    Ok(linear_cross_entropy(&normed.reshape((b * keep, d))?, model.lm_head_weight(), &targets)?)
+    Ok(linear_cross_entropy(
+        &normed.reshape((b * keep, d))?,
+        model.lm_head_weight(),
+        &targets,
+    )?)
 }
 
 /// Result of one forward/backward on a batch.
@@ -101,12 +125,21 @@ pub struct BatchGrads {
 impl BatchGrads {
     /// The weighted objective `sum_i w_i * CE_i`.
     pub fn loss(&self, weights: &[f32]) -> f32 {
-        self.head_losses.iter().zip(weights).map(|(l, w)| l * w).sum()
+        self.head_losses
+            .iter()
+            .zip(weights)
+            .map(|(l, w)| l * w)
+            .sum()
     }
 }
 
 /// Adds every trainable's gradient in `store` into `acc`.
-fn accumulate(acc: &mut [Option<Tensor>], index: &HashMap<TensorId, usize>, store: &mut candle_core::backprop::GradStore, trainable: &[Var]) -> Result<()> {
+fn accumulate(
+    acc: &mut [Option<Tensor>],
+    index: &HashMap<TensorId, usize>,
+    store: &mut candle_core::backprop::GradStore,
+    trainable: &[Var],
+) -> Result<()> {
     for var in trainable {
         if let Some(g) = store.remove(var.as_tensor()) {
             let slot = &mut acc[index[&var.id()]];
@@ -132,14 +165,23 @@ pub fn batch_grads(
 ) -> Result<BatchGrads> {
     let n = model.n_heads();
     if weights.len() != n {
-        return Err(TrainError::InvalidOptions(format!("{} head weights for {n} heads", weights.len())));
+        return Err(TrainError::InvalidOptions(format!(
+            "{} head weights for {n} heads",
+            weights.len()
+        )));
     }
     let t = windows.dim(1)? - 1;
     if t < n {
-        return Err(TrainError::InvalidOptions(format!("windows of {t} inputs are too short for {n} heads")));
+        return Err(TrainError::InvalidOptions(format!(
+            "windows of {t} inputs are too short for {n} heads"
+        )));
     }
     let inputs = windows.narrow(1, 0, t)?;
-    let index: HashMap<TensorId, usize> = trainable.iter().enumerate().map(|(i, v)| (v.id(), i)).collect();
+    let index: HashMap<TensorId, usize> = trainable
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.id(), i))
+        .collect();
     let mut grads: Vec<Option<Tensor>> = vec![None; trainable.len()];
     let mut head_losses = Vec::with_capacity(n);
     match order {
@@ -205,7 +247,11 @@ pub struct Validation {
 impl Validation {
     /// The weighted objective on the validation set.
     pub fn loss(&self, weights: &[f32]) -> f64 {
-        self.head_losses.iter().zip(weights).map(|(l, w)| l * f64::from(*w)).sum()
+        self.head_losses
+            .iter()
+            .zip(weights)
+            .map(|(l, w)| l * f64::from(*w))
+            .sum()
     }
 }
 
@@ -223,7 +269,12 @@ pub fn validate(model: &MtpModel, batches: &[Tensor]) -> Result<Validation> {
             let positions = targets.elem_count();
             let ce = cross_entropy(&logits, &targets)?.to_scalar::<f32>()?;
             loss_sum[i] += f64::from(ce) * positions as f64;
-            let hits = logits.argmax(D::Minus1)?.eq(&targets)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+            let hits = logits
+                .argmax(D::Minus1)?
+                .eq(&targets)?
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()?;
             correct[i] += hits as usize;
             count[i] += positions;
         }

@@ -18,7 +18,12 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
+        Self {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        }
     }
 }
 
@@ -44,7 +49,14 @@ pub const TIME_DECAY_SHARE: f64 = 0.2;
 /// (0-based) when `elapsed` seconds of it have passed: linear warmup over `warmup` steps, then
 /// constant at `peak`, then a linear decay to `peak * min_ratio` over the last fifth of the budget
 /// (by elapsed time), so the schedule ends when the budget does, however fast the steps are.
-pub fn lr_by_time(step: u64, warmup: u64, elapsed: f64, budget: f64, peak: f64, min_ratio: f64) -> f64 {
+pub fn lr_by_time(
+    step: u64,
+    warmup: u64,
+    elapsed: f64,
+    budget: f64,
+    peak: f64,
+    min_ratio: f64,
+) -> f64 {
     let floor = peak * min_ratio;
     let decay_start = budget * (1.0 - TIME_DECAY_SHARE);
     let by_time = if elapsed <= decay_start || budget <= 0.0 {
@@ -73,7 +85,12 @@ pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
 pub fn global_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     let mut sum = 0f64;
     for g in grads.iter().flatten() {
-        sum += f64::from(g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        sum += f64::from(
+            g.to_dtype(DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()?,
+        );
     }
     Ok(sum.sqrt())
 }
@@ -95,9 +112,21 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(vars: Vec<Var>, config: AdamWConfig) -> Result<Self> {
-        let m = vars.iter().map(|v| v.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
-        let v = vars.iter().map(|v| v.zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self { config, vars, m, v, step: 0 })
+        let m = vars
+            .iter()
+            .map(|v| v.zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let v = vars
+            .iter()
+            .map(|v| v.zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            config,
+            vars,
+            m,
+            v,
+            step: 0,
+        })
     }
 
     /// One update with learning rate `lr`; `grads[i]` belongs to `vars[i]`. A `None` gradient
@@ -134,7 +163,7 @@ mod tests {
     fn time_schedule_table() {
         // (step, warmup, elapsed, budget) -> lr, peak 1.0, floor 0.1
         let cases = [
-            ((0, 10, 0.0, 100.0), 0.1),    // warmup by steps
+            ((0, 10, 0.0, 100.0), 0.1), // warmup by steps
             ((4, 10, 1.0, 100.0), 0.5),
             ((10, 10, 50.0, 100.0), 1.0),  // constant
             ((500, 10, 80.0, 100.0), 1.0), // decay starts at 80%
@@ -145,7 +174,10 @@ mod tests {
         ];
         for ((step, warmup, elapsed, budget), want) in cases {
             let got = lr_by_time(step, warmup, elapsed, budget, 1.0, 0.1);
-            assert!((got - want).abs() < 1e-9, "step {step} at {elapsed}/{budget}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-9,
+                "step {step} at {elapsed}/{budget}: {got} vs {want}"
+            );
         }
     }
 
@@ -157,7 +189,12 @@ mod tests {
             (4, 10, 110, 5e-4),
             (9, 10, 110, 1e-3),
             (10, 10, 110, 1e-3),
-            (59, 10, 110, 1e-4 + 0.5 * 9e-4 * (1.0 + (std::f64::consts::PI * 49.0 / 99.0).cos())),
+            (
+                59,
+                10,
+                110,
+                1e-4 + 0.5 * 9e-4 * (1.0 + (std::f64::consts::PI * 49.0 / 99.0).cos()),
+            ),
             (109, 10, 110, 1e-4),
             (500, 10, 110, 1e-4),
             (0, 0, 1, 1e-3),
@@ -165,7 +202,10 @@ mod tests {
         ];
         for (step, warmup, total, want) in cases {
             let got = lr_at(step, warmup, total, peak, min);
-            assert!((got - want).abs() < 1e-12, "step {step} warmup {warmup} total {total}: {got} != {want}");
+            assert!(
+                (got - want).abs() < 1e-12,
+                "step {step} warmup {warmup} total {total}: {got} != {want}"
+            );
         }
     }
 
@@ -182,15 +222,27 @@ mod tests {
         let dev = Device::Cpu;
         let w = Var::from_tensor(&Tensor::new(&[[1.0f32, -2.0]], &dev).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::new(&[0.5f32], &dev).unwrap()).unwrap();
-        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let cfg = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
         let mut opt = AdamW::new(vec![w.clone(), b.clone()], cfg).unwrap();
         let gw = Tensor::new(&[[0.2f32, -0.4]], &dev).unwrap();
         let gb = Tensor::new(&[3.0f32], &dev).unwrap();
         opt.step(&[Some(gw), Some(gb)], 0.01).unwrap();
         // Step 1: m̂ = g, v̂ = g², so the update is sign(g) (up to eps); decay only on the matrix.
         let got_w = w.as_tensor().to_vec2::<f32>().unwrap();
-        let want_w = [1.0 * (1.0 - 0.01 * 0.1) - 0.01, -2.0 * (1.0 - 0.01 * 0.1) + 0.01];
-        assert!((got_w[0][0] - want_w[0] as f32).abs() < 1e-6 && (got_w[0][1] - want_w[1] as f32).abs() < 1e-6, "{got_w:?}");
+        let want_w = [
+            1.0 * (1.0 - 0.01 * 0.1) - 0.01,
+            -2.0 * (1.0 - 0.01 * 0.1) + 0.01,
+        ];
+        assert!(
+            (got_w[0][0] - want_w[0] as f32).abs() < 1e-6
+                && (got_w[0][1] - want_w[1] as f32).abs() < 1e-6,
+            "{got_w:?}"
+        );
         let got_b = b.as_tensor().to_vec1::<f32>().unwrap();
         assert!((got_b[0] - 0.49).abs() < 1e-6, "{got_b:?}");
         assert_eq!(opt.step, 1);

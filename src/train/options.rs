@@ -18,7 +18,10 @@ pub enum ModelInit {
     /// Finetune an existing model directory.
     Base { dir: PathBuf },
     /// Random weights shaped by a preset name or a config.json path; `heads` overrides n.
-    Scratch { config: String, heads: Option<usize> },
+    Scratch {
+        config: String,
+        heads: Option<usize>,
+    },
 }
 
 /// How long the run is.
@@ -102,7 +105,10 @@ impl TrainOptions {
             adamw: AdamWConfig::default(),
             clip_norm: 1.0,
             seed: 0,
-            fim: FimRates { fim_rate: 0.5, spm_rate: 0.5 },
+            fim: FimRates {
+                fim_rate: 0.5,
+                spm_rate: 0.5,
+            },
             head_weights: Vec::new(),
             loss_order: LossOrder::Sequential,
             checkpoint_every: 100,
@@ -141,7 +147,8 @@ impl TrainOptions {
     }
 
     pub fn warmup(&self) -> u64 {
-        self.warmup_steps.unwrap_or_else(|| (self.total_steps() / 10).min(100))
+        self.warmup_steps
+            .unwrap_or_else(|| (self.total_steps() / 10).min(100))
     }
 
     /// Per-head loss weights for `n` heads.
@@ -150,7 +157,10 @@ impl TrainOptions {
             return Ok(vec![1.0; n]);
         }
         if self.head_weights.len() != n {
-            return Err(TrainError::InvalidOptions(format!("--head-weights has {} values but the model has {n} heads", self.head_weights.len())));
+            return Err(TrainError::InvalidOptions(format!(
+                "--head-weights has {} values but the model has {n} heads",
+                self.head_weights.len()
+            )));
         }
         Ok(self.head_weights.clone())
     }
@@ -162,16 +172,24 @@ impl TrainOptions {
             return bad("give at least one --repo".into());
         }
         if self.seq_len < 2 || self.batch_size == 0 || self.grad_accum == 0 {
-            return bad("--seq-len must be at least 2, --batch-size and --grad-accum at least 1".into());
+            return bad(
+                "--seq-len must be at least 2, --batch-size and --grad-accum at least 1".into(),
+            );
         }
         if self.total_steps() == 0 || self.length == RunLength::Seconds(0) {
-            return bad("the run has no steps: --steps, --tokens or --time-budget must be positive".into());
+            return bad(
+                "the run has no steps: --steps, --tokens or --time-budget must be positive".into(),
+            );
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) || !(0.0..=1.0).contains(&self.min_lr_ratio) {
+        if !(self.lr > 0.0 && self.lr.is_finite() && (0.0..=1.0).contains(&self.min_lr_ratio)) {
             return bad("--lr must be positive and --min-lr-ratio within 0..=1".into());
         }
         let a = &self.adamw;
-        if !(0.0..1.0).contains(&a.beta1) || !(0.0..1.0).contains(&a.beta2) || a.weight_decay < 0.0 || a.eps <= 0.0 {
+        if !(0.0..1.0).contains(&a.beta1)
+            || !(0.0..1.0).contains(&a.beta2)
+            || a.weight_decay < 0.0
+            || a.eps <= 0.0
+        {
             return bad("betas must be in [0, 1), weight decay non-negative, eps positive".into());
         }
         if !(0.0..=1.0).contains(&self.fim.fim_rate) || !(0.0..=1.0).contains(&self.fim.spm_rate) {
@@ -188,7 +206,10 @@ impl TrainOptions {
         }
         match (&self.init, self.new_tokenizer) {
             (ModelInit::Base { .. }, Some(_)) => {
-                return bad("--new-tokenizer trains from scratch; a base model keeps its own tokenizer".into())
+                return bad(
+                    "--new-tokenizer trains from scratch; a base model keeps its own tokenizer"
+                        .into(),
+                )
             }
             (ModelInit::Scratch { .. }, _) if self.freeze_trunk => {
                 return bad("--freeze-trunk needs a trained trunk: give --base".into())
@@ -209,7 +230,14 @@ mod tests {
     use super::*;
 
     fn opts() -> TrainOptions {
-        TrainOptions::new(vec!["r".into()], "o".into(), ModelInit::Scratch { config: "tiny".into(), heads: None })
+        TrainOptions::new(
+            vec!["r".into()],
+            "o".into(),
+            ModelInit::Scratch {
+                config: "tiny".into(),
+                heads: None,
+            },
+        )
     }
 
     #[test]
@@ -232,14 +260,21 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)] // a table of cases: its row type is spelled out once
     fn validation_table() {
         let cases: Vec<(Box<dyn Fn(&mut TrainOptions)>, Option<&str>)> = vec![
             (Box::new(|_| {}), None),
             (Box::new(|o| o.repos.clear()), Some("--repo")),
-            (Box::new(|o| o.length = RunLength::Steps(0)), Some("no steps")),
+            (
+                Box::new(|o| o.length = RunLength::Steps(0)),
+                Some("no steps"),
+            ),
             (Box::new(|o| o.fim.fim_rate = 1.5), Some("--fim-rate")),
             (Box::new(|o| o.freeze_trunk = true), Some("--freeze-trunk")),
-            (Box::new(|o| o.compute_dtype = Some("f16".into())), Some("--dtype")),
+            (
+                Box::new(|o| o.compute_dtype = Some("f16".into())),
+                Some("--dtype"),
+            ),
             (
                 Box::new(|o| {
                     o.init = ModelInit::Base { dir: "m".into() };

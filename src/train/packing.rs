@@ -21,28 +21,40 @@ use super::splice::{DocTokens, Splicer};
 /// Where the ids of documents come from.
 #[derive(Clone)]
 pub enum TokenSource {
-    /// Every piece of every sample encoded by this (text) tokenizer, every epoch.
-    Tokenizer(Tokenizer),
+    /// Every piece of every sample encoded by this (text) tokenizer, every epoch. (Tokenizers are
+    /// large: both variants box theirs.)
+    Tokenizer(Box<Tokenizer>),
     /// Each document's tokenization, computed once (`token_cache`), in the order of the documents
     /// it is used with; FIM pieces are spliced from it (`splice`). Gives the same ids.
-    Tokenized { splicer: Splicer, docs: Arc<[DocTokens]> },
+    Tokenized {
+        splicer: Box<Splicer>,
+        docs: Arc<[DocTokens]>,
+    },
 }
 
 impl From<Tokenizer> for TokenSource {
     fn from(tokenizer: Tokenizer) -> Self {
-        TokenSource::Tokenizer(tokenizer)
+        TokenSource::Tokenizer(Box::new(tokenizer))
     }
 }
 
 impl TokenSource {
     /// The ids of sample `sample`, cut from `doc`, the `index`-th document.
-    fn encode(&self, index: usize, doc: &Document, framing: &Framing, sample: &super::fim::FimSample) -> Vec<u32> {
+    fn encode(
+        &self,
+        index: usize,
+        doc: &Document,
+        framing: &Framing,
+        sample: &super::fim::FimSample,
+    ) -> Vec<u32> {
         match self {
             TokenSource::Tokenizer(tokenizer) => encode_sample(tokenizer, framing, sample),
             TokenSource::Tokenized { splicer, docs } => {
                 let tokens = &docs[index];
                 encode_sample_with(framing, sample, |piece, range| {
-                    let own_text = std::ptr::eq(piece.as_ptr(), doc.text.as_ptr().wrapping_add(range.start)) && piece.len() == range.len();
+                    let own_text =
+                        std::ptr::eq(piece.as_ptr(), doc.text.as_ptr().wrapping_add(range.start))
+                            && piece.len() == range.len();
                     if own_text && range.end <= doc.text.len() {
                         splicer.piece(&doc.text, tokens, range)
                     } else {
@@ -74,8 +86,21 @@ pub fn epoch_rng(seed: u64, epoch: u64) -> ChaCha8Rng {
 pub const VALIDATION_STREAM: u64 = u64::MAX;
 
 /// Encodes `docs` (in the given order) with the FIM transform drawn from `rng`, concatenated.
-pub fn encode_documents(docs: &[&Document], tokenizer: &Tokenizer, framing: &Framing, rates: FimRates, rng: &mut ChaCha8Rng) -> Vec<u32> {
-    let rates = if framing.fim.is_some() { rates } else { FimRates { fim_rate: 0.0, ..rates } };
+pub fn encode_documents(
+    docs: &[&Document],
+    tokenizer: &Tokenizer,
+    framing: &Framing,
+    rates: FimRates,
+    rng: &mut ChaCha8Rng,
+) -> Vec<u32> {
+    let rates = if framing.fim.is_some() {
+        rates
+    } else {
+        FimRates {
+            fim_rate: 0.0,
+            ..rates
+        }
+    };
     let mut stream = Vec::new();
     for doc in docs {
         let sample = transform(&doc.text, rates, rng);
@@ -85,9 +110,23 @@ pub fn encode_documents(docs: &[&Document], tokenizer: &Tokenizer, framing: &Fra
 }
 
 /// Encodes `docs[i]` for each `i` of `order`, with the FIM transform drawn from `rng`, concatenated.
-pub fn encode_in_order(docs: &[Document], order: &[usize], source: &TokenSource, framing: &Framing, rates: FimRates, rng: &mut ChaCha8Rng) -> Vec<u32> {
+pub fn encode_in_order(
+    docs: &[Document],
+    order: &[usize],
+    source: &TokenSource,
+    framing: &Framing,
+    rates: FimRates,
+    rng: &mut ChaCha8Rng,
+) -> Vec<u32> {
     source.check_len(docs.len());
-    let rates = if framing.fim.is_some() { rates } else { FimRates { fim_rate: 0.0, ..rates } };
+    let rates = if framing.fim.is_some() {
+        rates
+    } else {
+        FimRates {
+            fim_rate: 0.0,
+            ..rates
+        }
+    };
     let mut stream = Vec::new();
     for &i in order {
         let doc = &docs[i];
@@ -100,7 +139,10 @@ pub fn encode_in_order(docs: &[Document], order: &[usize], source: &TokenSource,
 /// Cuts `stream` into windows of `window` tokens that overlap by one (a window's last token is the
 /// next window's first input), dropping the incomplete tail.
 pub fn pack(stream: &[u32], window: usize) -> Vec<Vec<u32>> {
-    assert!(window >= 2, "a window holds at least one input and one target");
+    assert!(
+        window >= 2,
+        "a window holds at least one input and one target"
+    );
     let stride = window - 1;
     let mut out = Vec::new();
     let mut start = 0;
@@ -139,7 +181,13 @@ pub const VALIDATION_SEED: u64 = 0;
 /// The validation windows: the documents in path order, the same FIM mix as training drawn from
 /// the validation stream (seeded by [`VALIDATION_SEED`]), packed to `seq_len + 1`. When the whole
 /// validation text is shorter than one window, it forms one shorter window.
-pub fn validation_sequences(docs: &[Document], source: &TokenSource, framing: &Framing, rates: FimRates, seq_len: usize) -> Vec<Vec<u32>> {
+pub fn validation_sequences(
+    docs: &[Document],
+    source: &TokenSource,
+    framing: &Framing,
+    rates: FimRates,
+    seq_len: usize,
+) -> Vec<Vec<u32>> {
     let mut rng = epoch_rng(VALIDATION_SEED, VALIDATION_STREAM);
     let order: Vec<usize> = (0..docs.len()).collect();
     let stream = encode_in_order(docs, &order, source, framing, rates, &mut rng);
@@ -174,10 +222,28 @@ pub struct BatchStream {
 }
 
 impl BatchStream {
-    pub fn new(docs: Vec<Document>, source: impl Into<TokenSource>, framing: Framing, rates: FimRates, seq_len: usize, seed: u64, position: DataPosition) -> Self {
+    pub fn new(
+        docs: Vec<Document>,
+        source: impl Into<TokenSource>,
+        framing: Framing,
+        rates: FimRates,
+        seq_len: usize,
+        seed: u64,
+        position: DataPosition,
+    ) -> Self {
         let source = source.into();
         source.check_len(docs.len());
-        Self { docs, source, framing, rates, seq_len, seed, position, current: Vec::new(), built_epoch: None }
+        Self {
+            docs,
+            source,
+            framing,
+            rates,
+            seq_len,
+            seed,
+            position,
+            current: Vec::new(),
+            built_epoch: None,
+        }
     }
 
     /// The documents this stream draws from.
@@ -197,7 +263,15 @@ impl BatchStream {
 
     fn ensure_epoch(&mut self) {
         if self.built_epoch != Some(self.position.epoch) {
-            self.current = epoch_sequences(&self.docs, &self.source, &self.framing, self.rates, self.seq_len, self.seed, self.position.epoch);
+            self.current = epoch_sequences(
+                &self.docs,
+                &self.source,
+                &self.framing,
+                self.rates,
+                self.seq_len,
+                self.seed,
+                self.position.epoch,
+            );
             self.built_epoch = Some(self.position.epoch);
         }
     }
@@ -212,7 +286,10 @@ impl BatchStream {
                 return None;
             }
             if self.position.index >= self.current.len() {
-                self.position = DataPosition { epoch: self.position.epoch + 1, index: 0 };
+                self.position = DataPosition {
+                    epoch: self.position.epoch + 1,
+                    index: 0,
+                };
                 continue;
             }
             batch.push(self.current[self.position.index].clone());
@@ -231,8 +308,14 @@ mod tests {
     #[test]
     fn pack_overlaps_by_one_and_drops_the_tail() {
         let stream: Vec<u32> = (0..10).collect();
-        assert_eq!(pack(&stream, 4), vec![vec![0, 1, 2, 3], vec![3, 4, 5, 6], vec![6, 7, 8, 9]]);
-        assert_eq!(pack(&stream, 5), vec![vec![0, 1, 2, 3, 4], vec![4, 5, 6, 7, 8]]);
+        assert_eq!(
+            pack(&stream, 4),
+            vec![vec![0, 1, 2, 3], vec![3, 4, 5, 6], vec![6, 7, 8, 9]]
+        );
+        assert_eq!(
+            pack(&stream, 5),
+            vec![vec![0, 1, 2, 3, 4], vec![4, 5, 6, 7, 8]]
+        );
         assert!(pack(&stream, 11).is_empty());
     }
 
@@ -250,8 +333,19 @@ mod tests {
     #[test]
     fn epochs_are_reproducible_and_differ_from_each_other() {
         let tok = byte_level_tokenizer();
-        let framing = Framing { bos: None, end_of_text: 256, fim: Some(FimTokens { prefix: 257, suffix: 258, middle: 259 }) };
-        let rates = FimRates { fim_rate: 0.5, spm_rate: 0.5 };
+        let framing = Framing {
+            bos: None,
+            end_of_text: 256,
+            fim: Some(FimTokens {
+                prefix: 257,
+                suffix: 258,
+                middle: 259,
+            }),
+        };
+        let rates = FimRates {
+            fim_rate: 0.5,
+            spm_rate: 0.5,
+        };
         let docs = docs();
         let src = TokenSource::from(tok.clone());
         let a = epoch_sequences(&docs, &src, &framing, rates, 16, 3, 0);
@@ -261,7 +355,13 @@ mod tests {
         assert_ne!(a, c);
         assert!(a.iter().all(|w| w.len() == 17));
         // Every document ends with end-of-text: one separator per document in the packed stream.
-        let stream = encode_documents(&docs.iter().collect::<Vec<_>>(), &tok, &framing, rates, &mut epoch_rng(3, 0));
+        let stream = encode_documents(
+            &docs.iter().collect::<Vec<_>>(),
+            &tok,
+            &framing,
+            rates,
+            &mut epoch_rng(3, 0),
+        );
         assert_eq!(stream.iter().filter(|&&t| t == 256).count(), docs.len());
     }
 
@@ -269,7 +369,9 @@ mod tests {
     fn a_tokenized_source_gives_the_tokenizers_windows() {
         let mut docs = docs();
         for (i, d) in docs.iter_mut().enumerate() {
-            d.text.push_str(&format!("  it's   héllo 🦀 {i}\n\n\t  <fim_middle>  '''  \r\n"));
+            d.text.push_str(&format!(
+                "  it's   héllo 🦀 {i}\n\n\t  <fim_middle>  '''  \r\n"
+            ));
         }
         let corpus: String = docs.iter().map(|d| d.text.as_str()).collect();
         let trained = crate::train::bpe::train_bpe([corpus.as_str()].into_iter(), 320).unwrap();
@@ -277,16 +379,50 @@ mod tests {
             let tok = crate::train::fim::text_tokenizer(&tok);
             let splicer = Splicer::new(&tok);
             assert!(splicer.splices());
-            let tokenized = TokenSource::Tokenized { splicer: splicer.clone(), docs: docs.iter().map(|d| splicer.tokenize(&d.text)).collect() };
+            let tokenized = TokenSource::Tokenized {
+                splicer: Box::new(splicer.clone()),
+                docs: docs.iter().map(|d| splicer.tokenize(&d.text)).collect(),
+            };
             let direct = TokenSource::from(tok.clone());
-            let fim = Some(FimTokens { prefix: 257, suffix: 258, middle: 259 });
-            for (framing, rate) in [(Framing { bos: None, end_of_text: 256, fim }, 0.9), (Framing { bos: Some(1), end_of_text: 256, fim: None }, 0.5)] {
-                let rates = FimRates { fim_rate: rate, spm_rate: 0.5 };
+            let fim = Some(FimTokens {
+                prefix: 257,
+                suffix: 258,
+                middle: 259,
+            });
+            for (framing, rate) in [
+                (
+                    Framing {
+                        bos: None,
+                        end_of_text: 256,
+                        fim,
+                    },
+                    0.9,
+                ),
+                (
+                    Framing {
+                        bos: Some(1),
+                        end_of_text: 256,
+                        fim: None,
+                    },
+                    0.5,
+                ),
+            ] {
+                let rates = FimRates {
+                    fim_rate: rate,
+                    spm_rate: 0.5,
+                };
                 for epoch in 0..8 {
                     let a = epoch_sequences(&docs, &tokenized, &framing, rates, 16, 3, epoch);
-                    assert_eq!(a, epoch_sequences(&docs, &direct, &framing, rates, 16, 3, epoch), "epoch {epoch}");
+                    assert_eq!(
+                        a,
+                        epoch_sequences(&docs, &direct, &framing, rates, 16, 3, epoch),
+                        "epoch {epoch}"
+                    );
                 }
-                assert_eq!(validation_sequences(&docs, &tokenized, &framing, rates, 16), validation_sequences(&docs, &direct, &framing, rates, 16));
+                assert_eq!(
+                    validation_sequences(&docs, &tokenized, &framing, rates, 16),
+                    validation_sequences(&docs, &direct, &framing, rates, 16)
+                );
             }
         }
     }
@@ -294,10 +430,25 @@ mod tests {
     #[test]
     fn a_stream_resumed_at_its_position_continues_identically() {
         let tok = byte_level_tokenizer();
-        let framing = Framing { bos: None, end_of_text: 256, fim: None };
-        let rates = FimRates { fim_rate: 0.0, spm_rate: 0.0 };
+        let framing = Framing {
+            bos: None,
+            end_of_text: 256,
+            fim: None,
+        };
+        let rates = FimRates {
+            fim_rate: 0.0,
+            spm_rate: 0.0,
+        };
         let docs = docs();
-        let mut whole = BatchStream::new(docs.clone(), tok.clone(), framing, rates, 32, 9, DataPosition::default());
+        let mut whole = BatchStream::new(
+            docs.clone(),
+            tok.clone(),
+            framing,
+            rates,
+            32,
+            9,
+            DataPosition::default(),
+        );
         let n = whole.epoch_len();
         let mut batches = Vec::new();
         let mut positions = Vec::new();
@@ -305,9 +456,20 @@ mod tests {
             positions.push(whole.position());
             batches.push(whole.next_batch(2).unwrap());
         }
-        assert!(positions.last().unwrap().epoch >= 1, "the stream crossed an epoch");
+        assert!(
+            positions.last().unwrap().epoch >= 1,
+            "the stream crossed an epoch"
+        );
         for k in [1, n / 2, n + 1] {
-            let mut resumed = BatchStream::new(docs.clone(), tok.clone(), framing, rates, 32, 9, positions[k]);
+            let mut resumed = BatchStream::new(
+                docs.clone(),
+                tok.clone(),
+                framing,
+                rates,
+                32,
+                9,
+                positions[k],
+            );
             for want in &batches[k..] {
                 assert_eq!(&resumed.next_batch(2).unwrap(), want);
             }

@@ -58,20 +58,40 @@ pub struct ParamSet {
 
 impl ParamSet {
     /// Takes f32 `tensors` holding every name `config` expects (see `expected_tensors`).
-    pub fn new(config: &ModelConfig, mut tensors: HashMap<String, Tensor>, trainable: Trainable) -> Result<Self> {
-        let names: Vec<String> = expected_tensors(config).into_iter().map(|(n, _)| n).collect();
+    pub fn new(
+        config: &ModelConfig,
+        mut tensors: HashMap<String, Tensor>,
+        trainable: Trainable,
+    ) -> Result<Self> {
+        let names: Vec<String> = expected_tensors(config)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         let mut params = HashMap::new();
         for name in &names {
-            let t = tensors.remove(name).ok_or_else(|| crate::model::ModelError::MissingTensor { name: name.clone() })?;
+            let t = tensors
+                .remove(name)
+                .ok_or_else(|| crate::model::ModelError::MissingTensor { name: name.clone() })?;
             let t = t.to_dtype(DType::F32)?.contiguous()?;
             let train = match trainable {
                 Trainable::All => true,
                 Trainable::HeadsOnly => is_head_param(config, name),
             };
             // A fresh Var owns its own storage, so updates never write into a caller's tensor.
-            params.insert(name.clone(), if train { Param::Trainable(Var::from_tensor(&t.copy()?)?) } else { Param::Frozen(t) });
+            params.insert(
+                name.clone(),
+                if train {
+                    Param::Trainable(Var::from_tensor(&t.copy()?)?)
+                } else {
+                    Param::Frozen(t)
+                },
+            );
         }
-        Ok(Self { config: config.clone(), names, params })
+        Ok(Self {
+            config: config.clone(),
+            names,
+            params,
+        })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -91,7 +111,9 @@ impl ParamSet {
 
     /// Whether any trainable weight sits in the embedding or the trunk.
     pub fn trunk_trainable(&self) -> bool {
-        self.trainable().iter().any(|(n, _)| is_trunk_param(&self.config, n))
+        self.trainable()
+            .iter()
+            .any(|(n, _)| is_trunk_param(&self.config, n))
     }
 
     pub fn count(&self) -> (usize, usize) {
@@ -118,7 +140,10 @@ impl ParamSet {
             .map(|n| Ok((n.clone(), self.params[n].tensor().to_dtype(compute)?)))
             .collect::<candle_core::Result<HashMap<_, _>>>()?;
         let device = self.params[&self.names[0]].tensor().device().clone();
-        let mut model = MtpModel::load(&self.config, VarBuilder::from_tensors(tensors, compute, &device))?;
+        let mut model = MtpModel::load(
+            &self.config,
+            VarBuilder::from_tensors(tensors, compute, &device),
+        )?;
         // The fused training kernels where they run (f32 on the CPU), plain differentiable ops elsewhere.
         model.set_kernels(Kernels::Training);
         Ok(model)
@@ -128,19 +153,33 @@ impl ParamSet {
     /// running the fused inference kernels: for validation and for saving.
     pub fn inference_model(&self) -> Result<MtpModel> {
         let device = self.params[&self.names[0]].tensor().device().clone();
-        let tensors: HashMap<String, Tensor> = self.names.iter().map(|n| (n.clone(), self.params[n].tensor().detach())).collect();
-        Ok(MtpModel::load(&self.config, VarBuilder::from_tensors(tensors, DType::F32, &device))?)
+        let tensors: HashMap<String, Tensor> = self
+            .names
+            .iter()
+            .map(|n| (n.clone(), self.params[n].tensor().detach()))
+            .collect();
+        Ok(MtpModel::load(
+            &self.config,
+            VarBuilder::from_tensors(tensors, DType::F32, &device),
+        )?)
     }
 }
 
 /// `--add-heads n`: appends `n` extra heads, each a copy of the last layer (head 1), and returns
 /// the new config and tensors. The trunk and the other weights are unchanged.
-pub fn add_heads(config: &ModelConfig, mut tensors: HashMap<String, Tensor>, n: usize) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
+pub fn add_heads(
+    config: &ModelConfig,
+    mut tensors: HashMap<String, Tensor>,
+    n: usize,
+) -> Result<(ModelConfig, HashMap<String, Tensor>)> {
     let mut cfg = config.clone();
     cfg.n_future_tokens += n;
     let last = format!("{}.", head_layer_prefix(config, 0));
-    let head1: Vec<(String, Tensor)> =
-        tensors.iter().filter(|(k, _)| k.starts_with(&last)).map(|(k, t)| (k[last.len()..].to_string(), t.clone())).collect();
+    let head1: Vec<(String, Tensor)> = tensors
+        .iter()
+        .filter(|(k, _)| k.starts_with(&last))
+        .map(|(k, t)| (k[last.len()..].to_string(), t.clone()))
+        .collect();
     for h in config.n_heads()..cfg.n_heads() {
         let prefix = head_layer_prefix(&cfg, h);
         for (suffix, t) in &head1 {
@@ -189,19 +228,29 @@ mod tests {
 
     #[test]
     fn added_heads_copy_the_last_layer() {
-        let spec = TinySpec { n_future_tokens: 1, ..Default::default() };
+        let spec = TinySpec {
+            n_future_tokens: 1,
+            ..Default::default()
+        };
         let cfg = spec.config();
         let tensors = init_weights(&cfg, 1, 0.02, &Device::Cpu).unwrap();
         let (cfg2, t2) = add_heads(&cfg, tensors.clone(), 2).unwrap();
         assert_eq!(cfg2.n_future_tokens, 3);
-        let want: Vec<String> = expected_tensors(&cfg2).into_iter().map(|(n, _)| n).collect();
+        let want: Vec<String> = expected_tensors(&cfg2)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         let mut have: Vec<String> = t2.keys().cloned().collect();
         have.sort();
         let mut want_sorted = want.clone();
         want_sorted.sort();
         assert_eq!(have, want_sorted);
-        let a = t2["model.extra_heads.1.mlp.up_proj.weight"].to_vec2::<f32>().unwrap();
-        let b = tensors["model.layers.2.mlp.up_proj.weight"].to_vec2::<f32>().unwrap();
+        let a = t2["model.extra_heads.1.mlp.up_proj.weight"]
+            .to_vec2::<f32>()
+            .unwrap();
+        let b = tensors["model.layers.2.mlp.up_proj.weight"]
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(a, b);
     }
 }

@@ -20,10 +20,38 @@ pub struct Preset {
 }
 
 pub const PRESETS: [Preset; 4] = [
-    Preset { name: "tiny", hidden_size: 64, intermediate_size: 176, layers: 4, attention_heads: 4, kv_heads: 2 },
-    Preset { name: "10m", hidden_size: 256, intermediate_size: 704, layers: 8, attention_heads: 4, kv_heads: 4 },
-    Preset { name: "20m", hidden_size: 384, intermediate_size: 1024, layers: 8, attention_heads: 6, kv_heads: 6 },
-    Preset { name: "60m", hidden_size: 512, intermediate_size: 1408, layers: 12, attention_heads: 8, kv_heads: 4 },
+    Preset {
+        name: "tiny",
+        hidden_size: 64,
+        intermediate_size: 176,
+        layers: 4,
+        attention_heads: 4,
+        kv_heads: 2,
+    },
+    Preset {
+        name: "10m",
+        hidden_size: 256,
+        intermediate_size: 704,
+        layers: 8,
+        attention_heads: 4,
+        kv_heads: 4,
+    },
+    Preset {
+        name: "20m",
+        hidden_size: 384,
+        intermediate_size: 1024,
+        layers: 8,
+        attention_heads: 6,
+        kv_heads: 6,
+    },
+    Preset {
+        name: "60m",
+        hidden_size: 512,
+        intermediate_size: 1408,
+        layers: 12,
+        attention_heads: 8,
+        kv_heads: 4,
+    },
 ];
 
 /// Context length of preset models: room for the serving prompt (1024 + 256 tokens) and a completion.
@@ -67,7 +95,11 @@ pub fn preset_config(p: &Preset, vocab_size: usize, heads: usize) -> Result<Mode
 /// `--config SPEC`: a preset name (4 heads by default, fewer where the preset has too few layers),
 /// or a path to a config.json. The file's `vocab_size` must hold
 /// the tokenizer; `heads` (when given) overrides its `n_future_tokens`.
-pub fn scratch_config(spec: &str, tokenizer_vocab: usize, heads: Option<usize>) -> Result<ModelConfig> {
+pub fn scratch_config(
+    spec: &str,
+    tokenizer_vocab: usize,
+    heads: Option<usize>,
+) -> Result<ModelConfig> {
     if let Some(p) = PRESETS.iter().find(|p| p.name == spec) {
         let heads = heads.unwrap_or_else(|| 4.min(p.layers - 1));
         return preset_config(p, padded_vocab(tokenizer_vocab), heads);
@@ -75,11 +107,18 @@ pub fn scratch_config(spec: &str, tokenizer_vocab: usize, heads: Option<usize>) 
     let path = Path::new(spec);
     if !path.is_file() {
         let names: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
-        return Err(TrainError::InvalidOptions(format!("--config {spec:?} is neither a preset ({}) nor a file", names.join(", "))));
+        return Err(TrainError::InvalidOptions(format!(
+            "--config {spec:?} is neither a preset ({}) nor a file",
+            names.join(", ")
+        )));
     }
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    let mut cfg: ModelConfig = serde_json::from_str(&text)
-        .map_err(|source| crate::model::ModelError::BadConfig { path: path.to_path_buf(), what: "model config", source })?;
+    let mut cfg: ModelConfig =
+        serde_json::from_str(&text).map_err(|source| crate::model::ModelError::BadConfig {
+            path: path.to_path_buf(),
+            what: "model config",
+            source,
+        })?;
     if let Some(h) = heads {
         cfg.n_future_tokens = h;
     }
@@ -118,7 +157,13 @@ mod tests {
     fn vocab_is_padded_and_bad_specs_are_refused() {
         assert_eq!(padded_vocab(260), 320);
         assert_eq!(padded_vocab(8192), 8192);
-        assert!(scratch_config("huge", 260, None).unwrap_err().to_string().contains("tiny"));
-        assert!(scratch_config("tiny", 260, Some(4)).is_err(), "tiny has 4 layers: 4 heads leave no trunk");
+        assert!(scratch_config("huge", 260, None)
+            .unwrap_err()
+            .to_string()
+            .contains("tiny"));
+        assert!(
+            scratch_config("tiny", 260, Some(4)).is_err(),
+            "tiny has 4 layers: 4 heads leave no trunk"
+        );
     }
 }

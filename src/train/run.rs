@@ -4,8 +4,8 @@
 //! and the progress bar, and the final model directory. Not here: the math of the objective and
 //! the optimizer, the token cache's format (`token_cache.rs`), or the command line.
 
-use std::io::Write;
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,17 +19,21 @@ use super::checkpoint::{self, TrainState, STATE_VERSION};
 use super::corpus::{collect, Corpus, WalkOptions};
 use super::error::{io_err, Result, TrainError};
 use super::fim::{text_tokenizer, Framing};
-use super::splice::Splicer;
-use super::token_cache::{CacheStats, TokenCache};
 use super::objective::{batch_grads, validate, windows_tensor, Validation};
 use super::optim::{clip_factor, global_norm, lr_at, lr_by_time, AdamW};
 use super::options::{ModelInit, TrainOptions};
-use super::packing::{encode_in_order, epoch_rng, validation_sequences, BatchStream, DataPosition, TokenSource};
+use super::packing::{
+    encode_in_order, epoch_rng, validation_sequences, BatchStream, DataPosition, TokenSource,
+};
 use super::params::{add_heads, ParamSet, Trainable};
 use super::presets::scratch_config;
+use super::splice::Splicer;
+use super::token_cache::{CacheStats, TokenCache};
 use crate::model::mtp::MAX_ROPE_POSITIONS;
 use crate::model::tokenizer::byte_level_tokenizer;
-use crate::model::weights::{load_dir, save_dir_with, init_weights, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
+use crate::model::weights::{
+    init_weights, load_dir, save_dir_with, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE,
+};
 use crate::model::{ModelConfig, SpecialTokens};
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -60,15 +64,23 @@ pub enum Tokenization {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// All steps done; the model directory is `out`.
-    Finished { out: PathBuf, steps: u64, last_validation: Option<Validation> },
+    Finished {
+        out: PathBuf,
+        steps: u64,
+        last_validation: Option<Validation>,
+    },
     /// Stopped early; continue with `--resume`.
     Interrupted { checkpoint: PathBuf, step: u64 },
 }
 
 /// Parses `--device` (auto, cpu, cuda, cuda:N) and opens the device, as every subcommand does.
 pub fn parse_device(name: &str) -> Result<Device> {
-    let choice: crate::model::DeviceChoice = name.parse().map_err(|e: String| TrainError::Device(name.to_string(), e))?;
-    choice.device().map_err(|e| TrainError::Device(name.to_string(), e.to_string()))
+    let choice: crate::model::DeviceChoice = name
+        .parse()
+        .map_err(|e: String| TrainError::Device(name.to_string(), e))?;
+    choice
+        .device()
+        .map_err(|e| TrainError::Device(name.to_string(), e.to_string()))
 }
 
 fn compute_dtype(opts: &TrainOptions, device: &Device) -> DType {
@@ -82,7 +94,9 @@ fn compute_dtype(opts: &TrainOptions, device: &Device) -> DType {
 
 /// True when `dir` exists and holds anything.
 fn non_empty_dir(dir: &Path) -> bool {
-    std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false)
+    std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
 }
 
 /// A run ready to start or continue.
@@ -130,15 +144,26 @@ struct Start {
 fn start_weights(opts: &TrainOptions, corpus: &Corpus, device: &Device) -> Result<Start> {
     match &opts.init {
         ModelInit::Base { dir } => {
-            let loaded = load_dir(dir, device, DType::F32).map_err(|source| TrainError::BaseModel { dir: dir.clone(), source })?;
+            let loaded =
+                load_dir(dir, device, DType::F32).map_err(|source| TrainError::BaseModel {
+                    dir: dir.clone(),
+                    source: Box::new(source),
+                })?;
             let config = loaded.model.config().clone();
             let tensors = loaded.model.named_tensors().into_iter().collect();
-            Ok(Start { config, tensors, tokenizer: loaded.tokenizer })
+            Ok(Start {
+                config,
+                tensors,
+                tokenizer: loaded.tokenizer,
+            })
         }
         ModelInit::Scratch { config, heads } => {
             let tokenizer = match opts.new_tokenizer {
                 Some(vocab) => {
-                    tracing::info!("training a {vocab}-token BPE on {} files", corpus.train.len());
+                    tracing::info!(
+                        "training a {vocab}-token BPE on {} files",
+                        corpus.train.len()
+                    );
                     train_bpe(corpus.train.iter().map(|d| d.text.as_str()), vocab)?
                 }
                 None => byte_level_tokenizer(),
@@ -157,12 +182,20 @@ fn start_weights(opts: &TrainOptions, corpus: &Corpus, device: &Device) -> Resul
                 config.eos_token_id = Some(crate::model::config::TokenIds::One(eot));
             }
             let tensors = init_weights(&config, opts.seed, opts.init_std, device)?;
-            Ok(Start { config, tensors, tokenizer })
+            Ok(Start {
+                config,
+                tensors,
+                tokenizer,
+            })
         }
     }
 }
 
-fn framing_for(tokenizer: &Tokenizer, config: &ModelConfig, opts: &TrainOptions) -> Result<Framing> {
+fn framing_for(
+    tokenizer: &Tokenizer,
+    config: &ModelConfig,
+    opts: &TrainOptions,
+) -> Result<Framing> {
     let special = SpecialTokens::detect(tokenizer, config);
     let framing = Framing::from_special(&special).ok_or(TrainError::NoEndOfText)?;
     if framing.fim.is_none() && opts.fim.fim_rate > 0.0 {
@@ -174,18 +207,35 @@ fn framing_for(tokenizer: &Tokenizer, config: &ModelConfig, opts: &TrainOptions)
 fn check_context(opts: &TrainOptions, config: &ModelConfig) -> Result<()> {
     let context = config.max_position_embeddings.min(MAX_ROPE_POSITIONS);
     if opts.seq_len > context {
-        return Err(TrainError::SeqLenOverContext { seq_len: opts.seq_len, context });
+        return Err(TrainError::SeqLenOverContext {
+            seq_len: opts.seq_len,
+            context,
+        });
     }
     if opts.seq_len <= config.n_heads() {
-        return Err(TrainError::InvalidOptions(format!("--seq-len {} must exceed the number of heads ({})", opts.seq_len, config.n_heads())));
+        return Err(TrainError::InvalidOptions(format!(
+            "--seq-len {} must exceed the number of heads ({})",
+            opts.seq_len,
+            config.n_heads()
+        )));
     }
     Ok(())
 }
 
 /// The token sources of the training and validation splits (`text_tok` is the text tokenizer),
 /// and what the cache did.
-fn token_sources(corpus: &Corpus, text_tok: &Tokenizer, tokenization: &Tokenization) -> (TokenSource, TokenSource, Option<CacheStats>) {
-    let direct = || (TokenSource::Tokenizer(text_tok.clone()), TokenSource::Tokenizer(text_tok.clone()), None);
+fn token_sources(
+    corpus: &Corpus,
+    text_tok: &Tokenizer,
+    tokenization: &Tokenization,
+) -> (TokenSource, TokenSource, Option<CacheStats>) {
+    let direct = || {
+        (
+            TokenSource::from(text_tok.clone()),
+            TokenSource::from(text_tok.clone()),
+            None,
+        )
+    };
     let Tokenization::Cached(root) = tokenization else {
         return direct();
     };
@@ -200,12 +250,26 @@ fn token_sources(corpus: &Corpus, text_tok: &Tokenizer, tokenization: &Tokenizat
     let (train, mut stats) = cache.tokenize_all(&corpus.train, &splicer);
     let (valid, valid_stats) = cache.tokenize_all(&corpus.valid, &splicer);
     stats.add(valid_stats);
-    tracing::info!("tokens: {stats} in {:.1} s (cache {})", t0.elapsed().as_secs_f64(), cache.dir().display());
-    let source = |docs: Vec<super::splice::DocTokens>| TokenSource::Tokenized { splicer: splicer.clone(), docs: docs.into() };
+    tracing::info!(
+        "tokens: {stats} in {:.1} s (cache {})",
+        t0.elapsed().as_secs_f64(),
+        cache.dir().display()
+    );
+    let source = |docs: Vec<super::splice::DocTokens>| TokenSource::Tokenized {
+        splicer: Box::new(splicer.clone()),
+        docs: docs.into(),
+    };
     (source(train), source(valid), Some(stats))
 }
 
-fn valid_batches(corpus: &Corpus, source: &TokenSource, framing: &Framing, opts: &TrainOptions, n_heads: usize, device: &Device) -> Result<Vec<Tensor>> {
+fn valid_batches(
+    corpus: &Corpus,
+    source: &TokenSource,
+    framing: &Framing,
+    opts: &TrainOptions,
+    n_heads: usize,
+    device: &Device,
+) -> Result<Vec<Tensor>> {
     let windows = validation_sequences(&corpus.valid, source, framing, opts.fim, opts.seq_len);
     let windows: Vec<Vec<u32>> = windows.into_iter().filter(|w| w.len() > n_heads).collect();
     windows
@@ -216,16 +280,45 @@ fn valid_batches(corpus: &Corpus, source: &TokenSource, framing: &Framing, opts:
 }
 
 /// The training batch stream at `position`, refusing a training split shorter than one window.
-fn train_stream(corpus: &Corpus, source: TokenSource, framing: &Framing, opts: &TrainOptions, position: DataPosition) -> Result<BatchStream> {
+fn train_stream(
+    corpus: &Corpus,
+    source: TokenSource,
+    framing: &Framing,
+    opts: &TrainOptions,
+    position: DataPosition,
+) -> Result<BatchStream> {
     let t0 = Instant::now();
-    let mut stream = BatchStream::new(corpus.train.clone(), source.clone(), *framing, opts.fim, opts.seq_len, opts.seed, position);
+    let mut stream = BatchStream::new(
+        corpus.train.clone(),
+        source.clone(),
+        *framing,
+        opts.fim,
+        opts.seq_len,
+        opts.seed,
+        position,
+    );
     let windows = stream.epoch_len();
     if windows == 0 {
         let order: Vec<usize> = (0..corpus.train.len()).collect();
-        let tokens = encode_in_order(&corpus.train, &order, &source, framing, opts.fim, &mut epoch_rng(opts.seed, position.epoch)).len();
-        return Err(TrainError::TooLittleData { tokens, needed: opts.seq_len + 1 });
+        let tokens = encode_in_order(
+            &corpus.train,
+            &order,
+            &source,
+            framing,
+            opts.fim,
+            &mut epoch_rng(opts.seed, position.epoch),
+        )
+        .len();
+        return Err(TrainError::TooLittleData {
+            tokens,
+            needed: opts.seq_len + 1,
+        });
     }
-    tracing::info!("epoch {}: {windows} training windows in {:.1} s", position.epoch, t0.elapsed().as_secs_f64());
+    tracing::info!(
+        "epoch {}: {windows} training windows in {:.1} s",
+        position.epoch,
+        t0.elapsed().as_secs_f64()
+    );
     Ok(stream)
 }
 
@@ -236,7 +329,11 @@ pub fn prepare(opts: TrainOptions, force: bool) -> Result<Prepared> {
 }
 
 /// [`prepare`] with the corpus tokenized as `tokenization` says.
-pub fn prepare_with(opts: TrainOptions, force: bool, tokenization: &Tokenization) -> Result<Prepared> {
+pub fn prepare_with(
+    opts: TrainOptions,
+    force: bool,
+    tokenization: &Tokenization,
+) -> Result<Prepared> {
     let started = Instant::now();
     opts.validate()?;
     if non_empty_dir(&opts.out) && !force {
@@ -244,12 +341,19 @@ pub fn prepare_with(opts: TrainOptions, force: bool, tokenization: &Tokenization
     }
     if let ModelInit::Base { dir } = &opts.init {
         // Fail on a missing or broken base model before the (possibly long) walk.
-        crate::model::weights::read_config(dir).map_err(|source| TrainError::BaseModel { dir: dir.clone(), source })?;
+        crate::model::weights::read_config(dir).map_err(|source| TrainError::BaseModel {
+            dir: dir.clone(),
+            source: Box::new(source),
+        })?;
     }
     let device = parse_device(&opts.device)?;
     let corpus = walk(&opts)?;
     let start = start_weights(&opts, &corpus, &device)?;
-    let (config, tensors) = if opts.add_heads > 0 { add_heads(&start.config, start.tensors, opts.add_heads)? } else { (start.config, start.tensors) };
+    let (config, tensors) = if opts.add_heads > 0 {
+        add_heads(&start.config, start.tensors, opts.add_heads)?
+    } else {
+        (start.config, start.tensors)
+    };
     check_context(&opts, &config)?;
     opts.weights_for(config.n_heads())?;
     let state = TrainState {
@@ -262,7 +366,17 @@ pub fn prepare_with(opts: TrainOptions, force: bool, tokenization: &Tokenization
         finished: false,
         elapsed_secs: 0.0,
     };
-    let start = RunStart { opts, device, corpus, config, tensors, tokenizer: start.tokenizer, state, resumed_from: None, started };
+    let start = RunStart {
+        opts,
+        device,
+        corpus,
+        config,
+        tensors,
+        tokenizer: start.tokenizer,
+        state,
+        resumed_from: None,
+        started,
+    };
     assemble(start, tokenization)
 }
 
@@ -283,9 +397,23 @@ struct RunStart {
 /// The setup new and resumed runs share: framing, parameters and optimizer, the token sources,
 /// the validation batches and the batch stream from the state's data position.
 fn assemble(start: RunStart, tokenization: &Tokenization) -> Result<Prepared> {
-    let RunStart { opts, device, corpus, config, tensors, tokenizer, state, resumed_from, started } = start;
+    let RunStart {
+        opts,
+        device,
+        corpus,
+        config,
+        tensors,
+        tokenizer,
+        state,
+        resumed_from,
+        started,
+    } = start;
     let framing = framing_for(&tokenizer, &config, &opts)?;
-    let trainable = if opts.freeze_trunk { Trainable::HeadsOnly } else { Trainable::All };
+    let trainable = if opts.freeze_trunk {
+        Trainable::HeadsOnly
+    } else {
+        Trainable::All
+    };
     let params = ParamSet::new(&config, tensors, trainable)?;
     let (names, vars): (Vec<String>, Vec<_>) = params.trainable().into_iter().unzip();
     let mut optimizer = AdamW::new(vars, opts.adamw)?;
@@ -295,8 +423,21 @@ fn assemble(start: RunStart, tokenization: &Tokenization) -> Result<Prepared> {
     let compute = compute_dtype(&opts, &device);
     let text_tok = text_tokenizer(&tokenizer);
     let (train_source, valid_source, token_cache) = token_sources(&corpus, &text_tok, tokenization);
-    let valid_batches = timed_valid_batches(&corpus, &valid_source, &framing, &opts, config.n_heads(), &device)?;
-    let stream = Some(train_stream(&corpus, train_source, &framing, &opts, state.data)?);
+    let valid_batches = timed_valid_batches(
+        &corpus,
+        &valid_source,
+        &framing,
+        &opts,
+        config.n_heads(),
+        &device,
+    )?;
+    let stream = Some(train_stream(
+        &corpus,
+        train_source,
+        &framing,
+        &opts,
+        state.data,
+    )?);
     Ok(Prepared {
         options: opts,
         corpus,
@@ -319,15 +460,37 @@ fn assemble(start: RunStart, tokenization: &Tokenization) -> Result<Prepared> {
 /// The corpus of a run, with a log line on how long the walk took.
 fn walk(opts: &TrainOptions) -> Result<Corpus> {
     let t0 = Instant::now();
-    let corpus = collect(&opts.repos, &WalkOptions { max_file_bytes: opts.max_file_bytes, valid_fraction: opts.valid_fraction })?;
-    tracing::info!("corpus: {} files kept, {} skipped, in {:.1} s", corpus.train.len() + corpus.valid.len(), corpus.skipped_count(), t0.elapsed().as_secs_f64());
+    let corpus = collect(
+        &opts.repos,
+        &WalkOptions {
+            max_file_bytes: opts.max_file_bytes,
+            valid_fraction: opts.valid_fraction,
+        },
+    )?;
+    tracing::info!(
+        "corpus: {} files kept, {} skipped, in {:.1} s",
+        corpus.train.len() + corpus.valid.len(),
+        corpus.skipped_count(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(corpus)
 }
 
-fn timed_valid_batches(corpus: &Corpus, source: &TokenSource, framing: &Framing, opts: &TrainOptions, n_heads: usize, device: &Device) -> Result<Vec<Tensor>> {
+fn timed_valid_batches(
+    corpus: &Corpus,
+    source: &TokenSource,
+    framing: &Framing,
+    opts: &TrainOptions,
+    n_heads: usize,
+    device: &Device,
+) -> Result<Vec<Tensor>> {
     let t0 = Instant::now();
     let batches = valid_batches(corpus, source, framing, opts, n_heads, device)?;
-    tracing::info!("validation: {} batches in {:.1} s", batches.len(), t0.elapsed().as_secs_f64());
+    tracing::info!(
+        "validation: {} batches in {:.1} s",
+        batches.len(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(batches)
 }
 
@@ -344,12 +507,19 @@ pub fn prepare_resume_with(out: &Path, tokenization: &Tokenization) -> Result<Pr
     let dir = checkpoint::latest(out)?;
     let mut state = checkpoint::read_state(&dir)?;
     if state.finished {
-        return Err(TrainError::InvalidOptions(format!("the run in {} finished at step {}; there is nothing to resume", out.display(), state.step)));
+        return Err(TrainError::InvalidOptions(format!(
+            "the run in {} finished at step {}; there is nothing to resume",
+            out.display(),
+            state.step
+        )));
     }
     state.options.out = out.to_path_buf();
     let opts = state.options.clone();
     let device = parse_device(&opts.device)?;
-    let loaded = load_dir(&dir, &device, DType::F32).map_err(|e| TrainError::BadCheckpoint { path: dir.clone(), reason: e.to_string() })?;
+    let loaded = load_dir(&dir, &device, DType::F32).map_err(|e| TrainError::BadCheckpoint {
+        path: dir.clone(),
+        reason: e.to_string(),
+    })?;
     let config = loaded.model.config().clone();
     let tensors = loaded.model.named_tensors().into_iter().collect();
     let tokenizer = loaded.tokenizer;
@@ -357,7 +527,17 @@ pub fn prepare_resume_with(out: &Path, tokenization: &Tokenization) -> Result<Pr
     if corpus.fingerprint() != state.corpus_fingerprint {
         tracing::warn!("the repositories changed since the run started: resuming on the new files, so the run will not reproduce an uninterrupted one exactly");
     }
-    let start = RunStart { opts, device, corpus, config, tensors, tokenizer, state, resumed_from: Some(dir), started };
+    let start = RunStart {
+        opts,
+        device,
+        corpus,
+        config,
+        tensors,
+        tokenizer,
+        state,
+        resumed_from: Some(dir),
+        started,
+    };
     assemble(start, tokenization)
 }
 
@@ -374,7 +554,12 @@ impl MetricsLog {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let kept: Vec<&str> = text
                 .lines()
-                .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s <= step)
+                })
                 .collect();
             let mut body = kept.join("\n");
             if !body.is_empty() {
@@ -384,7 +569,10 @@ impl MetricsLog {
         } else {
             std::fs::write(&path, "").map_err(io_err(&path))?;
         }
-        let file = std::fs::OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
         Ok(Self { file })
     }
 
@@ -410,7 +598,13 @@ fn clear_previous_run(out: &Path) -> Result<()> {
     if ckpt.exists() {
         std::fs::remove_dir_all(&ckpt).map_err(io_err(&ckpt))?;
     }
-    for f in [METRICS_FILE, CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, crate::model::weights::WEIGHTS_INDEX_FILE] {
+    for f in [
+        METRICS_FILE,
+        CONFIG_FILE,
+        WEIGHTS_FILE,
+        TOKENIZER_FILE,
+        crate::model::weights::WEIGHTS_INDEX_FILE,
+    ] {
         let p = out.join(f);
         if p.exists() {
             std::fs::remove_file(&p).map_err(io_err(&p))?;
@@ -423,11 +617,19 @@ fn clear_previous_run(out: &Path) -> Result<()> {
 }
 
 /// The progress bar: steps of `total`, or seconds of the budget for runs measured in time.
-fn progress_bar(control: &Control, total: u64, at: u64, in_seconds: bool) -> indicatif::ProgressBar {
+fn progress_bar(
+    control: &Control,
+    total: u64,
+    at: u64,
+    in_seconds: bool,
+) -> indicatif::ProgressBar {
     if !control.progress {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
     let template = if in_seconds {
         "{elapsed_precise} [{bar:30}] {pos}/{len} s of the time budget {msg}"
     } else {
@@ -454,8 +656,12 @@ impl Prepared {
         let total = opts.total_steps();
         let warmup = opts.warmup();
         let weights = opts.weights_for(self.config.n_heads())?;
-        let mut stream = self.stream.take().expect("a prepared run has its batch stream");
-        let mut metrics = MetricsLog::open(&out, self.resumed_from.as_ref().map(|_| self.state.step))?;
+        let mut stream = self
+            .stream
+            .take()
+            .expect("a prepared run has its batch stream");
+        let mut metrics =
+            MetricsLog::open(&out, self.resumed_from.as_ref().map(|_| self.state.step))?;
         let eval_model = self.params.inference_model()?;
         let trainable: Vec<candle_core::Var> = self.optimizer.vars.clone();
         let trunk_trainable = self.params.trunk_trainable();
@@ -477,7 +683,11 @@ impl Prepared {
         while self.state.step < total {
             let t0 = Instant::now();
             if std::mem::take(&mut first_step) {
-                tracing::info!("step {} starts {:.1} s after preparing began", self.state.step + 1, self.started.elapsed().as_secs_f64());
+                tracing::info!(
+                    "step {} starts {:.1} s after preparing began",
+                    self.state.step + 1,
+                    self.started.elapsed().as_secs_f64()
+                );
             }
             let step = self.state.step;
             let lr = match budget {
@@ -487,9 +697,18 @@ impl Prepared {
             let mut grads: Vec<Option<Tensor>> = vec![None; trainable.len()];
             let mut head_losses = vec![0f32; self.config.n_heads()];
             for _ in 0..opts.grad_accum {
-                let batch = stream.next_batch(opts.batch_size).expect("the epoch has windows (checked above)");
+                let batch = stream
+                    .next_batch(opts.batch_size)
+                    .expect("the epoch has windows (checked above)");
                 let windows = windows_tensor(&batch, &self.device)?;
-                let out = batch_grads(&model, &trainable, trunk_trainable, &windows, &weights, opts.loss_order)?;
+                let out = batch_grads(
+                    &model,
+                    &trainable,
+                    trunk_trainable,
+                    &windows,
+                    &weights,
+                    opts.loss_order,
+                )?;
                 for (acc, g) in grads.iter_mut().zip(out.grads) {
                     if let Some(g) = g {
                         *acc = Some(match acc.take() {
@@ -541,33 +760,57 @@ impl Prepared {
                 tracing::warn!("step {}: loss is {loss}", self.state.step);
             }
             self.state.elapsed_secs = elapsed();
-            bar.set_position(if budget.is_some() { self.state.elapsed_secs as u64 } else { self.state.step });
-            bar.set_message(format!("step {} | loss {loss:.3} | {tok_s:.0} tok/s", self.state.step));
-            let done = self.state.step == total || budget.is_some_and(|b| self.state.elapsed_secs >= b);
-            if done || (opts.eval_every > 0 && self.state.step % opts.eval_every == 0) {
+            bar.set_position(if budget.is_some() {
+                self.state.elapsed_secs as u64
+            } else {
+                self.state.step
+            });
+            bar.set_message(format!(
+                "step {} | loss {loss:.3} | {tok_s:.0} tok/s",
+                self.state.step
+            ));
+            let done =
+                self.state.step == total || budget.is_some_and(|b| self.state.elapsed_secs >= b);
+            if done || (opts.eval_every > 0 && self.state.step.is_multiple_of(opts.eval_every)) {
                 let v = validate(&eval_model, &self.valid_batches)?;
                 metrics.write(validation_record(self.state.step, &v, &weights))?;
                 bar.println(format!(
                     "step {}: valid loss {:.4}, per head {:?}, top-1 {:?}",
                     self.state.step,
                     v.loss(&weights),
-                    v.head_losses.iter().map(|l| (l * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
-                    v.head_top1.iter().map(|a| (a * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+                    v.head_losses
+                        .iter()
+                        .map(|l| (l * 1000.0).round() / 1000.0)
+                        .collect::<Vec<_>>(),
+                    v.head_top1
+                        .iter()
+                        .map(|a| (a * 1000.0).round() / 1000.0)
+                        .collect::<Vec<_>>()
                 ));
                 last_validation = Some(v);
             }
             if done {
                 break;
             }
-            let interrupted = control.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+            let interrupted = control
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::SeqCst));
             let stop_here = control.stop_after.is_some_and(|n| self.state.step >= n);
             if interrupted || stop_here {
                 let dir = self.checkpoint()?;
                 bar.abandon();
-                tracing::info!("stopped at step {}; checkpoint {}", self.state.step, dir.display());
-                return Ok(Outcome::Interrupted { checkpoint: dir, step: self.state.step });
+                tracing::info!(
+                    "stopped at step {}; checkpoint {}",
+                    self.state.step,
+                    dir.display()
+                );
+                return Ok(Outcome::Interrupted {
+                    checkpoint: dir,
+                    step: self.state.step,
+                });
             }
-            if opts.checkpoint_every > 0 && self.state.step % opts.checkpoint_every == 0 {
+            if opts.checkpoint_every > 0 && self.state.step.is_multiple_of(opts.checkpoint_every) {
                 self.checkpoint()?;
             }
         }
@@ -575,10 +818,22 @@ impl Prepared {
         self.state.finished = true;
         self.checkpoint()?;
         save_dir_with(&eval_model, &self.tokenizer, &out, opts.save)?;
-        Ok(Outcome::Finished { out, steps: self.state.step, last_validation })
+        Ok(Outcome::Finished {
+            out,
+            steps: self.state.step,
+            last_validation,
+        })
     }
 
     fn checkpoint(&self) -> Result<PathBuf> {
-        checkpoint::save(&self.options.out, &self.params, &self.tokenizer, &self.optimizer, &self.names, &self.state, self.options.keep_checkpoints)
+        checkpoint::save(
+            &self.options.out,
+            &self.params,
+            &self.tokenizer,
+            &self.optimizer,
+            &self.names,
+            &self.state,
+            self.options.keep_checkpoints,
+        )
     }
 }

@@ -78,7 +78,10 @@ impl DocTokens {
         if pos == 0 {
             return 0;
         }
-        let i = self.word_ends.binary_search(&(pos as u32)).expect("a word boundary");
+        let i = self
+            .word_ends
+            .binary_search(&(pos as u32))
+            .expect("a word boundary");
         self.word_token_ends[i] as usize
     }
 }
@@ -90,7 +93,8 @@ impl DocTokens {
 pub fn splice_supported(json: &serde_json::Value) -> bool {
     let null_or_missing = |v: Option<&serde_json::Value>| v.is_none_or(serde_json::Value::is_null);
     let pre = &json["pre_tokenizer"];
-    let byte_level_regex = pre["type"] == "ByteLevel" && pre["use_regex"] != false && pre["add_prefix_space"] != true;
+    let byte_level_regex =
+        pre["type"] == "ByteLevel" && pre["use_regex"] != false && pre["add_prefix_space"] != true;
     let post = json.get("post_processor");
     let post_ok = null_or_missing(post) || post.is_some_and(|p| p["type"] == "ByteLevel");
     let model = &json["model"];
@@ -111,15 +115,26 @@ pub struct Splicer {
 impl Splicer {
     /// `tokenizer` must be a text tokenizer (`encode_special_tokens` set).
     pub fn new(tokenizer: &Tokenizer) -> Self {
-        let json: Option<serde_json::Value> = tokenizer.to_string(false).ok().and_then(|s| serde_json::from_str(&s).ok());
-        let only_special = tokenizer.get_added_tokens_decoder().values().all(|t| t.special);
-        let supported = tokenizer.get_encode_special_tokens() && only_special && json.as_ref().is_some_and(splice_supported);
+        let json: Option<serde_json::Value> = tokenizer
+            .to_string(false)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok());
+        let only_special = tokenizer
+            .get_added_tokens_decoder()
+            .values()
+            .all(|t| t.special);
+        let supported = tokenizer.get_encode_special_tokens()
+            && only_special
+            && json.as_ref().is_some_and(splice_supported);
         let analyzer = supported.then(|| {
             let mut t = tokenizer.clone();
             t.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
             t
         });
-        Self { tokenizer: tokenizer.clone(), analyzer }
+        Self {
+            tokenizer: tokenizer.clone(),
+            analyzer,
+        }
     }
 
     /// True when pieces are spliced rather than encoded in full.
@@ -136,14 +151,20 @@ impl Splicer {
         if text.is_empty() {
             return Vec::new();
         }
-        self.tokenizer.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default()
+        self.tokenizer
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .unwrap_or_default()
     }
 
     /// The tokenization of a whole document: its ids (those of [`Self::encode`]) and, when splicing
     /// is possible, its word ends.
     pub fn tokenize(&self, text: &str) -> DocTokens {
         let Some(analyzer) = &self.analyzer else {
-            return DocTokens { ids: self.encode(text), ..Default::default() };
+            return DocTokens {
+                ids: self.encode(text),
+                ..Default::default()
+            };
         };
         if text.is_empty() {
             return DocTokens::default();
@@ -178,7 +199,11 @@ impl Splicer {
                 None => return self.encode(&text[a..b]),
             }
         };
-        let y = if b == text.len() { Some(b) } else { last_boundary_before(text, doc, b) };
+        let y = if b == text.len() {
+            Some(b)
+        } else {
+            last_boundary_before(text, doc, b)
+        };
         match y {
             Some(y) if y >= x => {
                 ids.extend_from_slice(&doc.ids[doc.token_at(x)..doc.token_at(y)]);
@@ -203,7 +228,10 @@ impl Splicer {
                     break;
                 }
                 if doc.is_boundary(pos) {
-                    return Some((pos, window.ids[..window.word_token_ends[k] as usize].to_vec()));
+                    return Some((
+                        pos,
+                        window.ids[..window.word_token_ends[k] as usize].to_vec(),
+                    ));
                 }
             }
             if e == text.len() || span >= MAX_WINDOW_BYTES {
@@ -221,7 +249,8 @@ fn words_of(enc: &tokenizers::Encoding, len: usize) -> Option<DocTokens> {
     let (mut word_ends, mut word_token_ends) = (Vec::new(), Vec::new());
     let mut current: Option<u32> = None;
     let mut end = 0usize;
-    for (i, (word, &(start, stop))) in enc.get_word_ids().iter().zip(enc.get_offsets()).enumerate() {
+    for (i, (word, &(start, stop))) in enc.get_word_ids().iter().zip(enc.get_offsets()).enumerate()
+    {
         if i == 0 || *word != current || word.is_none() {
             if i > 0 {
                 word_ends.push(end as u32);
@@ -238,7 +267,11 @@ fn words_of(enc: &tokenizers::Encoding, len: usize) -> Option<DocTokens> {
         word_ends.push(end as u32);
         word_token_ends.push(ids.len() as u32);
     }
-    let doc = DocTokens { ids, word_ends, word_token_ends };
+    let doc = DocTokens {
+        ids,
+        word_ends,
+        word_token_ends,
+    };
     doc.is_consistent(len).then_some(doc)
 }
 
@@ -250,15 +283,24 @@ fn has_chars(s: &str, n: usize) -> bool {
 /// The first word boundary of `doc` at or after `pos` (the text's end at the latest).
 fn next_boundary_at_or_after(doc: &DocTokens, pos: usize) -> usize {
     let i = doc.word_ends.partition_point(|&e| (e as usize) < pos);
-    doc.word_ends.get(i).map_or_else(|| *doc.word_ends.last().expect("non-empty") as usize, |&e| e as usize)
+    doc.word_ends.get(i).map_or_else(
+        || *doc.word_ends.last().expect("non-empty") as usize,
+        |&e| e as usize,
+    )
 }
 
 /// The last word boundary of `doc` (0 included) with at least [`MARGIN_CHARS`] characters between
 /// it and `b`.
 fn last_boundary_before(text: &str, doc: &DocTokens, b: usize) -> Option<usize> {
     let i = doc.word_ends.partition_point(|&e| (e as usize) <= b);
-    let candidates = doc.word_ends[..i].iter().rev().map(|&e| e as usize).chain(std::iter::once(0));
-    candidates.into_iter().find(|&y| has_chars(&text[y..b], MARGIN_CHARS))
+    let candidates = doc.word_ends[..i]
+        .iter()
+        .rev()
+        .map(|&e| e as usize)
+        .chain(std::iter::once(0));
+    candidates
+        .into_iter()
+        .find(|&y| has_chars(&text[y..b], MARGIN_CHARS))
 }
 
 #[cfg(test)]
@@ -287,17 +329,41 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)] // a table of cases: its row type is spelled out once
     fn support_table() {
         let ok = serde_json::json!({"normalizer": null, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true},
                                     "post_processor": null, "model": {"type": "BPE", "dropout": null}});
         let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, bool)> = vec![
             (Box::new(|_| {}), true),
-            (Box::new(|j| j["post_processor"] = serde_json::json!({"type": "ByteLevel", "trim_offsets": true})), true),
-            (Box::new(|j| j["pre_tokenizer"]["add_prefix_space"] = true.into()), false),
-            (Box::new(|j| j["pre_tokenizer"]["use_regex"] = false.into()), false),
-            (Box::new(|j| j["pre_tokenizer"] = serde_json::json!({"type": "Metaspace"})), false),
-            (Box::new(|j| j["normalizer"] = serde_json::json!({"type": "NFC"})), false),
-            (Box::new(|j| j["post_processor"] = serde_json::json!({"type": "TemplateProcessing"})), false),
+            (
+                Box::new(|j| {
+                    j["post_processor"] =
+                        serde_json::json!({"type": "ByteLevel", "trim_offsets": true})
+                }),
+                true,
+            ),
+            (
+                Box::new(|j| j["pre_tokenizer"]["add_prefix_space"] = true.into()),
+                false,
+            ),
+            (
+                Box::new(|j| j["pre_tokenizer"]["use_regex"] = false.into()),
+                false,
+            ),
+            (
+                Box::new(|j| j["pre_tokenizer"] = serde_json::json!({"type": "Metaspace"})),
+                false,
+            ),
+            (
+                Box::new(|j| j["normalizer"] = serde_json::json!({"type": "NFC"})),
+                false,
+            ),
+            (
+                Box::new(|j| {
+                    j["post_processor"] = serde_json::json!({"type": "TemplateProcessing"})
+                }),
+                false,
+            ),
             (Box::new(|j| j["model"]["dropout"] = 0.1.into()), false),
         ];
         for (i, (patch, want)) in cases.into_iter().enumerate() {
@@ -319,7 +385,13 @@ mod tests {
     fn word_spans_tile_the_text_and_ids_match_encoding() {
         for tok in [text_tokenizer(&byte_level_tokenizer()), trained()] {
             let s = Splicer::new(&tok);
-            for text in [tricky(), "a".into(), " ".into(), "🦀".into(), "x  \n".into()] {
+            for text in [
+                tricky(),
+                "a".into(),
+                " ".into(),
+                "🦀".into(),
+                "x  \n".into(),
+            ] {
                 let doc = s.tokenize(&text);
                 assert!(!doc.word_ends.is_empty(), "{text:?}");
                 assert!(doc.is_consistent(text.len()));
@@ -332,14 +404,21 @@ mod tests {
     #[test]
     fn spliced_pieces_equal_encoding_each_piece() {
         let text = tricky();
-        let chars: Vec<usize> = text.char_indices().map(|(i, _)| i).chain(std::iter::once(text.len())).collect();
+        let chars: Vec<usize> = text
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain(std::iter::once(text.len()))
+            .collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         for tok in [text_tokenizer(&byte_level_tokenizer()), trained()] {
             let s = Splicer::new(&tok);
             let doc = s.tokenize(&text);
             let mut cases: Vec<(usize, usize)> = (0..3000)
                 .map(|_| {
-                    let (i, j) = (rng.random_range(0..chars.len()), rng.random_range(0..chars.len()));
+                    let (i, j) = (
+                        rng.random_range(0..chars.len()),
+                        rng.random_range(0..chars.len()),
+                    );
                     (chars[i.min(j)], chars[i.max(j)])
                 })
                 .collect();
@@ -351,25 +430,53 @@ mod tests {
                 cases.push((w[0], w[6]));
             }
             for (a, b) in cases {
-                assert_eq!(s.piece(&text, &doc, a..b), s.encode(&text[a..b]), "piece {a}..{b}: {:?}", &text[a..b]);
+                assert_eq!(
+                    s.piece(&text, &doc, a..b),
+                    s.encode(&text[a..b]),
+                    "piece {a}..{b}: {:?}",
+                    &text[a..b]
+                );
             }
         }
     }
 
     #[test]
     fn inconsistent_word_spans_are_detected() {
-        let good = DocTokens { ids: vec![1, 2, 3], word_ends: vec![2, 5], word_token_ends: vec![1, 3] };
+        let good = DocTokens {
+            ids: vec![1, 2, 3],
+            word_ends: vec![2, 5],
+            word_token_ends: vec![1, 3],
+        };
         assert!(good.is_consistent(5));
         assert!(!good.is_consistent(6));
         let cases = [
-            DocTokens { word_ends: vec![5, 2], ..good.clone() },
-            DocTokens { word_token_ends: vec![1, 2], ..good.clone() },
-            DocTokens { word_token_ends: vec![1], ..good.clone() },
-            DocTokens { word_ends: vec![0, 5], ..good.clone() },
+            DocTokens {
+                word_ends: vec![5, 2],
+                ..good.clone()
+            },
+            DocTokens {
+                word_token_ends: vec![1, 2],
+                ..good.clone()
+            },
+            DocTokens {
+                word_token_ends: vec![1],
+                ..good.clone()
+            },
+            DocTokens {
+                word_ends: vec![0, 5],
+                ..good.clone()
+            },
         ];
         for bad in cases {
             assert!(!bad.is_consistent(5), "{bad:?}");
         }
-        assert!(DocTokens { ids: vec![1], ..Default::default() }.is_consistent(5), "no words: nothing to check");
+        assert!(
+            DocTokens {
+                ids: vec![1],
+                ..Default::default()
+            }
+            .is_consistent(5),
+            "no words: nothing to check"
+        );
     }
 }

@@ -33,7 +33,16 @@ impl Shapes {
     /// The default model's shapes (d 256, SwiGLU 704, 4 x 64 attention, vocab 4096, 512 x 4) with
     /// `trunk_layers` and `heads`, widened by `scale` (hidden, FFN and attention heads times `scale`).
     pub fn default_model(trunk_layers: usize, heads: usize, scale: usize) -> Self {
-        Self { hidden: 256 * scale, intermediate: 704 * scale, attention_heads: 4 * scale, vocab: 4096, trunk_layers, heads, seq_len: 512, batch: 4 }
+        Self {
+            hidden: 256 * scale,
+            intermediate: 704 * scale,
+            attention_heads: 4 * scale,
+            vocab: 4096,
+            trunk_layers,
+            heads,
+            seq_len: 512,
+            batch: 4,
+        }
     }
 
     pub fn config(&self) -> ModelConfig {
@@ -81,11 +90,22 @@ pub fn measure(shapes: &Shapes, kernels: Kernels, steps: usize) -> Result<Throug
     let mut total = 0.0;
     for step in 0..=steps {
         let w: Vec<Vec<u32>> = (0..shapes.batch)
-            .map(|_| (0..=shapes.seq_len).map(|_| rng.random_range(0..shapes.vocab as u32)).collect())
+            .map(|_| {
+                (0..=shapes.seq_len)
+                    .map(|_| rng.random_range(0..shapes.vocab as u32))
+                    .collect()
+            })
             .collect();
         let windows = windows_tensor(&w, &Device::Cpu)?;
         let t0 = Instant::now();
-        let g = batch_grads(&model, &vars, true, &windows, &weights, super::LossOrder::Sequential)?;
+        let g = batch_grads(
+            &model,
+            &vars,
+            true,
+            &windows,
+            &weights,
+            super::LossOrder::Sequential,
+        )?;
         opt.step(&g.grads, 1e-4)?;
         if step > 0 {
             total += t0.elapsed().as_secs_f64();

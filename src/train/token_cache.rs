@@ -31,7 +31,11 @@ const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(600)
 /// `--token-cache DIR` or `FORESIGHT_TOKEN_CACHE=DIR` names it, otherwise
 /// `$XDG_CACHE_HOME/foresight/tokens` or `~/.cache/foresight/tokens`. `None`: no cache.
 /// `env` reads an environment variable (a parameter so the decision is testable).
-pub fn resolve_dir(flag: Option<&Path>, disabled: bool, env: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+pub fn resolve_dir(
+    flag: Option<&Path>,
+    disabled: bool,
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Option<PathBuf> {
     let set = |name: &str| env(name).filter(|v| !v.is_empty());
     if disabled {
         return None;
@@ -40,9 +44,15 @@ pub fn resolve_dir(flag: Option<&Path>, disabled: bool, env: impl Fn(&str) -> Op
         return Some(dir.to_path_buf());
     }
     if let Some(v) = set(CACHE_ENV) {
-        return if v == "off" { None } else { Some(PathBuf::from(v)) };
+        return if v == "off" {
+            None
+        } else {
+            Some(PathBuf::from(v))
+        };
     }
-    let xdg = set("XDG_CACHE_HOME").map(PathBuf::from).filter(|p| p.is_absolute());
+    let xdg = set("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
     let base = xdg.or_else(|| set("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("foresight").join("tokens"))
 }
@@ -59,8 +69,12 @@ pub fn content_key(bytes: &[u8]) -> u128 {
     let mut chunks = bytes.chunks_exact(8);
     for c in &mut chunks {
         let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-        a = (a ^ w.wrapping_mul(K2).rotate_left(31)).wrapping_mul(K1).rotate_left(27);
-        b = (b ^ w.wrapping_mul(K3).rotate_left(29)).wrapping_mul(K2).rotate_left(31);
+        a = (a ^ w.wrapping_mul(K2).rotate_left(31))
+            .wrapping_mul(K1)
+            .rotate_left(27);
+        b = (b ^ w.wrapping_mul(K3).rotate_left(29))
+            .wrapping_mul(K2)
+            .rotate_left(31);
     }
     let mut tail = [0u8; 8];
     tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
@@ -82,8 +96,13 @@ fn fmix64(mut k: u64) -> u64 {
 /// and the entry format. `None` when the tokenizer does not serialize.
 pub fn tokenizer_fingerprint(tokenizer: &Tokenizer) -> Option<u64> {
     let json = tokenizer.to_string(false).ok()?;
-    let tag = format!("foresight token cache v{FORMAT_VERSION}; encode_special_tokens={}\n", tokenizer.get_encode_special_tokens());
-    Some(stable_hash([tag.as_bytes(), json.as_bytes()].concat().as_slice()))
+    let tag = format!(
+        "foresight token cache v{FORMAT_VERSION}; encode_special_tokens={}\n",
+        tokenizer.get_encode_special_tokens()
+    );
+    Some(stable_hash(
+        [tag.as_bytes(), json.as_bytes()].concat().as_slice(),
+    ))
 }
 
 /// Cache activity of one run (or one split of it).
@@ -136,7 +155,10 @@ impl TokenCache {
             tracing::warn!("the tokenizer does not serialize; tokenizing without the cache");
             return None;
         };
-        Some(Self { dir: root.join(format!("{fingerprint:016x}")), fingerprint })
+        Some(Self {
+            dir: root.join(format!("{fingerprint:016x}")),
+            fingerprint,
+        })
     }
 
     /// The folder holding this tokenizer's entries.
@@ -151,9 +173,18 @@ impl TokenCache {
 
     /// The tokenization of every document, in order: read from the cache where an entry reads
     /// back, otherwise tokenized by `splicer` and written. Documents are handled in parallel.
-    pub fn tokenize_all(&self, docs: &[Document], splicer: &Splicer) -> (Vec<DocTokens>, CacheStats) {
+    pub fn tokenize_all(
+        &self,
+        docs: &[Document],
+        splicer: &Splicer,
+    ) -> (Vec<DocTokens>, CacheStats) {
         self.remove_stale_temporaries();
-        let (hits, misses, rebuilt, write_failures) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+        let (hits, misses, rebuilt, write_failures) = (
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        );
         let created = std::sync::OnceLock::new();
         let tokens = docs
             .par_iter()
@@ -205,11 +236,19 @@ impl TokenCache {
 impl TokenCache {
     /// Removes temporary files that killed writers left behind (best effort).
     fn remove_stale_temporaries(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
         for e in entries.flatten() {
             let name = e.file_name();
-            let temporary = name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"));
-            let age = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+            let temporary = name
+                .to_str()
+                .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"));
+            let age = e
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok());
             if temporary && age.is_some_and(|a| a > STALE_TEMPORARY) {
                 let _ = std::fs::remove_file(e.path());
             }
@@ -224,7 +263,11 @@ impl TokenCache {
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("entry");
-    let tmp = path.with_file_name(format!(".{name}.{}.{}.tmp", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -237,7 +280,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// token count), and a checksum of everything before it. Little-endian.
 pub fn encode_entry(fingerprint: u64, key: u128, text_len: usize, t: &DocTokens) -> Vec<u8> {
     let wide = t.ids.iter().any(|&id| id > u32::from(u16::MAX));
-    let mut out = Vec::with_capacity(64 + t.ids.len() * if wide { 4 } else { 2 } + t.word_ends.len() * 2);
+    let mut out =
+        Vec::with_capacity(64 + t.ids.len() * if wide { 4 } else { 2 } + t.word_ends.len() * 2);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&fingerprint.to_le_bytes());
@@ -266,7 +310,12 @@ pub fn encode_entry(fingerprint: u64, key: u128, text_len: usize, t: &DocTokens)
 
 /// Reads an entry written by [`encode_entry`] for this tokenizer, document and text length, or
 /// says why it cannot be used.
-pub fn decode_entry(bytes: &[u8], fingerprint: u64, key: u128, text_len: usize) -> Result<DocTokens, String> {
+pub fn decode_entry(
+    bytes: &[u8],
+    fingerprint: u64,
+    key: u128,
+    text_len: usize,
+) -> Result<DocTokens, String> {
     if bytes.len() < 8 + 4 {
         return Err("too short".into());
     }
@@ -280,7 +329,9 @@ pub fn decode_entry(bytes: &[u8], fingerprint: u64, key: u128, text_len: usize) 
     }
     let version = u32::from_le_bytes(r.take(4)?.try_into().expect("4 bytes"));
     if version != FORMAT_VERSION {
-        return Err(format!("format version {version}, this build reads {FORMAT_VERSION}"));
+        return Err(format!(
+            "format version {version}, this build reads {FORMAT_VERSION}"
+        ));
     }
     if r.u64()? != fingerprint {
         return Err("written for another tokenizer".into());
@@ -298,14 +349,19 @@ pub fn decode_entry(bytes: &[u8], fingerprint: u64, key: u128, text_len: usize) 
     }
     let raw = r.take(n_ids.checked_mul(width).ok_or("id count overflows")?)?;
     let ids: Vec<u32> = if width == 2 {
-        raw.chunks_exact(2).map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))).collect()
+        raw.chunks_exact(2)
+            .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])))
+            .collect()
     } else {
-        raw.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        raw.chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
     };
     if n_words > body.len() {
         return Err("word count exceeds the entry".into());
     }
-    let (mut word_ends, mut word_token_ends) = (Vec::with_capacity(n_words), Vec::with_capacity(n_words));
+    let (mut word_ends, mut word_token_ends) =
+        (Vec::with_capacity(n_words), Vec::with_capacity(n_words));
     let (mut byte, mut tok) = (0u64, 0u64);
     for _ in 0..n_words {
         byte += r.varint()?;
@@ -319,7 +375,11 @@ pub fn decode_entry(bytes: &[u8], fingerprint: u64, key: u128, text_len: usize) 
     if r.at != body.len() {
         return Err("trailing bytes".into());
     }
-    let t = DocTokens { ids, word_ends, word_token_ends };
+    let t = DocTokens {
+        ids,
+        word_ends,
+        word_token_ends,
+    };
     if !t.is_consistent(text_len) {
         return Err("inconsistent word spans".into());
     }
@@ -341,14 +401,20 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or("truncated")?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or("truncated")?;
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
     }
 
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn varint(&mut self) -> Result<u64, String> {
@@ -369,38 +435,80 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::type_complexity)] // a table of cases: its row type is spelled out once
     fn resolve_dir_table() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| OsString::from(v));
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
         let home: &[(&str, &str)] = &[("HOME", "/home/u")];
         let xdg: &[(&str, &str)] = &[("HOME", "/home/u"), ("XDG_CACHE_HOME", "/x/cache")];
         let rel_xdg: &[(&str, &str)] = &[("HOME", "/home/u"), ("XDG_CACHE_HOME", "rel")];
         let env_dir: &[(&str, &str)] = &[("HOME", "/home/u"), (CACHE_ENV, "/e/tok")];
         let env_off: &[(&str, &str)] = &[("HOME", "/home/u"), (CACHE_ENV, "off")];
-        let empty_env: &[(&str, &str)] = &[("HOME", "/home/u"), (CACHE_ENV, ""), ("XDG_CACHE_HOME", "")];
+        let empty_env: &[(&str, &str)] =
+            &[("HOME", "/home/u"), (CACHE_ENV, ""), ("XDG_CACHE_HOME", "")];
         let nothing: &[(&str, &str)] = &[];
         let flag = Some(Path::new("/f"));
         let cases: Vec<(Option<&Path>, bool, &[(&str, &str)], Option<&str>)> = vec![
             (None, false, home, Some("/home/u/.cache/foresight/tokens")),
             (None, false, xdg, Some("/x/cache/foresight/tokens")),
-            (None, false, rel_xdg, Some("/home/u/.cache/foresight/tokens")),
+            (
+                None,
+                false,
+                rel_xdg,
+                Some("/home/u/.cache/foresight/tokens"),
+            ),
             (None, false, env_dir, Some("/e/tok")),
             (None, false, env_off, None),
-            (None, false, empty_env, Some("/home/u/.cache/foresight/tokens")),
+            (
+                None,
+                false,
+                empty_env,
+                Some("/home/u/.cache/foresight/tokens"),
+            ),
             (None, false, nothing, None),
             (flag, false, env_off, Some("/f")),
             (flag, true, home, None),
             (None, true, xdg, None),
         ];
         for (i, (flag, disabled, vars, want)) in cases.into_iter().enumerate() {
-            assert_eq!(resolve_dir(flag, disabled, env(vars)), want.map(PathBuf::from), "case {i}");
+            assert_eq!(
+                resolve_dir(flag, disabled, env(vars)),
+                want.map(PathBuf::from),
+                "case {i}"
+            );
         }
     }
 
     #[test]
     fn content_key_is_pinned_and_sensitive() {
         // Pinned: a change of these values orphans every cache entry (harmless, but deliberate only).
-        assert_eq!(format!("{:032x} {:032x}", content_key(b""), content_key(b"fn main() {}\n")), "e337d9a5d739f869ba34695b0f24b926 3e12587b4a4ebb7e3cd1bdcef3de7d6b");
-        let keys: Vec<u128> = ["", "a", "b", "ab", "ba", "abcdefgh", "abcdefgi", "abcdefgh\0"].iter().map(|s| content_key(s.as_bytes())).collect();
+        assert_eq!(
+            format!(
+                "{:032x} {:032x}",
+                content_key(b""),
+                content_key(b"fn main() {}\n")
+            ),
+            "e337d9a5d739f869ba34695b0f24b926 3e12587b4a4ebb7e3cd1bdcef3de7d6b"
+        );
+        let keys: Vec<u128> = [
+            "",
+            "a",
+            "b",
+            "ab",
+            "ba",
+            "abcdefgh",
+            "abcdefgi",
+            "abcdefgh\0",
+        ]
+        .iter()
+        .map(|s| content_key(s.as_bytes()))
+        .collect();
         let distinct: std::collections::HashSet<u128> = keys.iter().copied().collect();
         assert_eq!(distinct.len(), keys.len(), "{keys:x?}");
         let long = "fn main() {}\n".repeat(1000);
@@ -411,7 +519,11 @@ mod tests {
 
     fn sample(wide: bool) -> DocTokens {
         let big = if wide { 70_000 } else { 7 };
-        DocTokens { ids: vec![5, big, 9, 300], word_ends: vec![3, 200, 201], word_token_ends: vec![1, 3, 4] }
+        DocTokens {
+            ids: vec![5, big, 9, 300],
+            word_ends: vec![3, 200, 201],
+            word_token_ends: vec![1, 3, 4],
+        }
     }
 
     #[test]
@@ -421,10 +533,19 @@ mod tests {
             let bytes = encode_entry(11, 22, 201, &t);
             assert_eq!(decode_entry(&bytes, 11, 22, 201).unwrap(), t);
         }
-        let no_words = DocTokens { ids: vec![1, 2], ..Default::default() };
-        assert_eq!(decode_entry(&encode_entry(1, 2, 10, &no_words), 1, 2, 10).unwrap(), no_words);
+        let no_words = DocTokens {
+            ids: vec![1, 2],
+            ..Default::default()
+        };
+        assert_eq!(
+            decode_entry(&encode_entry(1, 2, 10, &no_words), 1, 2, 10).unwrap(),
+            no_words
+        );
         let empty = DocTokens::default();
-        assert_eq!(decode_entry(&encode_entry(1, 2, 0, &empty), 1, 2, 0).unwrap(), empty);
+        assert_eq!(
+            decode_entry(&encode_entry(1, 2, 0, &empty), 1, 2, 0).unwrap(),
+            empty
+        );
     }
 
     #[test]

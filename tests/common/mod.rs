@@ -10,7 +10,13 @@ pub fn tiny() -> MtpModel {
     foresight::model::tiny::TinySpec::default().model().unwrap()
 }
 
-pub fn run(model: &MtpModel, cache: &mut ModelCache, prompt: &[u32], params: &GenerateParams, drafter: &mut dyn DraftSource) -> Generation {
+pub fn run(
+    model: &MtpModel,
+    cache: &mut ModelCache,
+    prompt: &[u32],
+    params: &GenerateParams,
+    drafter: &mut dyn DraftSource,
+) -> Generation {
     generate(model, cache, prompt, params, drafter, &Control::default()).unwrap()
 }
 
@@ -38,5 +44,14 @@ pub fn rng(seed: u64) -> ChaCha8Rng {
 
 /// Largest absolute difference between two tensors.
 pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }

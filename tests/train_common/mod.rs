@@ -8,7 +8,14 @@ use foresight::train::{ModelInit, RunLength, TrainOptions};
 
 /// Options of a tiny from-scratch run (preset tiny, 2 heads, 4 x 48 tokens per step) on `repo`.
 pub fn tiny_options(repo: &Path, out: &Path, steps: u64) -> TrainOptions {
-    let mut o = TrainOptions::new(vec![repo.to_path_buf()], out.to_path_buf(), ModelInit::Scratch { config: "tiny".into(), heads: Some(2) });
+    let mut o = TrainOptions::new(
+        vec![repo.to_path_buf()],
+        out.to_path_buf(),
+        ModelInit::Scratch {
+            config: "tiny".into(),
+            heads: Some(2),
+        },
+    );
     o.seq_len = 48;
     o.batch_size = 4;
     o.length = RunLength::Steps(steps);
