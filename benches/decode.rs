@@ -22,7 +22,8 @@ fn params(max_draft_len: usize) -> GenerateParams {
     GenerateParams {
         max_tokens: MAX_TOKENS,
         max_draft_len,
-        ..Default::default()
+        sampling: None,
+        stop_tokens: Vec::new(),
     }
 }
 

@@ -48,7 +48,8 @@ fn body() {
         let params = GenerateParams {
             max_tokens: 64,
             max_draft_len: heads - 1,
-            ..Default::default()
+            sampling: None,
+            stop_tokens: Vec::new(),
         };
         let mut times = Vec::new();
         let mut last = None;

@@ -9,8 +9,9 @@ use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 
 use foresight::complete::location::{byte_offset, parse_file_location};
-use foresight::complete::{CompletionParams, Engine, Mode, PromptBudget};
-use foresight::decode::SamplingParams;
+use foresight::complete::service::{serving_capacity, CompletionService, Request};
+use foresight::complete::{Engine, Settings, SettingsArgs};
+use foresight::decode::StopReason;
 use foresight::model::weights::{load_dir, param_counts, read_config};
 use foresight::model::{weight_dtype, DeviceChoice, LoadedModel};
 
@@ -74,10 +75,12 @@ pub struct ServeArgs {
     /// Accepted for editors that pass it; stdio is the only transport.
     #[arg(long)]
     pub stdio: bool,
-    /// Settings as JSON, applied before the client's initializationOptions
-    /// (e.g. '{"maxTokens": 32, "speculative": false}').
+    /// Settings as JSON, applied before the flags below and the client's initializationOptions
+    /// (e.g. '{"maxTokens": 32, "mode": "plain"}').
     #[arg(long)]
     pub config: Option<String>,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
     /// Registers foresight/debugPanic, for robustness tests.
     #[arg(long, hide = true, env = "FORESIGHT_TEST_HOOKS")]
     pub test_hooks: bool,
@@ -87,7 +90,7 @@ pub struct ServeArgs {
 pub enum BenchCommand {
     /// Replay typing over dev-set tasks against `foresight serve` over stdio and report latency,
     /// result-cache share and KV reuse, for speculative vs plain and prefix reuse vs none.
-    Lsp(BenchLspArgs),
+    Lsp(Box<BenchLspArgs>),
     /// Training tokens/s of `foresight train`'s step beside the PyTorch reference on the same
     /// shapes (random tokens), and their ratio.
     Train(BenchTrainArgs),
@@ -110,9 +113,12 @@ pub struct BenchLspArgs {
     /// Lines of the file used for the cold first request.
     #[arg(long, default_value_t = 2000)]
     pub cold_lines: usize,
-    /// Extra settings for every variant, as JSON (e.g. '{"maxTokens": 32}').
+    /// Extra settings for every variant, as JSON (e.g. '{"maxTokens": 32}'); the flags below
+    /// apply after it.
     #[arg(long)]
     pub config: Option<String>,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
     /// Print JSON instead of a Markdown table.
     #[arg(long)]
     pub json: bool,
@@ -125,30 +131,13 @@ pub struct CompleteArgs {
     /// Model directory [default: models/default].
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// auto (GPU when built with cuda and one is present), cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    /// plain: one token per forward; spec: drafts from the MTP heads; lookup: drafts from n-gram matches.
-    #[arg(long, default_value = "spec")]
-    pub mode: Mode,
-    #[arg(long, default_value_t = 64)]
-    pub max_tokens: usize,
     /// Print statistics (tokens/forward, ms) to stderr.
     #[arg(long)]
     pub stats: bool,
-    /// Token budget for the text before the cursor.
-    #[arg(long, default_value_t = 1024)]
-    pub prefix_tokens: usize,
-    /// Token budget for the text after the cursor.
-    #[arg(long, default_value_t = 256)]
-    pub suffix_tokens: usize,
-    /// 0 decodes greedily.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// The completion settings, as the server has them (the same names as its keys, in kebab
+    /// case); the suggestion is the one an editor would show.
+    #[command(flatten)]
+    pub settings: SettingsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -158,18 +147,14 @@ pub struct EvalArgs {
     /// Model directory [default: models/default].
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// auto (GPU when built with cuda and one is present), cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
-    /// Run only this mode (plain, spec or lookup); by default plain and spec both run, on the same
-    /// prompts, so speedup and identity are measured.
-    #[arg(long)]
-    pub mode: Option<Mode>,
     /// Evaluate only the first N tasks.
     #[arg(long)]
     pub limit: Option<usize>,
-    #[arg(long, default_value_t = 64)]
-    pub max_tokens: usize,
+    /// The server's settings, scored as the server runs them (without result cache, snippets or
+    /// time cap unless given). `--mode` runs only that mode; by default plain and spec both run,
+    /// on the same prompts, so speedup and identity are measured.
+    #[command(flatten)]
+    pub settings: SettingsArgs,
     /// Write one JSON result per task (id, completion, tokens, forwards, ms, ...) and a final summary line.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -237,30 +222,29 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
     };
     let text = read_source(Path::new(file))?;
     let cursor = byte_offset(&text, line, col).with_context(|| format!("{file}:{line}:{col}"))?;
+    let mut settings = Settings::default();
+    settings
+        .apply_args(&args.settings)
+        .map_err(anyhow::Error::msg)?;
     let dir = resolve_model_dir(args.model.as_deref())?;
-    let loaded = load_model(&dir, args.device)?;
-    let capacity = args.prefix_tokens + args.suffix_tokens + args.max_tokens + 16;
-    let mut engine = Engine::new(loaded, capacity);
-    let params = CompletionParams {
-        mode: args.mode,
-        max_tokens: args.max_tokens,
-        budget: PromptBudget {
-            prefix_tokens: args.prefix_tokens,
-            suffix_tokens: args.suffix_tokens,
-        },
-        sampling: (args.temperature > 0.0).then_some(SamplingParams {
-            temperature: args.temperature,
-            top_p: args.top_p,
-            seed: args.seed,
-        }),
-        ..Default::default()
+    let loaded = load_model(&dir, settings.device)?;
+    let capacity = serving_capacity(&loaded.model);
+    let mut service = CompletionService::new(Engine::new(loaded, capacity));
+    // The server's pipeline, as for a file opened alone in an editor.
+    let request = Request {
+        doc: file,
+        language: "",
+        text: &text,
+        cursor,
+        base: 0,
+        neighbours: &[],
     };
-    let completion = engine
-        .complete(&text, cursor, &params)
+    let completion = service
+        .suggest(&request, &settings, None)
         .context("completion failed")?;
     println!("{}", completion.text);
     if args.stats {
-        let s = &completion.stats;
+        let s = completion.stats.unwrap_or_default();
         let rates: Vec<String> = s
             .acceptance_rates()
             .iter()
@@ -268,7 +252,7 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
             .collect();
         eprintln!(
             "mode={:?} tokens={} forwards={} tokens/forward={:.2} prompt_tokens={} prefill_ms={:.1} decode_ms={:.1} total_ms={:.1} ms/token={:.2} acceptance=[{}] stop={:?}",
-            args.mode,
+            settings.mode,
             s.tokens,
             s.forwards,
             s.tokens_per_forward(),
@@ -278,7 +262,7 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
             s.total_ms + completion.prompt_ms,
             s.ms_per_token(),
             rates.join(", "),
-            completion.stop
+            completion.stop.unwrap_or(StopReason::MaxTokens)
         );
     }
     Ok(())
@@ -293,12 +277,14 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         tasks.truncate(limit);
     }
     let dir = resolve_model_dir(args.model.as_deref())?;
-    let loaded = load_model(&dir, args.device)?;
-    let base = foresight::eval::eval_settings(args.max_tokens);
+    let mut base = foresight::eval::eval_settings();
+    base.apply_args(&args.settings)
+        .map_err(anyhow::Error::msg)?;
+    let loaded = load_model(&dir, base.device)?;
     let capacity = foresight::complete::service::serving_capacity(&loaded.model);
     let mut service =
         foresight::complete::service::CompletionService::new(Engine::new(loaded, capacity));
-    let modes = args.mode.map_or(EvalModes::Both, EvalModes::Only);
+    let modes = args.settings.mode.map_or(EvalModes::Both, EvalModes::Only);
     let mut json = match &args.json {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::File::create(path)
@@ -423,13 +409,7 @@ pub fn inspect(dir: &Path) -> Result<()> {
 
 pub fn serve(args: ServeArgs) -> Result<()> {
     use foresight::lsp::{serve_stdio, ServeOptions};
-    let base_config = match &args.config {
-        Some(text) => Some(
-            serde_json::from_str::<serde_json::Value>(text)
-                .context("--config must be a JSON object")?,
-        ),
-        None => None,
-    };
+    let base_config = Some(json_settings(args.config.as_deref(), &args.settings)?);
     let default_model = args.model.clone().or_else(default_model_dir);
     if default_model.is_none() {
         tracing::warn!("no --model and no models/default: the client must configure `model`");
@@ -449,15 +429,28 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     std::process::exit(if clean { 0 } else { 1 });
 }
 
+/// `--config` JSON with the settings flags merged over it, checked like the CLI's flags: the
+/// server takes the result as its starting settings.
+fn json_settings(config: Option<&str>, flags: &SettingsArgs) -> Result<serde_json::Value> {
+    let mut settings = Settings::default();
+    settings.apply_args(flags).map_err(anyhow::Error::msg)?;
+    let mut obj = match config {
+        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => bail!("--config must be a JSON object, got {text:?}"),
+        },
+        None => serde_json::Map::new(),
+    };
+    obj.extend(flags.to_json());
+    Ok(serde_json::Value::Object(obj))
+}
+
 pub fn bench_lsp(args: BenchLspArgs) -> Result<()> {
     use foresight::lsp::bench::{markdown, read_tasks, run_variant, Variant};
     let dir = resolve_model_dir(args.model.as_deref())?;
     let tasks = read_tasks(&args.tasks, args.limit)
         .with_context(|| format!("cannot read tasks {}", args.tasks.display()))?;
-    let extra: serde_json::Value = match &args.config {
-        Some(text) => serde_json::from_str(text).context("--config must be a JSON object")?,
-        None => serde_json::json!({}),
-    };
+    let extra = json_settings(args.config.as_deref(), &args.settings)?;
     let with = |pairs: serde_json::Value| {
         let mut v = extra.clone();
         if let (Some(o), Some(p)) = (v.as_object_mut(), pairs.as_object()) {
@@ -475,32 +468,32 @@ pub fn bench_lsp(args: BenchLspArgs) -> Result<()> {
     let variants = [
         v(
             "speculative, KV reuse, result cache",
-            serde_json::json!({"speculative": true}),
+            serde_json::json!({"mode": "spec"}),
             false,
         ),
         v(
             "speculative, heads always draft",
-            serde_json::json!({"speculative": true, "adaptiveDrafts": false}),
+            serde_json::json!({"mode": "spec", "adaptiveDrafts": false}),
             false,
         ),
         v(
             "plain, KV reuse, result cache",
-            serde_json::json!({"speculative": false}),
+            serde_json::json!({"mode": "plain"}),
             false,
         ),
         v(
             "speculative, no KV reuse, result cache",
-            serde_json::json!({"speculative": true, "kvReuse": false}),
+            serde_json::json!({"mode": "spec", "kvReuse": false}),
             false,
         ),
         v(
             "speculative, KV reuse, no result cache",
-            serde_json::json!({"speculative": true, "resultCache": false}),
+            serde_json::json!({"mode": "spec", "resultCache": false}),
             false,
         ),
         v(
             "speculative, user types the suggestion shown",
-            serde_json::json!({"speculative": true}),
+            serde_json::json!({"mode": "spec"}),
             true,
         ),
     ];

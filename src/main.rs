@@ -69,7 +69,7 @@ fn main() {
         cli::Command::TinyModel { dir } => cli::tiny_model(&dir),
         cli::Command::Bench {
             which: cli::BenchCommand::Lsp(args),
-        } => cli::bench_lsp(args),
+        } => cli::bench_lsp(*args),
         cli::Command::Bench {
             which: cli::BenchCommand::Train(args),
         } => cli::bench_train(args),

@@ -269,7 +269,8 @@ fn bf16_copies_decode_the_same_bits_and_only_where_lossless() {
     let params = GenerateParams {
         max_tokens: 20,
         max_draft_len: 3,
-        ..Default::default()
+        sampling: None,
+        stop_tokens: Vec::new(),
     };
     let ga = common::run(
         &plain,
@@ -297,7 +298,8 @@ fn a_generation_after_an_interrupted_round_reuses_only_what_every_layer_holds() 
     let params = GenerateParams {
         max_tokens: 12,
         max_draft_len: 3,
-        ..Default::default()
+        sampling: None,
+        stop_tokens: Vec::new(),
     };
     let want = common::run(
         &model,

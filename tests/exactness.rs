@@ -23,7 +23,7 @@ fn speculative_equals_plain_over_200_random_prompts() {
             max_tokens: r.random_range(1..40),
             stop_tokens: vec![256, 257, 258, 259],
             max_draft_len: r.random_range(1..8),
-            ..Default::default()
+            sampling: None,
         };
         let plain = run(&model, &mut plain_cache, &prompt, &params, &mut NoDrafts);
         let heads = run(&model, &mut spec_cache, &prompt, &params, &mut HeadDrafts);
@@ -86,7 +86,8 @@ fn oracle_drafts_give_draft_len_plus_one_tokens_per_forward() {
         let params = GenerateParams {
             max_tokens: 1 + rounds * (draft_len + 1),
             max_draft_len: draft_len,
-            ..Default::default()
+            sampling: None,
+            stop_tokens: Vec::new(),
         };
         let mut cache = model.new_cache(256, 1).unwrap();
         let plain = run(&model, &mut cache, &prompt, &params, &mut NoDrafts);
@@ -114,7 +115,8 @@ fn wrong_drafts_cost_forwards_but_not_correctness() {
     let params = GenerateParams {
         max_tokens: 24,
         max_draft_len: 5,
-        ..Default::default()
+        sampling: None,
+        stop_tokens: Vec::new(),
     };
     let plain = run(
         &model,
@@ -145,7 +147,9 @@ fn cache_reuse_across_generations_is_exact() {
     let model = tiny();
     let params = GenerateParams {
         max_tokens: 16,
-        ..Default::default()
+        sampling: None,
+        stop_tokens: Vec::new(),
+        max_draft_len: 8,
     };
     let mut warm = model.new_cache(256, model.n_heads()).unwrap();
     let mut typed: Vec<u32> = (40..60).collect();

@@ -1,6 +1,6 @@
-//! The one prompt-fitting rule, `Engine::prompt`, which every entry point goes through (`complete`
-//! and the server's `CompletionService` call `Engine::complete`; `eval` and `bench lsp` use the
-//! service): a file far longer than the model's 512 positions, with and without a preamble of
+//! The one prompt-fitting rule, `Engine::prompt`, which every entry point goes through (`complete`,
+//! `eval`, `serve` and so `bench lsp` all run `CompletionService::suggest`, which calls
+//! `Engine::complete`): a file far longer than the model's 512 positions, with and without a preamble of
 //! neighbour snippets, gives a prompt that fits together with its completion and keeps its whole
 //! FIM framing, in SPM and PSM order. Before the rule, `complete` cut over-long prompts from the
 //! front and decoded them without `<fim_prefix>`, `<fim_suffix>`, the suffix and `<fim_middle>`.
@@ -8,7 +8,8 @@
 use std::path::Path;
 
 use candle_core::{DType, Device};
-use foresight::complete::{CompletionParams, Engine, FimOrder, Mode, PromptBudget};
+use foresight::complete::location::{byte_offset, parse_file_location};
+use foresight::complete::{CompletionParams, Engine, FimOrder, Mode, PromptBudget, Settings};
 use foresight::model::weights::load_dir;
 use foresight::model::FimTokens;
 
@@ -51,14 +52,15 @@ fn long_files_get_whole_framing_within_the_context() {
         .collect::<String>();
     for order in [FimOrder::Spm, FimOrder::Psm] {
         for preamble in [String::new(), preamble.clone()] {
-            // What `foresight complete` asks for by default: 1024 + 256 tokens, 64 new ones.
+            // What `foresight complete` and the server ask for by default: 1024 + 256 tokens, 64
+            // new ones.
             let params = CompletionParams {
                 order,
                 preamble: preamble.clone(),
-                max_tokens: 64,
                 mode: Mode::Plain,
-                ..CompletionParams::default()
+                ..CompletionParams::from_settings(&Settings::default())
             };
+            assert_eq!(params.max_tokens, 64);
             assert_eq!(
                 params.budget,
                 PromptBudget {
@@ -119,11 +121,68 @@ fn a_completion_longer_than_the_context_is_refused() {
     let engine = engine();
     let params = CompletionParams {
         max_tokens: 600,
-        ..CompletionParams::default()
+        ..CompletionParams::from_settings(&Settings::default())
     };
     let err = engine
         .prompt("x = 1\n", 3, &params)
         .unwrap_err()
         .to_string();
     assert!(err.contains("512"), "{err}");
+}
+
+/// The `FILE:LINE:COL` of the README's first command (`cargo run --release -- complete LOC`).
+fn readme_first_location() -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("cargo run"))
+        .expect("the README starts with a cargo run command");
+    let rest = line
+        .split("-- complete ")
+        .nth(1)
+        .expect("the first command is `complete`");
+    rest.split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn the_readme_first_command_decodes_a_framed_prompt() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let location = readme_first_location();
+    let (file, line, col) = parse_file_location(&location).expect("FILE:LINE:COL");
+    let text = std::fs::read_to_string(root.join(file)).unwrap();
+    let cursor = byte_offset(&text, line, col).unwrap();
+    assert!(
+        text[..cursor].ends_with('\n') || text[..cursor].ends_with(' '),
+        "{location} points at the start of code to write, not into a word"
+    );
+    // `foresight complete` runs the server's pipeline with `Settings::default()`: the prompt
+    // it decodes is the one the engine builds from those settings.
+    let engine = engine();
+    let params = CompletionParams::from_settings(&Settings::default());
+    let ids = engine.prompt(&text, cursor, &params).unwrap().ids;
+    let fim = engine.loaded().special.fim.unwrap();
+    let at = |id: u32| {
+        assert_eq!(count(&ids, id), 1, "{id} appears once");
+        ids.iter().position(|&t| t == id).unwrap()
+    };
+    // SPM: <fim_prefix><fim_suffix> suffix <fim_middle> prefix.
+    assert!(at(fim.prefix) < at(fim.suffix) && at(fim.suffix) < at(fim.middle));
+    let decoded = engine.loaded().tokenizer.decode(&ids, false).unwrap();
+    assert!(
+        decoded.contains("def standard_deviation(values):"),
+        "the prefix is in the prompt: {decoded}"
+    );
+    // And the command itself prints that suggestion.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_foresight"))
+        .current_dir(root)
+        .args(["complete", &location, "--stats"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("prompt_tokens={}", ids.len())),
+        "the command decoded the prompt checked above: {stderr}"
+    );
 }

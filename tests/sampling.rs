@@ -67,7 +67,7 @@ fn sample_pairs(
                 seed,
             }),
             max_draft_len: 3,
-            ..Default::default()
+            stop_tokens: Vec::new(),
         };
         let g = run(model, &mut cache, PROMPT, &params, make().as_mut());
         *counts.entry((g.tokens[0], g.tokens[1])).or_insert(0) += 1;
@@ -159,7 +159,8 @@ fn sampling_is_reproducible_with_a_seed() {
             top_p: 0.95,
             seed: 42,
         }),
-        ..Default::default()
+        stop_tokens: Vec::new(),
+        max_draft_len: 8,
     };
     let a = run(
         &model,

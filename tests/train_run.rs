@@ -9,7 +9,7 @@ use train_common::tiny_options;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use foresight::complete::{CompletionParams, Engine, Mode};
+use foresight::complete::{CompletionParams, Engine, Mode, Settings};
 use foresight::model::load_dir;
 use foresight::model::tiny::TinySpec;
 use foresight::train::checkpoint::{checkpoints_dir, step_dir_name, LATEST_FILE};
@@ -86,7 +86,7 @@ fn a_short_run_lowers_validation_loss_and_writes_a_usable_model() {
     let params = CompletionParams {
         mode: Mode::Spec,
         max_tokens: 8,
-        ..Default::default()
+        ..CompletionParams::from_settings(&Settings::default())
     };
     let completion = engine.complete(text, text.len(), &params).unwrap();
     assert!(completion.tokens.len() <= 8);

@@ -279,7 +279,8 @@ fn run_generate(
     let params = GenerateParams {
         max_tokens,
         max_draft_len: model.n_heads().saturating_sub(1).max(1),
-        ..Default::default()
+        sampling: None,
+        stop_tokens: Vec::new(),
     };
     let mut drafter: Box<dyn DraftSource> = if spec {
         Box::new(HeadDrafts)

@@ -10,6 +10,7 @@ pub mod postprocess;
 pub mod prompt;
 pub mod result_cache;
 pub mod service;
+pub mod settings;
 pub mod snippets;
 
 use std::sync::atomic::AtomicBool;
@@ -28,6 +29,7 @@ pub use block::BlockRule;
 use drafts::DraftArm;
 pub use policy::{LinePolicy, Lines};
 pub use prompt::{FimOrder, Prompt, PromptBudget, PromptOptions};
+pub use settings::{Settings, SettingsArgs};
 
 /// How tokens are produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -83,21 +85,23 @@ pub struct CompletionParams {
     pub block: Option<BlockRule>,
 }
 
-impl Default for CompletionParams {
-    fn default() -> Self {
+impl CompletionParams {
+    /// The parameters `settings` give a completion that has no request context yet (no
+    /// preamble, cancel flag, deadline, hysteresis hint or block rule), in SPM order.
+    pub fn from_settings(settings: &Settings) -> Self {
         Self {
-            mode: Mode::Spec,
-            max_tokens: 64,
-            budget: PromptBudget::default(),
+            mode: settings.mode,
+            max_tokens: settings.max_tokens,
+            budget: settings.budget(),
             order: FimOrder::Spm,
             stop_strings: Vec::new(),
-            sampling: None,
-            max_draft_len: 8,
-            adaptive_drafts: false,
+            sampling: settings.sampling(),
+            max_draft_len: settings.max_draft_len,
+            adaptive_drafts: settings.adaptive_drafts,
             cancel: None,
             deadline: None,
             prefix_start_hint: None,
-            prefix_slack_tokens: 0,
+            prefix_slack_tokens: settings.prefix_slack_tokens(),
             preamble: String::new(),
             preamble_reserve: 0,
             block: None,
@@ -208,12 +212,12 @@ impl Engine {
                 (&[][..], text_room)
             }
         };
+        let budget = prompt::fit_budget(params.budget, room);
         let opts = PromptOptions {
             prefix_start_hint: params.prefix_start_hint,
-            slack_tokens: params.prefix_slack_tokens,
+            slack_tokens: prompt::fit_slack(params.prefix_slack_tokens, params.budget, budget),
             preamble_ids,
         };
-        let budget = prompt::fit_budget(params.budget, room);
         let prompt = prompt::build_prompt_with(
             &self.text_tokenizer,
             special,

@@ -62,6 +62,16 @@ pub fn fit_budget(want: PromptBudget, room: usize) -> PromptBudget {
     }
 }
 
+/// The prefix-clipping slack (see [`PromptOptions`]) for a fitted budget: the same share of the
+/// prefix budget as was asked for with `want`. (Kept in tokens, a slack made for a large budget
+/// would leave a fitted one almost no prefix after a fresh clip.)
+pub fn fit_slack(slack: usize, want: PromptBudget, fitted: PromptBudget) -> usize {
+    if want.prefix_tokens == 0 || fitted.prefix_tokens >= want.prefix_tokens {
+        return slack.min(fitted.prefix_tokens);
+    }
+    slack * fitted.prefix_tokens / want.prefix_tokens
+}
+
 /// How many of `counts` (tokens per line, nearest line first) fit in `budget`. The first line
 /// always counts as kept, even alone over budget (the caller then clips inside it).
 pub fn lines_within_budget(counts: impl IntoIterator<Item = usize>, budget: usize) -> usize {
@@ -242,6 +252,30 @@ pub fn build_prompt_with(
 mod tests {
     use super::*;
     use crate::model::tokenizer::byte_level_tokenizer;
+
+    #[test]
+    fn fit_slack_table() {
+        let b = |prefix_tokens, suffix_tokens| PromptBudget {
+            prefix_tokens,
+            suffix_tokens,
+        };
+        // (slack, want, fitted, slack for the fitted budget)
+        let cases = [
+            (256, b(1024, 256), b(1024, 256), 256),
+            (256, b(1024, 256), b(355, 89), 88),
+            (0, b(1024, 256), b(355, 89), 0),
+            (25, b(100, 0), b(1, 0), 0),
+            (300, b(100, 0), b(100, 0), 100),
+            (5, b(0, 10), b(0, 10), 0),
+        ];
+        for (slack, want, fitted, got) in cases {
+            assert_eq!(
+                fit_slack(slack, want, fitted),
+                got,
+                "{slack} {want:?} {fitted:?}"
+            );
+        }
+    }
 
     #[test]
     fn fit_budget_table() {

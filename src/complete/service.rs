@@ -6,75 +6,20 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::decode::{GenerationStats, SamplingParams, StopReason};
+use crate::decode::{GenerationStats, StopReason};
 use crate::model::Result;
 
 use super::block::{cut_at_block_end, BlockRule};
 use super::overlap::trim_suffix_overlap;
-use super::policy::{choose_lines, LinePolicy, Lines};
+use super::policy::{choose_lines, Lines};
 use super::result_cache::ResultCache;
+pub use super::settings::Settings;
 use super::snippets::{
     comment_prefix, query_before_cursor, render_preamble, select_snippets, SourceDoc,
 };
-use super::{CompletionParams, Engine, FimOrder, Mode, PromptBudget, MIN_TEXT_TOKENS};
-
-/// Settings that apply to every request until changed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
-    pub mode: Mode,
-    pub max_tokens: usize,
-    pub budget: PromptBudget,
-    /// Tokens of snippets from other open documents (0 turns them off).
-    pub snippet_tokens: usize,
-    pub lines: LinePolicy,
-    pub sampling: Option<SamplingParams>,
-    /// Most draft tokens per forward: the number of heads used minus one.
-    pub max_draft_len: usize,
-    /// Speculative mode: stop drafting while plain steps measure faster (see `complete::drafts`).
-    pub adaptive_drafts: bool,
-    /// A generation stops at the first forward-pass boundary after this long.
-    pub time_cap: Duration,
-    /// Prefix-clipping hysteresis in tokens.
-    pub prefix_slack_tokens: usize,
-    pub result_cache: bool,
-    /// Keep the KV cache between requests (turned off only to measure what it is worth).
-    pub kv_reuse: bool,
-    /// Stop multi-line suggestions at the end of the block (off: only max tokens and the time cap).
-    pub stop_at_block_end: bool,
-    /// Longest line, in characters, a single-line suggestion may make (it ends at the last word
-    /// boundary before); 0: no limit.
-    pub max_line_chars: usize,
-}
-
-/// Default line-length limit for single-line suggestions: rustfmt's `max_width`, above black's 88
-/// and PEP 8's 79. Code lines rarely run longer, and a ghost text wider than that is hard to read.
-pub const DEFAULT_MAX_LINE_CHARS: usize = 100;
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            mode: Mode::Spec,
-            max_tokens: 64,
-            budget: PromptBudget {
-                prefix_tokens: 1024,
-                suffix_tokens: 256,
-            },
-            snippet_tokens: 256,
-            lines: LinePolicy::Auto,
-            sampling: None,
-            max_draft_len: 8,
-            adaptive_drafts: true,
-            time_cap: Duration::from_millis(1500),
-            prefix_slack_tokens: 256,
-            result_cache: true,
-            kv_reuse: true,
-            stop_at_block_end: true,
-            max_line_chars: DEFAULT_MAX_LINE_CHARS,
-        }
-    }
-}
+use super::{CompletionParams, Engine, MIN_TEXT_TOKENS};
 
 /// One request, in plain data.
 #[derive(Debug, Clone, Copy)]
@@ -175,7 +120,7 @@ impl CompletionService {
         }
         let lines = choose_lines(prefix, suffix, settings.lines);
         let cursor_line = prefix.rsplit('\n').next().unwrap_or("");
-        let rule = BlockRule::new(lines, cursor_line).with_max_line(settings.max_line_chars);
+        let rule = BlockRule::new(lines, cursor_line).with_max_line(settings.max_line_length);
         let block = (settings.stop_at_block_end || lines == Lines::Single).then_some(rule);
 
         if !settings.kv_reuse {
@@ -209,19 +154,10 @@ impl CompletionService {
             String::new()
         };
         let params = CompletionParams {
-            mode: settings.mode,
             max_tokens,
-            // The engine fits it to the model's context (`Engine::prompt`).
-            budget: settings.budget,
-            order: FimOrder::Spm,
-            stop_strings: Vec::new(),
-            sampling: settings.sampling,
-            max_draft_len: settings.max_draft_len,
-            adaptive_drafts: settings.adaptive_drafts,
             cancel,
-            deadline: Some(started + settings.time_cap),
+            deadline: Some(started + settings.time_cap()),
             prefix_start_hint: hint,
-            prefix_slack_tokens: settings.prefix_slack_tokens,
             preamble_reserve: if preamble.is_empty() {
                 0
             } else {
@@ -229,6 +165,8 @@ impl CompletionService {
             },
             preamble,
             block,
+            // The budget is fitted to the model's context by `Engine::prompt`.
+            ..CompletionParams::from_settings(settings)
         };
         let completion = self.engine.complete(req.text, cursor, &params)?;
         self.anchors
@@ -255,6 +193,7 @@ impl CompletionService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::complete::LinePolicy;
     use crate::model::tiny::TinySpec;
     use crate::model::{LoadedModel, SpecialTokens};
 
@@ -288,11 +227,8 @@ mod tests {
         // 40 lines of 12 bytes (byte-level tokens): far over a 100-token prefix budget.
         let body: String = (0..40).map(|i| format!("line_{i:02} = 1\n")).collect();
         let settings = Settings {
-            budget: PromptBudget {
-                prefix_tokens: 100,
-                suffix_tokens: 0,
-            },
-            prefix_slack_tokens: 25,
+            prefix_tokens: 100, // a slack of 25 tokens
+            suffix_tokens: 0,
             snippet_tokens: 0,
             max_tokens: 4,
             result_cache: false,

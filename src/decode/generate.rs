@@ -19,7 +19,8 @@ use super::sampling::{argmax, probs, sample, SamplingParams};
 use super::stats::GenerationStats;
 use super::stop::{find_stop_string, Detokenize};
 
-/// What to generate and when to stop.
+/// What to generate and when to stop. No defaults here: callers derive them from the settings
+/// (`complete::Settings`) or state every field.
 #[derive(Debug, Clone)]
 pub struct GenerateParams {
     pub max_tokens: usize,
@@ -29,17 +30,6 @@ pub struct GenerateParams {
     pub stop_tokens: Vec<u32>,
     /// Most draft tokens verified per forward pass.
     pub max_draft_len: usize,
-}
-
-impl Default for GenerateParams {
-    fn default() -> Self {
-        Self {
-            max_tokens: 64,
-            sampling: None,
-            stop_tokens: Vec::new(),
-            max_draft_len: 8,
-        }
-    }
 }
 
 /// Why a generation ended.

@@ -216,14 +216,14 @@ pub enum EvalModes {
     Only(Mode),
 }
 
-/// The server's settings for scoring: no result cache, no snippets (tasks have no neighbours),
-/// and no time cap, so that a run's output does not depend on machine load.
-pub fn eval_settings(max_tokens: usize) -> Settings {
+/// The server's settings for scoring, before the command line's flags: no result cache, no
+/// snippets (tasks have no neighbours), and no time cap, so that a run's output does not depend
+/// on machine load.
+pub fn eval_settings() -> Settings {
     Settings {
-        max_tokens,
         snippet_tokens: 0,
         result_cache: false,
-        time_cap: std::time::Duration::from_secs(3600),
+        time_cap_ms: 3_600_000,
         // Measure speculation itself: the heads always draft.
         adaptive_drafts: false,
         ..Settings::default()

@@ -127,12 +127,12 @@ impl Backend {
                 .model
                 .clone()
                 .or_else(|| self.default_model.clone());
-            let want = (dir.clone(), s.config.device);
+            let want = (dir.clone(), s.config.settings.device);
             if s.loading.as_ref() == Some(&want) {
                 return;
             }
             s.loading = Some(want);
-            (dir, s.config.device, s.progress_supported)
+            (dir, s.config.settings.device, s.progress_supported)
         };
         let Some(dir) = dir else {
             let msg = "Foresight: no model configured. Set initializationOptions.model to a model directory, or start `foresight serve --model DIR`.";
@@ -220,8 +220,8 @@ impl Backend {
             let edits = doc.edits;
             let rope = doc.rope.clone(); // O(1): ropes share their nodes
             let cursor = doc.byte_of(from_position(pos), enc);
-            let before = (settings.budget.prefix_tokens * 8).max(4096);
-            let after = (settings.budget.suffix_tokens * 8).max(1024);
+            let before = (settings.prefix_tokens * 8).max(4096);
+            let after = (settings.suffix_tokens * 8).max(1024);
             let (start, end) = window(&rope, cursor, before, after);
             let text = rope
                 .slice(rope.byte_to_char(start)..rope.byte_to_char(end))

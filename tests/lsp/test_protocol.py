@@ -1,8 +1,8 @@
 """Protocol tests: the real `foresight serve` binary driven over stdio by pytest-lsp.
 
 The model is the tiny random-weights fixture: its suggestions are gibberish but deterministic, so
-the server's suggestion for a document is compared with `foresight complete` on the text the
-document should hold. That checks document sync (incremental edits, multi-byte text, emoji) end
+the server's suggestion for a document is compared, for equality, with `foresight complete` (the
+same pipeline and settings) on the text the document should hold. That checks document sync (incremental edits, multi-byte text, emoji) end
 to end, not just that some answer came back.
 """
 import asyncio
@@ -105,7 +105,7 @@ async def test_inline_completion_equals_cli(client: LanguageClient, tmp_path):
     assert item.range.start == t.Position(4, 0) and item.range.end == t.Position(4, 0)
     want = cli_complete(text, 5, 1, tmp_path)
     assert item.insert_text.strip(), "never whitespace only"
-    assert want.startswith(item.insert_text), (item.insert_text, want)
+    assert item.insert_text == want, (item.insert_text, want)
 
 
 async def test_incremental_edits_with_emoji_utf16(client: LanguageClient, tmp_path):
@@ -126,12 +126,12 @@ async def test_incremental_edits_with_emoji_utf16(client: LanguageClient, tmp_pa
     res = await inline(client, uri, 2, 0)
     want = cli_complete(expected, 3, 1, tmp_path)
     got = res.items[0].insert_text if res.items else ""
-    assert want.startswith(got) and got.strip(), (got, want)
+    assert got == want and got.strip(), (got, want)
     # The position right after the two crabs, in UTF-16 code units, maps to the same cursor.
     res2 = await inline(client, uri, 0, 15)
     want2 = cli_complete(expected, 1, 14, tmp_path)
     got2 = res2.items[0].insert_text if res2.items else ""
-    assert want2.startswith(got2), (got2, want2)
+    assert got2 == want2, (got2, want2)
 
 
 async def test_incremental_edits_with_emoji_utf8(client8: LanguageClient, tmp_path):
@@ -147,7 +147,7 @@ async def test_incremental_edits_with_emoji_utf8(client8: LanguageClient, tmp_pa
     res = await inline(client, uri, 1, 0)
     want = cli_complete(expected, 2, 1, tmp_path)
     got = res.items[0].insert_text if res.items else ""
-    assert want.startswith(got) and got.strip(), (got, want)
+    assert got == want and got.strip(), (got, want)
 
 
 async def test_completion_fallback_inserts_the_suggestion(client: LanguageClient, tmp_path):
