@@ -1,11 +1,12 @@
 //! Decode-time CPU kernels for short chunks (at most [`MAX_ROWS`] new tokens): a matmul over
 //! blocks of eight weight rows (f32, or bf16 widened as it is read; one AVX2 accumulator per
-//! output, eight reduced at once), and causal attention over a KV cache. Each output row is
+//! output, eight reduced at once), and one query row of causal attention over a KV cache (the CPU
+//! side of `gpu_ops::FusedAttention`). Each output row is
 //! computed by the same code whatever the chunk length, so verifying k drafts reads the weights
 //! once, and verified rows are bit-identical to one-token decoding. Also the thread pool decoding
 //! runs on. Not for prefill, GPUs or training: those use candle's gemm and ops.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape};
 use rayon::prelude::*;
 
 /// Longest chunk the small-chunk kernels take; longer ones go to candle's gemm.
@@ -418,74 +419,38 @@ fn key_scores(q: &[f32], keys: &[f32], hd: usize) -> Vec<f32> {
     scores
 }
 
-/// Causal attention of `q (1, heads, t, head_dim)` over the first `len` positions of full cache
-/// buffers `(1, kv_heads, capacity, head_dim)`; query row i sits at position `len - t + i`.
-pub struct CachedAttention {
-    pub len: usize,
-    pub scale: f32,
+/// One query row's attention over `n_valid` keys and values (rows of `hd` floats from the start of
+/// `keys` and `values`), added into `out`: scores by blocks of keys (the same code whatever the
+/// key count, so a row does not depend on the chunk it came in), softmax in f32, then the weighted
+/// sum of values. The CPU side of `gpu_ops::FusedAttention`, the one attention over a KV cache.
+pub(crate) fn attend_row(
+    q_row: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    n_valid: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let hd = q_row.len();
+    let mut scores = key_scores(q_row, &keys[..n_valid * hd], hd);
+    for s in &mut scores {
+        *s *= scale;
+    }
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for s in &mut scores {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    for (j, p) in scores.iter().enumerate() {
+        axpy(p * inv, &values[j * hd..(j + 1) * hd], out);
+    }
 }
 
-impl CustomOp3 for CachedAttention {
-    fn name(&self) -> &'static str {
-        "cached-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let q = f32_slice(s1, l1, "attention q")?;
-        let k = f32_slice(s2, l2, "attention k")?;
-        let v = f32_slice(s3, l3, "attention v")?;
-        let (_, heads, t, hd) = l1.shape().dims4()?;
-        let (_, kv_heads, capacity, _) = l2.shape().dims4()?;
-        if self.len > capacity || t > self.len {
-            candle_core::bail!(
-                "cached-attention: len {} with {t} queries and capacity {capacity}",
-                self.len
-            );
-        }
-        let group = heads / kv_heads;
-        let offset = self.len - t;
-        let mut out = vec![0f32; heads * t * hd];
-        let row = |idx: usize, o: &mut [f32]| {
-            let (h, i) = (idx / t, idx % t);
-            let kv = h / group;
-            let q_row = &q[(h * t + i) * hd..(h * t + i + 1) * hd];
-            let keys = &k[kv * capacity * hd..];
-            let values = &v[kv * capacity * hd..];
-            let n_valid = offset + i + 1;
-            let mut scores = key_scores(q_row, &keys[..n_valid * hd], hd);
-            for s in &mut scores {
-                *s *= self.scale;
-            }
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for s in &mut scores {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            for (j, p) in scores.iter().enumerate() {
-                axpy(p * inv, &values[j * hd..(j + 1) * hd], o);
-            }
-        };
-        if heads * t * self.len * hd >= PARALLEL_MIN_WORK {
-            out.par_chunks_mut(hd)
-                .enumerate()
-                .for_each(|(idx, o)| row(idx, o));
-        } else {
-            out.chunks_mut(hd)
-                .enumerate()
-                .for_each(|(idx, o)| row(idx, o));
-        }
-        Ok((CpuStorage::F32(out), Shape::from((1, heads, t, hd))))
-    }
+/// Whether `work` multiply-adds are worth spreading over the decode pool's threads.
+pub(crate) fn worth_parallel(work: usize) -> bool {
+    work >= PARALLEL_MIN_WORK
 }
 
 #[cfg(test)]

@@ -1,12 +1,16 @@
-//! GPU-oriented fused ops as candle custom ops: causal attention over a KV cache in one launch
-//! (`FusedAttention`, CUDA kernel in `cuda/attention.cu`) and the unembedding with bf16 inputs and
-//! f32 output (`LogitsF32`, one cuBLAS GemmEx), each with a CPU reference implementation of the
-//! same contract, so the contract is tested without a GPU. Inference only: no gradients.
+//! Fused inference ops as candle custom ops: causal attention over a KV cache (`FusedAttention`:
+//! one CUDA launch, kernel in `cuda/attention.cu`, and on the CPU the one CPU attention over a
+//! cache, row by row through `cpu_kernels::attend_row`), and the unembedding with bf16 inputs and
+//! f32 output (`LogitsF32`, one cuBLAS GemmEx, with a CPU implementation of the same contract).
+//! Inference only: no gradients; training attention is in `train_kernels`.
 
 use std::borrow::Cow;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::cpu_kernels::{attend_row, worth_parallel};
 
 /// Attention of `t` new queries over the first `len` cached positions, causal, grouped-query.
 /// Inputs: q `(1, n_heads, t, head_dim)` with any strides on dims 1 and 2 (last dim contiguous),
@@ -33,7 +37,8 @@ pub struct AttnDims {
     pub q_row_stride: usize,
 }
 
-/// Largest head dimension the CUDA kernel handles (8 values per lane of a warp).
+/// Largest head dimension the CUDA kernel handles (8 values per lane of a warp); the CPU side has
+/// no limit.
 pub const MAX_HEAD_DIM: usize = 256;
 
 impl FusedAttention {
@@ -49,8 +54,7 @@ impl FusedAttention {
             );
         }
         if n_kv_heads == 0
-            || n_heads % n_kv_heads != 0
-            || head_dim > MAX_HEAD_DIM
+            || !n_heads.is_multiple_of(n_kv_heads)
             || t > self.len
             || self.len > capacity
         {
@@ -97,7 +101,9 @@ impl CustomOp3 for FusedAttention {
         "foresight-fused-attention"
     }
 
-    /// Reference: exact two-pass softmax in f32, rounded once to the storage dtype.
+    /// The CPU attention over a KV cache (decode and verification chunks): each (row, head) by
+    /// `cpu_kernels::attend_row`, softmax in f32, rounded once to the storage dtype; rows are
+    /// bit-identical whatever the chunk length, so verified drafts equal one-token decoding.
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -112,32 +118,23 @@ impl CustomOp3 for FusedAttention {
         let (k, v) = (&k[l2.start_offset()..], &v[l3.start_offset()..]);
         let hd = d.head_dim;
         let group = d.n_heads / d.n_kv_heads;
+        let offset = self.len - d.t;
         let mut out = vec![0f32; d.t * d.n_heads * hd];
-        let mut scores = Vec::with_capacity(self.len);
-        for i in 0..d.t {
-            let n_keys = self.len - d.t + i + 1;
-            for h in 0..d.n_heads {
-                let qrow = &q[d.q_offset + h * d.q_head_stride + i * d.q_row_stride..][..hd];
-                let base = (h / group) * d.capacity * hd;
-                scores.clear();
-                scores.extend((0..n_keys).map(|j| {
-                    let krow = &k[base + j * hd..][..hd];
-                    self.scale * qrow.iter().zip(krow).map(|(a, b)| a * b).sum::<f32>()
-                }));
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut total = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    total += *s;
-                }
-                let o = &mut out[(i * d.n_heads + h) * hd..][..hd];
-                for (j, p) in scores.iter().enumerate() {
-                    let vrow = &v[base + j * hd..][..hd];
-                    for (o, x) in o.iter_mut().zip(vrow) {
-                        *o += p / total * x;
-                    }
-                }
-            }
+        // Output row `idx` is query row i of head h, in (1, t, n_heads, head_dim) order.
+        let row = |idx: usize, o: &mut [f32]| {
+            let (i, h) = (idx / d.n_heads, idx % d.n_heads);
+            let q_row = &q[d.q_offset + h * d.q_head_stride + i * d.q_row_stride..][..hd];
+            let base = (h / group) * d.capacity * hd;
+            attend_row(q_row, &k[base..], &v[base..], offset + i + 1, self.scale, o);
+        };
+        if worth_parallel(d.n_heads * d.t * self.len * hd) {
+            out.par_chunks_mut(hd)
+                .enumerate()
+                .for_each(|(idx, o)| row(idx, o));
+        } else {
+            out.chunks_mut(hd)
+                .enumerate()
+                .for_each(|(idx, o)| row(idx, o));
         }
         Ok((
             from_f32(out, s1.dtype())?,
@@ -251,6 +248,13 @@ mod cuda {
         l3: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let d = op.dims(l1, l2, l3)?;
+        if d.head_dim > super::MAX_HEAD_DIM {
+            candle_core::bail!(
+                "fused attention: head_dim {} is over the CUDA kernel's {}",
+                d.head_dim,
+                super::MAX_HEAD_DIM
+            );
+        }
         let dev = s1.device().clone();
         let cfg = LaunchConfig {
             grid_dim: (d.t as u32, d.n_heads as u32, 1),

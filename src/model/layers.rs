@@ -6,7 +6,7 @@ use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
 use super::config::ModelConfig;
-use super::cpu_kernels::{exactly_bf16, CachedAttention, SmallMatmul, MAX_ROWS};
+use super::cpu_kernels::{exactly_bf16, SmallMatmul, MAX_ROWS};
 use super::error::Result;
 use super::gpu_ops::{FusedAttention, MAX_HEAD_DIM};
 use super::kv_cache::KvCache;
@@ -17,15 +17,15 @@ use super::train_kernels::{self, CausalAttentionOp, RmsNormOp, SwiGluOp};
 /// so training must use the plain-op forms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
-    /// Fused kernels: fast inference, no gradients. Attention over a cache takes the one-launch
-    /// `FusedAttention` op on a GPU for decode-sized chunks and the small-chunk kernels on the CPU
-    /// (see [`attention_path`]).
+    /// Fused kernels: fast inference, no gradients. Attention over a cache takes the
+    /// `FusedAttention` op for decode-sized chunks (one launch on a GPU, the CPU attention over a
+    /// cache on the CPU) and plain ops for long prefills (see [`attention_path`]).
     Fused,
     /// Fused kernels, but attention as plain candle ops (QK^T, mask, softmax in f32, PV): the
     /// reference the fused attention is tested against, on the GPU too.
     PlainAttention,
-    /// Fused kernels with `FusedAttention` wherever a cache is used, on any device (the CPU runs
-    /// the op's reference implementation): tests the op's contract without a GPU.
+    /// Fused kernels with `FusedAttention` wherever a cache is used, whatever the chunk length:
+    /// tests the op's contract on the CPU, and on a GPU against `PlainAttention`.
     FusedAttention,
     /// Plain differentiable ops: training anywhere, and the reference the training kernels are
     /// tested against.
@@ -52,10 +52,9 @@ impl Kernels {
 pub enum AttentionPath {
     /// Candle ops: QK^T, scale, causal mask, softmax (f32 statistics), PV.
     Plain,
-    /// The CPU small-chunk kernel over the cache (f32 on the CPU, a few rows).
-    CpuSmallChunk,
-    /// One `FusedAttention` launch over the cache.
-    Fused,
+    /// One `FusedAttention` op over the cache: one CUDA launch on a GPU, the CPU attention over a
+    /// cache on the CPU (bit-identical rows whatever the chunk length).
+    OverCache,
     /// The training kernel `CausalAttentionOp` over the whole sequence (no cache; f32 CPU tensors).
     CpuTraining,
 }
@@ -80,12 +79,12 @@ pub fn attention_path(
             AttentionPath::Plain
         }
         _ if !has_cache => AttentionPath::Plain,
-        Kernels::Fused if small => AttentionPath::CpuSmallChunk,
+        Kernels::Fused if small => AttentionPath::OverCache,
         Kernels::Fused if on_gpu && rows <= FUSED_MAX_ROWS && head_dim <= MAX_HEAD_DIM => {
-            AttentionPath::Fused
+            AttentionPath::OverCache
         }
         Kernels::Fused => AttentionPath::Plain,
-        Kernels::FusedAttention if head_dim <= MAX_HEAD_DIM => AttentionPath::Fused,
+        Kernels::FusedAttention if !on_gpu || head_dim <= MAX_HEAD_DIM => AttentionPath::OverCache,
         Kernels::FusedAttention => AttentionPath::Plain,
     }
 }
@@ -348,21 +347,10 @@ impl Attention {
         let (k, v) = self.keys_values(x, offset, rope, small, differentiable)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let (k, v) = match (cache, path) {
-            (Some(cache), AttentionPath::CpuSmallChunk) => {
+            (Some(cache), AttentionPath::OverCache) => {
                 cache.append(&k, &v)?;
                 let (k_all, v_all) = cache.buffers();
-                let op = CachedAttention {
-                    len: cache.len(),
-                    scale: scale as f32,
-                };
-                let out = q.contiguous()?.apply_op3_no_bwd(k_all, v_all, &op)?;
-                let out = out.transpose(1, 2)?.reshape((b, t, h * hd))?;
-                return self.o_proj.apply(&out, small);
-            }
-            (Some(cache), AttentionPath::Fused) => {
-                cache.append(&k, &v)?;
-                let (k_all, v_all) = cache.buffers();
-                // One launch; q is read in place and the output is already (1, t, h, hd).
+                // One op over the cache; q is read in place and the output is already (1, t, h, hd).
                 let out = q.apply_op3_no_bwd(
                     k_all,
                     v_all,
@@ -371,7 +359,7 @@ impl Attention {
                         scale: scale as f32,
                     },
                 )?;
-                return self.o_proj.forward(&out.reshape((b, t, h * hd))?);
+                return self.o_proj.apply(&out.reshape((b, t, h * hd))?, small);
             }
             (Some(cache), _) => cache.append(&k, &v)?,
             (None, _) => (k, v),
@@ -533,19 +521,24 @@ mod tests {
         let k = Kernels::Fused;
         // (kernels, on_gpu, has_cache, small, rows, head_dim) -> path
         let cases = [
-            ((k, false, true, true, 1, 64), CpuSmallChunk),
+            ((k, false, true, true, 1, 64), OverCache),
+            ((k, false, true, true, 1, 512), OverCache), // no head_dim limit on the CPU
             ((k, false, true, false, 100, 64), Plain),
-            ((k, true, true, false, 1, 64), Fused),
-            ((k, true, true, false, FUSED_MAX_ROWS, 128), Fused),
+            ((k, true, true, false, 1, 64), OverCache),
+            ((k, true, true, false, FUSED_MAX_ROWS, 128), OverCache),
             ((k, true, true, false, FUSED_MAX_ROWS + 1, 128), Plain), // prefill: tensor-core matmuls
             ((k, true, true, false, 1, 512), Plain),
             ((k, true, false, false, 1, 64), Plain),
             ((Kernels::PlainAttention, true, true, false, 1, 64), Plain),
-            ((Kernels::FusedAttention, false, true, true, 1, 64), Fused),
+            (
+                (Kernels::FusedAttention, false, true, true, 1, 64),
+                OverCache,
+            ),
             (
                 (Kernels::FusedAttention, true, true, false, 2048, 64),
-                Fused,
+                OverCache,
             ),
+            ((Kernels::FusedAttention, true, true, false, 1, 512), Plain),
             ((Kernels::FusedAttention, false, false, false, 1, 64), Plain),
             ((Kernels::Differentiable, true, true, false, 1, 64), Plain),
             (
