@@ -446,7 +446,7 @@ fn json_settings(config: Option<&str>, flags: &SettingsArgs) -> Result<serde_jso
 }
 
 pub fn bench_lsp(args: BenchLspArgs) -> Result<()> {
-    use foresight::lsp::bench::{markdown, read_tasks, run_variant, Variant};
+    use foresight::bench::lsp::{markdown, read_tasks, run_variant, Variant};
     let dir = resolve_model_dir(args.model.as_deref())?;
     let tasks = read_tasks(&args.tasks, args.limit)
         .with_context(|| format!("cannot read tasks {}", args.tasks.display()))?;

@@ -1,6 +1,7 @@
 //! Foresight: a local code-completion engine built around a multi-token-prediction model and
 //! self-speculative decoding. This crate root only wires the modules together.
 
+pub mod bench;
 pub mod complete;
 pub mod decode;
 pub mod eval;

@@ -24,31 +24,48 @@ pub enum Frame {
     BadHeader(String),
 }
 
-/// Reads the next frame; `None` at the end of input.
-pub async fn read_frame<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Option<Frame>> {
-    let mut length: Option<Result<usize, String>> = None;
-    let mut saw_header = false;
-    loop {
-        let mut line = Vec::new();
-        if r.read_until(b'\n', &mut line).await? == 0 {
-            return Ok(if saw_header {
-                Some(Frame::BadHeader("end of input inside headers".into()))
-            } else {
-                None
-            });
-        }
-        let text = String::from_utf8_lossy(&line);
+/// The header block of one frame, fed line by line: the one `Content-Length` parser, shared by the
+/// server's guard (async) and the benchmark client ([`read_frame_blocking`]).
+#[derive(Debug, Default)]
+pub struct Headers {
+    length: Option<Result<usize, String>>,
+    saw_header: bool,
+}
+
+/// What to do after a header line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeaderStep {
+    /// Read another header line.
+    More,
+    /// The headers ended: read a body of this many bytes.
+    Body(usize),
+    /// The headers ended without a usable length: skip this many body bytes (0: none known).
+    Bad(String, usize),
+}
+
+impl Headers {
+    /// Feeds one line, its line ending included or not.
+    pub fn line(&mut self, line: &[u8]) -> HeaderStep {
+        let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches(['\r', '\n']);
         if text.is_empty() {
-            if !saw_header {
-                continue; // stray blank line between frames
+            if !self.saw_header {
+                return HeaderStep::More; // stray blank line between frames
             }
-            break;
+            return match self.length.take() {
+                None => HeaderStep::Bad("missing Content-Length".into(), 0),
+                Some(Err(e)) => HeaderStep::Bad(e, 0),
+                Some(Ok(n)) if n > MAX_FRAME_BYTES => HeaderStep::Bad(
+                    format!("frame of {n} bytes is over the limit of {MAX_FRAME_BYTES}"),
+                    n,
+                ),
+                Some(Ok(n)) => HeaderStep::Body(n),
+            };
         }
-        saw_header = true;
+        self.saw_header = true;
         if let Some((name, value)) = text.split_once(':') {
             if name.trim().eq_ignore_ascii_case("content-length") {
-                length = Some(
+                self.length = Some(
                     value
                         .trim()
                         .parse::<usize>()
@@ -56,20 +73,61 @@ pub async fn read_frame<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<O
                 );
             }
         }
+        HeaderStep::More
     }
-    match length {
-        None => Ok(Some(Frame::BadHeader("missing Content-Length".into()))),
-        Some(Err(e)) => Ok(Some(Frame::BadHeader(e))),
-        Some(Ok(n)) if n > MAX_FRAME_BYTES => {
-            tokio::io::copy(&mut r.take(n as u64), &mut tokio::io::sink()).await?;
-            Ok(Some(Frame::BadHeader(format!(
-                "frame of {n} bytes is over the limit of {MAX_FRAME_BYTES}"
-            ))))
+
+    /// What the end of input means here: nothing (between frames) or a cut frame.
+    fn end_of_input(&self) -> Option<Frame> {
+        self.saw_header
+            .then(|| Frame::BadHeader("end of input inside headers".into()))
+    }
+}
+
+/// Reads the next frame; `None` at the end of input.
+pub async fn read_frame<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Option<Frame>> {
+    let mut headers = Headers::default();
+    loop {
+        let mut line = Vec::new();
+        if r.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(headers.end_of_input());
         }
-        Some(Ok(n)) => {
-            let mut body = vec![0u8; n];
-            r.read_exact(&mut body).await?;
-            Ok(Some(Frame::Body(body)))
+        match headers.line(&line) {
+            HeaderStep::More => {}
+            HeaderStep::Bad(why, skip) => {
+                tokio::io::copy(&mut r.take(skip as u64), &mut tokio::io::sink()).await?;
+                return Ok(Some(Frame::BadHeader(why)));
+            }
+            HeaderStep::Body(n) => {
+                let mut body = vec![0u8; n];
+                r.read_exact(&mut body).await?;
+                return Ok(Some(Frame::Body(body)));
+            }
+        }
+    }
+}
+
+/// [`read_frame`] on a blocking reader (the benchmark client reading a server's stdout).
+pub fn read_frame_blocking(r: &mut impl std::io::BufRead) -> std::io::Result<Option<Frame>> {
+    let mut headers = Headers::default();
+    loop {
+        let mut line = Vec::new();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            return Ok(headers.end_of_input());
+        }
+        match headers.line(&line) {
+            HeaderStep::More => {}
+            HeaderStep::Bad(why, skip) => {
+                std::io::copy(
+                    &mut std::io::Read::take(&mut *r, skip as u64),
+                    &mut std::io::sink(),
+                )?;
+                return Ok(Some(Frame::BadHeader(why)));
+            }
+            HeaderStep::Body(n) => {
+                let mut body = vec![0u8; n];
+                r.read_exact(&mut body)?;
+                return Ok(Some(Frame::Body(body)));
+            }
         }
     }
 }
@@ -151,6 +209,7 @@ fn error_response(id: Value, code: i64, message: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
 }
 
+/// `body` with its `Content-Length` header: the one framing writer (server and benchmark client).
 pub fn frame(body: &[u8]) -> Vec<u8> {
     let mut out = format!("Content-Length: {}\r\n\r\n", body.len()).into_bytes();
     out.extend_from_slice(body);
@@ -233,17 +292,31 @@ mod tests {
         })
     }
 
+    fn frames_blocking(mut input: &[u8]) -> Vec<Frame> {
+        let mut out = Vec::new();
+        while let Some(f) = read_frame_blocking(&mut input).unwrap() {
+            out.push(f);
+        }
+        out
+    }
+
     #[test]
     fn read_frame_table() {
-        let got = frames(b"Content-Length: 2\r\n\r\n{}content-length:3\r\nContent-Type: x\r\n\r\n[1]X-Other: 1\r\n\r\nContent-Length: zz\r\n\r\n");
+        let input = b"Content-Length: 2\r\n\r\n{}content-length:3\r\nContent-Type: x\r\n\r\n[1]X-Other: 1\r\n\r\nContent-Length: zz\r\n\r\n\r\nContent-Length: 1\r\n\r\nxContent-Length: 4";
+        let want = vec![
+            Frame::Body(b"{}".to_vec()),
+            Frame::Body(b"[1]".to_vec()),
+            Frame::BadHeader("missing Content-Length".into()),
+            Frame::BadHeader("bad Content-Length \"zz\"".into()),
+            Frame::Body(b"x".to_vec()),
+            Frame::BadHeader("end of input inside headers".into()),
+        ];
+        assert_eq!(frames(input), want, "async");
+        assert_eq!(frames_blocking(input), want, "blocking");
+        // A frame written by `frame` reads back whole.
         assert_eq!(
-            got,
-            vec![
-                Frame::Body(b"{}".to_vec()),
-                Frame::Body(b"[1]".to_vec()),
-                Frame::BadHeader("missing Content-Length".into()),
-                Frame::BadHeader("bad Content-Length \"zz\"".into()),
-            ]
+            frames_blocking(&frame(b"{\"a\":1}")),
+            vec![Frame::Body(b"{\"a\":1}".to_vec())]
         );
     }
 

@@ -1,8 +1,8 @@
 //! The language server: the only module that knows LSP and JSON. Documents (ropey), position
-//! conversion, configuration, the stdio guard, the tower-lsp handlers, the model worker thread,
-//! and the typing-replay benchmark client. Completion logic itself lives in `complete`.
+//! conversion, configuration, the stdio guard (and its `Content-Length` framing, which the
+//! benchmark client shares), the tower-lsp handlers and the model worker thread. Completion logic
+//! itself lives in `complete`; the typing-replay benchmark client in `bench::lsp`.
 
-pub mod bench;
 pub mod config;
 pub mod document;
 pub mod guard;

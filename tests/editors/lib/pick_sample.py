@@ -3,7 +3,7 @@
 
 The test model has random weights, so most of what it suggests is control characters and stray
 bytes, which no terminal editor shows faithfully. This script talks to `foresight serve` directly
-(plain JSON-RPC over stdio, standard library only), offers it candidate buffers in turn, and writes
+(plain JSON-RPC over stdio through tests/lsp/rawclient.py, standard library only), offers it candidate buffers in turn, and writes
 the first one whose suggestion is plain printable ASCII (3 or more characters, preferably a word
 and then punctuation) to OUT_FILE, with
 the suggestion beside it in OUT_FILE.expected.json. The editor tests still ask the server again
@@ -13,14 +13,17 @@ usage: pick_sample.py FORESIGHT_BIN MODEL_DIR CONFIG_JSON OUT_FILE
 """
 import json
 import os
-import subprocess
+import pathlib
+import re
 import sys
 import threading
 
-import re
+# The one Python JSON-RPC client of the tests (Content-Length framing and all).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "lsp"))
+from rawclient import RawServer  # noqa: E402
 
 # Letters, digits and the punctuation that no editor, terminal or shell treats specially.
-PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_+\-*/=.,:;()\[\]{}<>!?%&|^@# ]*[^ ]$")
+PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_+\-*/=.,:;()\[\]{}<>!?%&|^@# ]*[A-Za-z0-9_+\-*/=.,:;()\[\]{}<>!?%&|^@#]$")
 
 
 def score(s):
@@ -41,55 +44,22 @@ def candidates():
                 yield head + f"    return {n}{op}"
 
 
-class Client:
-    def __init__(self, cmd):
-        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        self.next_id = 0
-
-    def send(self, msg):
-        body = json.dumps(msg).encode()
-        self.p.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        self.p.stdin.flush()
-
-    def read(self):
-        length = None
-        while True:
-            line = self.p.stdout.readline()
-            if not line:
-                raise RuntimeError("server closed its output")
-            line = line.strip()
-            if not line:
-                break
-            k, _, v = line.decode().partition(":")
-            if k.lower() == "content-length":
-                length = int(v)
-        return json.loads(self.p.stdout.read(length))
-
-    def request(self, method, params):
-        self.next_id += 1
-        rid = self.next_id
-        self.send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
-        while True:
-            msg = self.read()
-            if msg.get("id") == rid and "method" not in msg:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result")
-            if "method" in msg and "id" in msg:  # a request from the server (progress): answer it
-                self.send({"jsonrpc": "2.0", "id": msg["id"], "result": None})
-
-    def notify(self, method, params):
-        self.send({"jsonrpc": "2.0", "method": method, "params": params})
+def result(c, method, params):
+    """The result of a request; the server's error fails the pick."""
+    r = c.request(method, params)
+    if "error" in r:
+        raise RuntimeError(f"{method}: {r['error']}")
+    return r.get("result")
 
 
 def main():
     exe, model, config, out = sys.argv[1:5]
     opts = json.loads(config)
-    c = Client([exe, "serve", "--model", model])
-    timer = threading.Timer(300, lambda: c.p.kill())
+    c = RawServer([exe, "serve", "--model", model])
+    timer = threading.Timer(300, c.kill)
     timer.start()
     try:
-        c.request("initialize", {"processId": os.getpid(), "rootUri": None, "capabilities": {}, "initializationOptions": opts})
+        result(c, "initialize", {"processId": os.getpid(), "rootUri": None, "capabilities": {}, "initializationOptions": opts})
         c.notify("initialized", {})
         best = None
         for n, body in enumerate(candidates()):
@@ -100,7 +70,7 @@ def main():
             pos = {"line": len(lines) - 1, "character": len(lines[-1])}
             res = None
             for _ in range(100):  # the model loads in the background: the first answers may be empty
-                res = c.request("textDocument/inlineCompletion", {"textDocument": {"uri": uri}, "position": pos, "context": {"triggerKind": 1}})
+                res = result(c, "textDocument/inlineCompletion", {"textDocument": {"uri": uri}, "position": pos, "context": {"triggerKind": 1}})
                 if res and res.get("items") or n > 0:
                     break
                 import time; time.sleep(0.1)
@@ -131,7 +101,7 @@ def main():
             c.notify("exit", None)
         except Exception:
             pass
-        c.p.kill()
+        c.kill()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 //! `foresight bench lsp`: replays typing against a real server process over stdio, as an editor
 //! would (didChange per keystroke, then textDocument/inlineCompletion), and measures latency per
 //! request, the share served from the result cache and the KV tokens reused. A small synchronous
-//! JSON-RPC client lives here; the server under test is a child process.
+//! JSON-RPC client lives here (framing from `lsp::guard`); the server under test is a child process.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -9,55 +9,28 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::complete::policy::{choose_lines, LinePolicy, Lines};
-use crate::eval::percentile;
-
-/// One dev-set task: the text around a completion and what the author wrote there.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Task {
-    #[serde(default)]
-    pub id: String,
-    #[serde(default)]
-    pub language: String,
-    pub prefix: String,
-    pub middle: String,
-    pub suffix: String,
-}
+use crate::eval::{percentile, Task, TaskFileError};
+use crate::lsp::guard::{frame, read_frame_blocking, Frame};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("bad task file {path}, line {line}: {err}")]
-    Task {
-        path: String,
-        line: usize,
-        err: serde_json::Error,
-    },
+    #[error(transparent)]
+    Tasks(#[from] TaskFileError),
     #[error("the server {0}")]
     Server(String),
 }
 
-/// Reads a JSONL task file (the `eval` format).
+/// The first `limit` tasks of a task file (the `eval` format, read by `eval::read_tasks`).
 pub fn read_tasks(path: &Path, limit: usize) -> Result<Vec<Task>, BenchError> {
-    let text = std::fs::read_to_string(path)?;
-    let mut out = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .take(limit)
-    {
-        out.push(serde_json::from_str(line).map_err(|err| BenchError::Task {
-            path: path.display().to_string(),
-            line: i + 1,
-            err,
-        })?);
-    }
-    Ok(out)
+    let mut tasks = crate::eval::read_tasks(path)?;
+    tasks.truncate(limit);
+    Ok(tasks)
 }
 
 /// A JSON-RPC client talking to a child process.
@@ -68,24 +41,12 @@ pub struct Client {
     next_id: i64,
 }
 
+/// The next message the server wrote; `None` at the end of its output or on a broken frame.
 fn read_message(r: &mut impl BufRead) -> Option<Value> {
-    let mut len = None;
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some(v) = line.strip_prefix("Content-Length:") {
-            len = v.trim().parse::<usize>().ok();
-        }
+    match read_frame_blocking(r).ok()?? {
+        Frame::Body(body) => serde_json::from_slice(&body).ok(),
+        Frame::BadHeader(_) => None,
     }
-    let mut body = vec![0; len?];
-    r.read_exact(&mut body).ok()?;
-    serde_json::from_slice(&body).ok()
 }
 
 impl Client {
@@ -122,8 +83,7 @@ impl Client {
     }
 
     fn send(&mut self, msg: &Value) -> Result<(), BenchError> {
-        let body = msg.to_string();
-        write!(self.stdin, "Content-Length: {}\r\n\r\n{}", body.len(), body)?;
+        self.stdin.write_all(&frame(msg.to_string().as_bytes()))?;
         self.stdin.flush()?;
         Ok(())
     }
@@ -445,6 +405,7 @@ mod tests {
         let t = Task {
             id: String::new(),
             language: "python".into(),
+            kind: String::new(),
             prefix: "a\nb".into(),
             middle: "c".into(),
             suffix: "\nd".into(),
