@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 
+use foresight::bench::gpu::GpuBenchArgs;
 use foresight::complete::location::{byte_offset, parse_file_location};
 use foresight::complete::service::{serving_capacity, CompletionService, Request};
 use foresight::complete::{Engine, Settings, SettingsArgs};
@@ -15,10 +16,8 @@ use foresight::decode::StopReason;
 use foresight::model::weights::{load_dir, param_counts, read_config};
 use foresight::model::{weight_dtype, DeviceChoice, LoadedModel};
 
-mod bench_gpu;
 mod bench_train;
 mod train;
-pub use bench_gpu::{bench_gpu, BenchGpuArgs};
 pub use bench_train::{bench_train, BenchTrainArgs};
 pub use train::{train, TrainArgs};
 
@@ -46,7 +45,7 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// GPU benchmark: prefill, decode (plain and speculative), completion latency, training; JSON report.
     #[command(name = "bench-gpu")]
-    BenchGpu(Box<BenchGpuArgs>),
+    BenchGpu(Box<GpuBenchArgs>),
     /// Print a model directory's config, parameter counts and special tokens.
     Inspect {
         /// Model directory (config.json, model.safetensors, tokenizer.json).
@@ -531,6 +530,13 @@ pub fn bench_lsp(args: BenchLspArgs) -> Result<()> {
         print!("{}", markdown(&reports));
     }
     Ok(())
+}
+
+pub fn bench_gpu(mut args: GpuBenchArgs) -> Result<()> {
+    if args.model.is_empty() {
+        args.model.extend(default_model_dir());
+    }
+    Ok(foresight::bench::gpu::run(args)?)
 }
 
 pub fn tiny_model(dir: &Path) -> Result<()> {

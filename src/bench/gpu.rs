@@ -2,27 +2,67 @@
 //! latency, and training tokens/s with peak GPU memory, for a 1B-class configuration with random
 //! weights and for real model directories; optional correctness checks on the device (GPU vs CPU
 //! logits, fused vs plain attention, greedy speculative == plain). Writes one JSON report.
-//! Times are measured after a device synchronize; the figures are reported, never asserted.
+//! Times are measured after a device synchronize; the figures are reported, never asserted. The
+//! CLI only resolves the default model directory and calls [`run`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use serde::Serialize;
 
-use foresight::decode::{generate, Control, DraftSource, GenerateParams, HeadDrafts, NoDrafts};
-use foresight::model::tiny::TinySpec;
-use foresight::model::weights::{expected_tensors, load_dir, model_from_tensors, param_counts};
-use foresight::model::{weight_dtype, DeviceChoice, Kernels, Logits, ModelConfig, MtpModel};
+use crate::decode::{generate, Control, DraftSource, GenerateParams, HeadDrafts, NoDrafts};
+use crate::model::tiny::TinySpec;
+use crate::model::weights::{expected_tensors, load_dir, model_from_tensors, param_counts};
+use crate::model::{
+    weight_dtype, DeviceChoice, Kernels, Logits, ModelConfig, ModelError, MtpModel,
+};
+use crate::train::TrainError;
+
+/// Why a GPU benchmark run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuBenchError {
+    /// A refusal with what to do about it (no GPU, a bad option, a model too small).
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot load model {dir}: {source}")]
+    Load {
+        dir: String,
+        source: Box<ModelError>,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("device checks failed: {0}")]
+    ChecksFailed(String),
+    #[error(transparent)]
+    Model(Box<ModelError>),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+/// Model errors are boxed: they are large, and every `Result` here would carry their size.
+impl From<ModelError> for GpuBenchError {
+    fn from(e: ModelError) -> Self {
+        GpuBenchError::Model(Box::new(e))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, GpuBenchError>;
 
 /// H100/H200-class HBM3e bandwidth used for the floor (bytes per second).
 pub const HBM_BYTES_PER_S: f64 = 4.3e12;
 
 #[derive(Args, Debug)]
-pub struct BenchGpuArgs {
+pub struct GpuBenchArgs {
     /// Where to run: cuda (default), cuda:N, auto or cpu (cpu only for smoke tests).
     #[arg(long, default_value = "cuda")]
     pub device: DeviceChoice,
@@ -30,7 +70,8 @@ pub struct BenchGpuArgs {
     /// tiny (a smoke test). Comma-separated; "none" for none.
     #[arg(long, default_value = "1b")]
     pub preset: String,
-    /// Model directories to measure as well (repeatable) [default: models/default, if present].
+    /// Model directories to measure as well (repeatable) [default: models/default, if present;
+    /// the CLI fills it in].
     #[arg(long)]
     pub model: Vec<PathBuf>,
     /// Prompt length for decode and completion latency.
@@ -136,7 +177,7 @@ pub fn parse_list(s: &str) -> Result<Vec<usize>> {
         .map(|x| {
             x.trim()
                 .parse::<usize>()
-                .with_context(|| format!("not a number: {x:?}"))
+                .map_err(|_| GpuBenchError::Refused(format!("not a number: {x:?}")))
         })
         .collect()
 }
@@ -273,7 +314,7 @@ fn run_generate(
     prompt: &[u32],
     max_tokens: usize,
     spec: bool,
-) -> Result<foresight::decode::Generation> {
+) -> Result<crate::decode::Generation> {
     let heads = if spec { model.n_heads() } else { 1 };
     let mut cache = model.new_cache(prompt.len() + max_tokens + CACHE_SLACK, heads)?;
     let params = GenerateParams {
@@ -307,7 +348,7 @@ fn modes(model: &MtpModel) -> Vec<(&'static str, bool)> {
     }
 }
 
-fn time_decode(model: &MtpModel, args: &BenchGpuArgs) -> Result<Vec<DecodeRow>> {
+fn time_decode(model: &MtpModel, args: &GpuBenchArgs) -> Result<Vec<DecodeRow>> {
     let n = fit_prompt(
         args.prompt_tokens,
         args.new_tokens.max(args.completion_tokens),
@@ -339,7 +380,7 @@ fn time_decode(model: &MtpModel, args: &BenchGpuArgs) -> Result<Vec<DecodeRow>> 
     Ok(rows)
 }
 
-fn time_completion(model: &MtpModel, args: &BenchGpuArgs) -> Result<Vec<CompletionRow>> {
+fn time_completion(model: &MtpModel, args: &GpuBenchArgs) -> Result<Vec<CompletionRow>> {
     let n = fit_prompt(
         args.prompt_tokens,
         args.new_tokens.max(args.completion_tokens),
@@ -380,11 +421,11 @@ fn device_mem_used(device: &Device) -> Option<usize> {
 
 /// Training steps as `foresight train` takes them: f32 master weights, compute in the device's
 /// weight dtype, sequential per-head backward (the paper's memory-saving order), AdamW.
-fn time_train(cfg: &ModelConfig, device: &Device, args: &BenchGpuArgs) -> Result<TrainRow> {
-    use foresight::train::objective::{batch_grads, windows_tensor};
-    use foresight::train::optim::{AdamW, AdamWConfig};
-    use foresight::train::params::{ParamSet, Trainable};
-    use foresight::train::LossOrder;
+fn time_train(cfg: &ModelConfig, device: &Device, args: &GpuBenchArgs) -> Result<TrainRow> {
+    use crate::train::objective::{batch_grads, windows_tensor};
+    use crate::train::optim::{AdamW, AdamWConfig};
+    use crate::train::params::{ParamSet, Trainable};
+    use crate::train::LossOrder;
 
     let tensors = random_model(cfg, device, DType::F32, 11)?
         .named_tensors()
@@ -553,7 +594,7 @@ fn bench_target(
     name: &str,
     model: &mut MtpModel,
     cfg_for_train: Option<&ModelConfig>,
-    args: &BenchGpuArgs,
+    args: &GpuBenchArgs,
     budget: &Budget,
 ) -> Result<TargetReport> {
     let cfg = model.config().clone();
@@ -588,7 +629,9 @@ fn bench_target(
     let longest = args.new_tokens.max(args.completion_tokens);
     let prompt = fit_prompt(args.prompt_tokens, longest, max_len);
     if prompt == 0 {
-        bail!("{name} holds {max_len} positions: too few for {longest} new tokens");
+        return Err(GpuBenchError::Refused(format!(
+            "{name} holds {max_len} positions: too few for {longest} new tokens"
+        )));
     }
     if prompt < args.prompt_tokens {
         r.skipped.push(format!(
@@ -630,17 +673,22 @@ struct Report {
 
 fn write_report(path: &Path, report: &Report) -> Result<()> {
     let text = serde_json::to_string_pretty(report)?;
-    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(path, text + "\n").map_err(|source| GpuBenchError::Write {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
-pub fn bench_gpu(args: BenchGpuArgs) -> Result<()> {
+/// Runs the benchmark as `args` say, writing the report to `args.out` after each target (so a run
+/// cut short keeps what it measured). `args.model` empty: random-weight presets only.
+pub fn run(args: GpuBenchArgs) -> Result<()> {
     let budget = Budget {
         start: Instant::now(),
         secs: args.budget_secs,
     };
     let device = args.device.device()?;
     if device.is_cpu() && !matches!(args.device, DeviceChoice::Cpu) {
-        bail!("no GPU found (build with --features cuda on a machine with one), or pass --device cpu for a smoke run");
+        return Err(GpuBenchError::Refused("no GPU found (build with --features cuda on a machine with one), or pass --device cpu for a smoke run".into()));
     }
     let dtype = weight_dtype(&device);
     let mut report = Report {
@@ -657,8 +705,9 @@ pub fn bench_gpu(args: BenchGpuArgs) -> Result<()> {
         .filter(|s| !s.is_empty() && s != "none")
         .collect();
     for p in &presets {
-        let cfg = preset_config(p)
-            .with_context(|| format!("unknown preset {p:?}: use 1b, tiny or none"))?;
+        let cfg = preset_config(p).ok_or_else(|| {
+            GpuBenchError::Refused(format!("unknown preset {p:?}: use 1b, tiny or none"))
+        })?;
         eprintln!(
             "[{p}] random weights, {} parameters, {dtype:?}",
             param_counts(&cfg).total()
@@ -682,15 +731,12 @@ pub fn bench_gpu(args: BenchGpuArgs) -> Result<()> {
         report.targets.push(r);
         write_report(&args.out, &report)?;
     }
-    let dirs = if args.model.is_empty() {
-        super::default_model_dir().into_iter().collect()
-    } else {
-        args.model.clone()
-    };
-    for dir in dirs {
+    for dir in args.model.clone() {
         let name = dir.display().to_string();
-        let loaded =
-            load_dir(&dir, &device, dtype).with_context(|| format!("cannot load model {name}"))?;
+        let loaded = load_dir(&dir, &device, dtype).map_err(|source| GpuBenchError::Load {
+            dir: name.clone(),
+            source: Box::new(source),
+        })?;
         let mut model = loaded.model;
         let mut r = bench_target(&name, &mut model, None, &args, &budget)?;
         if args.check {
@@ -714,7 +760,7 @@ pub fn bench_gpu(args: BenchGpuArgs) -> Result<()> {
         budget.start.elapsed().as_secs_f64()
     );
     if !failed.is_empty() {
-        bail!("device checks failed: {}", failed.join(", "));
+        return Err(GpuBenchError::ChecksFailed(failed.join(", ")));
     }
     Ok(())
 }
