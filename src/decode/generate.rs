@@ -11,10 +11,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::model::cpu_kernels::MAX_ROWS;
-use crate::model::{Logits, ModelCache, MtpModel, Result};
+use crate::model::{Logits, ModelCache, MtpModel, Result, VerifyOutput};
 
 use super::accept::{accept_greedy, acceptance_probability, residual};
-use super::draft::{DraftRequest, DraftSource};
+use super::draft::{Draft, DraftRequest, DraftSource};
 use super::sampling::{argmax, probs, sample, SamplingParams};
 use super::stats::GenerationStats;
 use super::stop::{find_stop_string, Detokenize};
@@ -137,34 +137,11 @@ pub fn generate(
         }
         tokens.push(pending);
         context.push(pending);
-        if let Some((detok, stops)) = control.stop_strings {
-            let text = detok.detokenize(&tokens);
-            if let Some(at) =
-                find_stop_string(&text, stops).or_else(|| control.stop_fn.and_then(|f| f(&text)))
-            {
-                break StopReason::StopString(at);
-            }
+        if let Some(reason) = stop_before_forward(&tokens, params, control, cache) {
+            break reason;
         }
-        if tokens.len() >= params.max_tokens {
-            break StopReason::MaxTokens;
-        }
-        if control.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            break StopReason::Cancelled;
-        }
-        if control.deadline.is_some_and(|d| Instant::now() >= d) {
-            break StopReason::Deadline;
-        }
-        let room = cache.capacity().saturating_sub(cache.len());
-        if room == 0 {
-            break StopReason::ContextFull;
-        }
-        // Chunks stay within the small-chunk kernels' rows, where verified rows are bit-identical
-        // to one-token decoding (a longer chunk would go through gemm).
-        let max_len = params
-            .max_draft_len
-            .min(MAX_ROWS - 1)
-            .min(params.max_tokens - tokens.len() - 1)
-            .min(room - 1);
+        let room = cache.capacity() - cache.len();
+        let max_len = draft_room(params.max_draft_len, params.max_tokens - tokens.len(), room);
         let draft = if max_len > 0 {
             let req = DraftRequest {
                 context: &context,
@@ -178,26 +155,12 @@ pub fn generate(
         } else {
             Default::default()
         };
-
-        let mut chunk = Vec::with_capacity(1 + draft.tokens.len());
-        chunk.push(pending);
-        chunk.extend_from_slice(&draft.tokens);
-        let out = model.forward_verify(cache, &chunk, Logits::All)?;
+        let (n_accepted, next, out) =
+            verify_round(model, cache, pending, &draft, sampling.as_ref(), &mut rng)?;
         stats.forwards += 1;
         stats.decode_forwards += 1;
-        let rows = out.logits.to_vec2::<f32>()?;
-        let (n_accepted, next) = match &sampling {
-            None => {
-                let targets: Vec<u32> = rows.iter().map(|r| argmax(r)).collect();
-                let k = accept_greedy(&draft.tokens, &targets);
-                (k, targets[k])
-            }
-            Some(s) => verify_sampled(&rows, &draft.tokens, &draft.dists, s, &mut rng),
-        };
         stats.record_round(draft.tokens.len(), n_accepted);
         stats.decode_tokens += n_accepted + 1;
-        // Keep the pending token and the accepted drafts; forget the rejected ones.
-        cache.truncate(cache.len() - (draft.tokens.len() - n_accepted));
         if has_extra {
             head_logits = model.extend_heads(cache, &out, n_accepted + 1, uses_heads)?;
         }
@@ -218,6 +181,74 @@ pub fn generate(
         stop,
         stats,
     })
+}
+
+/// Why generation stops before the next forward pass, if it does: checked after each token
+/// joins `tokens` (stop strings and rules, max tokens, cancel, deadline, a full cache).
+fn stop_before_forward(
+    tokens: &[u32],
+    params: &GenerateParams,
+    control: &Control,
+    cache: &ModelCache,
+) -> Option<StopReason> {
+    if let Some((detok, stops)) = control.stop_strings {
+        let text = detok.detokenize(tokens);
+        if let Some(at) =
+            find_stop_string(&text, stops).or_else(|| control.stop_fn.and_then(|f| f(&text)))
+        {
+            return Some(StopReason::StopString(at));
+        }
+    }
+    if tokens.len() >= params.max_tokens {
+        return Some(StopReason::MaxTokens);
+    }
+    if control.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+        return Some(StopReason::Cancelled);
+    }
+    if control.deadline.is_some_and(|d| Instant::now() >= d) {
+        return Some(StopReason::Deadline);
+    }
+    (cache.len() >= cache.capacity()).then_some(StopReason::ContextFull)
+}
+
+/// Most drafts the next chunk may carry: what the settings allow, within the small-chunk kernels'
+/// rows (where verified rows are bit-identical to one-token decoding; a longer chunk would go
+/// through gemm), the tokens still wanted after the pending one, and the cache room after it.
+/// `tokens_left` and `cache_room` count the pending token and are at least 1.
+fn draft_room(max_draft_len: usize, tokens_left: usize, cache_room: usize) -> usize {
+    max_draft_len
+        .min(MAX_ROWS - 1)
+        .min(tokens_left - 1)
+        .min(cache_room - 1)
+}
+
+/// One decoding round: `[pending, drafts...]` through the trunk and head 1, the drafts verified
+/// (greedily, or by speculative sampling), the cache rolled back past the rejected ones. Returns
+/// the drafts accepted, the next pending token, and the pass's output for the extra heads.
+fn verify_round(
+    model: &MtpModel,
+    cache: &mut ModelCache,
+    pending: u32,
+    draft: &Draft,
+    sampling: Option<&SamplingParams>,
+    rng: &mut ChaCha8Rng,
+) -> Result<(usize, u32, VerifyOutput)> {
+    let mut chunk = Vec::with_capacity(1 + draft.tokens.len());
+    chunk.push(pending);
+    chunk.extend_from_slice(&draft.tokens);
+    let out = model.forward_verify(cache, &chunk, Logits::All)?;
+    let rows = out.logits.to_vec2::<f32>()?;
+    let (n_accepted, next) = match sampling {
+        None => {
+            let targets: Vec<u32> = rows.iter().map(|r| argmax(r)).collect();
+            let k = accept_greedy(&draft.tokens, &targets);
+            (k, targets[k])
+        }
+        Some(s) => verify_sampled(&rows, &draft.tokens, &draft.dists, s, rng),
+    };
+    // Keep the pending token and the accepted drafts; forget the rejected ones.
+    cache.truncate(cache.len() - (draft.tokens.len() - n_accepted));
+    Ok((n_accepted, next, out))
 }
 
 /// Speculative sampling over one verified chunk: accept each draft with probability
@@ -245,6 +276,27 @@ fn verify_sampled(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn draft_room_table() {
+        // (max_draft_len, tokens_left, cache_room, drafts)
+        let cases = [
+            (8, 100, 100, 8),
+            (40, 100, 100, MAX_ROWS - 1),
+            (8, 3, 100, 2),
+            (8, 1, 100, 0),
+            (8, 100, 4, 3),
+            (8, 100, 1, 0),
+            (0, 100, 100, 0),
+        ];
+        for (max_draft_len, left, room, want) in cases {
+            assert_eq!(
+                draft_room(max_draft_len, left, room),
+                want,
+                "{max_draft_len} {left} {room}"
+            );
+        }
+    }
 
     #[test]
     fn reuse_len_table() {
