@@ -82,7 +82,7 @@ async def test_initialize_advertises_capabilities_and_defaults_to_utf16(client: 
     assert caps_.position_encoding == "utf-16"
     assert caps_.inline_completion_provider is True
     assert caps_.text_document_sync.change == t.TextDocumentSyncKind.Incremental
-    assert caps_.completion_provider is not None
+    assert caps_.completion_provider == t.CompletionOptions()  # advertised, with no trigger characters
 
 
 async def test_progress_and_warnings_are_reported(client: LanguageClient):

@@ -2,8 +2,6 @@
 checking that the server still answers a real completion request, then exits cleanly.
 Driven with a bare JSON-RPC client (rawclient.py), since a proper client library would never
 send most of this."""
-import json
-
 import pytest
 
 from conftest import server_command
@@ -18,6 +16,17 @@ def server():
     s.initialize(("utf-16",), {"lines": "multi"})
     yield s
     s.kill()
+
+
+def one_suggestion_at(r, line, character):
+    """`r` is an inline completion response with exactly one non-blank item at (line, character)."""
+    assert "result" in r, r
+    items = r["result"]["items"]
+    assert len(items) == 1, r
+    assert items[0]["range"]["start"] == {"line": line, "character": character}, r
+    assert items[0]["range"]["end"] == items[0]["range"]["start"], r
+    assert items[0]["insertText"].strip(), r
+    return items[0]
 
 
 def still_answers(s: RawServer):
@@ -58,7 +67,7 @@ def test_unknown_methods(server):
     s.notify("$/noSuchNotification", {"x": 1})
     s.notify("noSuchNotification")
     r = s.request("textDocument/hover", {"textDocument": {"uri": "file:///x.py"}, "position": {"line": 0, "character": 0}})
-    assert "error" in r  # not implemented: answered with an error, not silence
+    assert r["error"]["code"] == -32601, r  # not implemented: answered with an error, not silence
     still_answers(s)
 
 
@@ -71,7 +80,7 @@ def test_requests_for_documents_never_opened(server):
     s.change("file:///never/opened.py", 2, (0, 0), (0, 0), "x")   # didChange for it: ignored
     s.notify("textDocument/didClose", {"textDocument": {"uri": "file:///never/opened.py"}})
     r = s.request("textDocument/inlineCompletion", {"textDocument": {"uri": "not a uri at all"}, "position": {"line": 0, "character": 0}, "context": {"triggerKind": 1}})
-    assert "error" in r or r["result"]["items"] == [], r
+    assert r["error"]["code"] == -32602, r  # not a URI: invalid params
     r = s.request("textDocument/inlineCompletion", {"bogus": True})
     assert r["error"]["code"] == -32602, r  # invalid params
     still_answers(s)
@@ -81,20 +90,23 @@ def test_positions_past_the_end_and_inside_a_surrogate_pair(server):
     s = server
     s.open("file:///p.py", "a🦀b\nxy")
     # Inside the crab's surrogate pair (UTF-16 column 2): clamped to the crab's start (column 1).
-    r = s.inline("file:///p.py", 0, 2)
-    items = r["result"]["items"]
-    assert all(i["range"]["start"] == {"line": 0, "character": 1} for i in items), r
+    one_suggestion_at(s.inline("file:///p.py", 0, 2), 0, 1)
     # Past the end of the line: the end of that line.
-    r = s.inline("file:///p.py", 0, 999)
-    assert all(i["range"]["start"] == {"line": 0, "character": 4} for i in r["result"]["items"]), r
+    one_suggestion_at(s.inline("file:///p.py", 0, 999), 0, 4)
     # Past the end of the document: the end of the document.
-    r = s.inline("file:///p.py", 99, 5)
-    assert all(i["range"]["start"] == {"line": 1, "character": 2} for i in r["result"]["items"]), r
+    one_suggestion_at(s.inline("file:///p.py", 99, 5), 1, 2)
     # An edit with a range past the end appends; one inside the pair starts at the crab.
     s.change("file:///p.py", 2, (50, 0), (60, 3), "!")
-    s.change("file:///p.py", 3, (0, 2), (0, 3), "")      # removes the crab
+    s.change("file:///p.py", 3, (0, 2), (0, 3), "")      # removes the crab: "ab\nxy!"
+    one_suggestion_at(s.inline("file:///p.py", 0, 999), 0, 2)
+    one_suggestion_at(s.inline("file:///p.py", 1, 999), 1, 3)
+    inline = one_suggestion_at(s.inline("file:///p.py", 0, 1), 0, 1)
     r = s.request("textDocument/completion", {"textDocument": {"uri": "file:///p.py"}, "position": {"line": 0, "character": 1}})
-    assert "result" in r, r
+    items = r["result"]["items"]
+    assert len(items) == 1, r
+    # The word before the cursor ("a") is replaced by itself plus the same suggestion.
+    assert items[0]["textEdit"] == {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 1}},
+                                    "newText": "a" + inline["insertText"]}, r
     # Negative numbers are not positions: an invalid-params error, not a crash.
     r = s.request("textDocument/inlineCompletion", s.inline_params("file:///p.py", -1, -1))
     assert r["error"]["code"] == -32602, r
@@ -108,17 +120,13 @@ def test_ten_megabyte_document(server):
     assert len(text.encode()) > 10_000_000
     s.open("file:///big.py", text)
     n_lines = text.count("\n")
-    r = s.inline("file:///big.py", n_lines, 0)
-    assert "result" in r, r
-    r = s.inline("file:///big.py", n_lines // 2, 10)
-    assert "result" in r, r
+    one_suggestion_at(s.inline("file:///big.py", n_lines, 0), n_lines, 0)
+    one_suggestion_at(s.inline("file:///big.py", n_lines // 2, 10), n_lines // 2, 10)
     s.change("file:///big.py", 2, (n_lines // 2, 0), (n_lines // 2, 0), "x = 1\n")
-    r = s.inline("file:///big.py", n_lines // 2, 5)
-    assert "result" in r, r
+    one_suggestion_at(s.inline("file:///big.py", n_lines // 2, 5), n_lines // 2, 5)
     # A whole 10 MB line too.
     s.open("file:///oneline.js", "x" * 10_000_000, "javascript")
-    r = s.inline("file:///oneline.js", 0, 5_000_000)
-    assert "result" in r, r
+    one_suggestion_at(s.inline("file:///oneline.js", 0, 5_000_000), 0, 5_000_000)
     still_answers(s)
 
 
