@@ -2,10 +2,12 @@
 checking that the server still answers a real completion request, then exits cleanly.
 Driven with a bare JSON-RPC client (rawclient.py), since a proper client library would never
 send most of this."""
+import time
+
 import pytest
 
 from conftest import server_command
-from rawclient import RawServer
+from rawclient import TIMEOUT, RawServer
 
 GOOD_TEXT = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n"
 
@@ -27,6 +29,25 @@ def one_suggestion_at(r, line, character):
     assert items[0]["range"]["end"] == items[0]["range"]["start"], r
     assert items[0]["insertText"].strip(), r
     return items[0]
+
+
+def wait_for_stats(s: RawServer, ready, what):
+    """Polls foresight/stats (answered without queueing behind the worker) until `ready(stats)`;
+    a wait bounded by rawclient.TIMEOUT that fails with `what` and the last counters."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        stats = s.stats()
+        if ready(stats):
+            return stats
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (waited {TIMEOUT} s): {stats}")
+        time.sleep(0.002)
+
+
+def hold(s: RawServer, closed: bool):
+    """Closes or opens the worker's hold gate (foresight/debugHold, a --test-hooks method)."""
+    r = s.request("foresight/debugHold", {"closed": closed})
+    assert r.get("result") is closed, r
 
 
 def still_answers(s: RawServer):
@@ -144,18 +165,40 @@ def test_binary_content(server):
 
 def test_edits_arriving_during_a_generation(server):
     s = server
-    s.notify("workspace/didChangeConfiguration", {"settings": {"maxTokens": 100000, "timeCapMs": 600000, "stopAtBlockEnd": False, "resultCache": False}})
-    s.open("file:///e.rs", "x", "rust")
-    before = s.stats()["completions"]
-    first = s.send_request("textDocument/inlineCompletion", s.inline_params("file:///e.rs", 0, 1))
-    while s.stats()["completions"] == before:
-        pass
-    s.change("file:///e.rs", 2, (0, 1), (0, 1), "y")
-    s.notify("workspace/didChangeConfiguration", {"settings": {"maxTokens": 8}})
-    second = s.send_request("textDocument/inlineCompletion", s.inline_params("file:///e.rs", 0, 2))
-    r1, r2 = s.response(first), s.response(second)
-    assert r1["result"] == {"items": []}, "the older request is superseded and its text is stale"
-    assert "result" in r2, r2
+    s.open("file:///e.py", GOOD_TEXT)
+    hold(s, True)  # jobs the worker takes wait before generating until the gate opens
+    before = s.stats()
+    first = s.send_request("textDocument/inlineCompletion", s.inline_params("file:///e.py", 4, 0))
+    wait_for_stats(s, lambda st: st["completions"] == before["completions"] + 1, "the first job never started")
+    # The first job is running (held): an edit and a newer request arrive.
+    s.change("file:///e.py", 2, (4, 0), (4, 0), "y")
+    second = s.send_request("textDocument/inlineCompletion", s.inline_params("file:///e.py", 4, 1))
+    r1 = s.response(first)
+    assert r1["result"] == {"items": []}, ("the older request is superseded and its text is stale", r1)
+    mid = wait_for_stats(s, lambda st: st["completions"] == before["completions"] + 2, "the second job never started")
+    assert mid["cancelled"] == before["cancelled"] + 1, (before, mid)
+    assert mid["modelCalls"] == before["modelCalls"], ("the superseded job never reached the model", before, mid)
+    hold(s, False)
+    one_suggestion_at(s.response(second), 4, 1)  # after the edit: "y|"
+    after = s.stats()
+    assert after["cancelled"] == before["cancelled"] + 1 and after["modelCalls"] == before["modelCalls"] + 1, (before, after)
+    still_answers(s)
+
+
+def test_an_edit_during_a_generation_makes_its_result_stale(server):
+    s = server
+    s.open("file:///stale.py", GOOD_TEXT)
+    hold(s, True)
+    before = s.stats()
+    first = s.send_request("textDocument/inlineCompletion", s.inline_params("file:///stale.py", 4, 0))
+    wait_for_stats(s, lambda st: st["completions"] == before["completions"] + 1, "the job never started")
+    # An edit, and no newer request: the job is not cancelled, it generates for the old text.
+    s.change("file:///stale.py", 2, (0, 0), (0, 0), "# edited\n")
+    hold(s, False)
+    r1 = s.response(first)
+    assert r1["result"] == {"items": []}, ("a suggestion for text that has changed is not shown", r1)
+    after = s.stats()
+    assert after["cancelled"] == before["cancelled"] and after["modelCalls"] == before["modelCalls"] + 1, (before, after)
     still_answers(s)
 
 
@@ -163,14 +206,25 @@ def test_a_burst_of_a_thousand_requests(server):
     s = server
     s.notify("workspace/didChangeConfiguration", {"settings": {"maxTokens": 8}})
     s.open("file:///burst.py", GOOD_TEXT)
+    # The gate holds the first job, so every request but the newest is superseded before its job
+    # can generate: the outcome is exact, however fast the worker is.
+    hold(s, True)
+    before = s.stats()
     ids = [s.send_request("textDocument/inlineCompletion", s.inline_params("file:///burst.py", 4, 0)) for _ in range(1000)]
+    # Every job reached the worker; all but the newest ended cancelled, the newest waits at the gate.
+    mid = wait_for_stats(s, lambda st: st["completions"] == before["completions"] + 1000, "not every job reached the worker")
+    assert mid["cancelled"] == before["cancelled"] + 999, (before, mid)
+    hold(s, False)
     responses = [s.response(i) for i in ids]
-    assert all("result" in r for r in responses)
+    assert len(responses) == 1000
     # Superseded requests show nothing; the newest one gets the suggestion.
-    assert len(responses[-1]["result"]["items"]) == 1
-    stats = s.stats()
-    assert stats["completions"] == 1000  # every job reached the worker, and each got one answer
-    assert stats["cancelled"] >= 1
+    for r in responses[:-1]:
+        assert r["result"] == {"items": []}, r
+    one_suggestion_at(responses[-1], 4, 0)
+    after = s.stats()
+    assert after["completions"] == before["completions"] + 1000, (before, after)  # each got one answer
+    assert after["cancelled"] == before["cancelled"] + 999, (before, after)
+    assert after["modelCalls"] == before["modelCalls"] + 1, (before, after)
     still_answers(s)
 
 
