@@ -10,8 +10,8 @@ TIMEOUT = 120  # seconds; a hang fails the test instead of blocking CI forever
 
 
 class RawServer:
-    def __init__(self, cmd):
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    def __init__(self, cmd, env=None):
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         self.inbox = queue.Queue()
         self.pending = {}
         self.notifications = []

@@ -2,11 +2,12 @@
 checking that the server still answers a real completion request, then exits cleanly.
 Driven with a bare JSON-RPC client (rawclient.py), since a proper client library would never
 send most of this."""
+import os
 import time
 
 import pytest
 
-from conftest import server_command
+from conftest import MODEL, foresight_bin, server_command
 from rawclient import TIMEOUT, RawServer
 
 GOOD_TEXT = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n"
@@ -239,6 +240,19 @@ def test_a_panic_inside_a_request_is_contained(server):
     assert len(r["result"]["items"]) == 1, r
     assert s.stats()["panics"] == 1
     still_answers(s)
+
+
+def test_test_hooks_exist_only_when_asked_for():
+    env = {k: v for k, v in os.environ.items() if k != "FORESIGHT_TEST_HOOKS"}
+    s = RawServer([foresight_bin(), "serve", "--model", MODEL], env=env)
+    try:
+        s.initialize()
+        for method, params in [("foresight/debugHold", {"closed": True}), ("foresight/debugPanic", {})]:
+            r = s.request(method, params)
+            assert r.get("error", {}).get("code") == -32601, (method, r)  # method not found
+        still_answers(s)
+    finally:
+        s.kill()
 
 
 def test_requests_before_initialize_and_exit_without_shutdown():
