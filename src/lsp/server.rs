@@ -32,7 +32,7 @@ pub struct ServeOptions {
     pub default_model: Option<PathBuf>,
     /// Settings applied before the client's initializationOptions (from the command line).
     pub base_config: Option<Value>,
-    /// Registers `foresight/debugPanic` (for the robustness tests).
+    /// Registers the test hooks `foresight/debugPanic` and `foresight/debugHold`.
     pub test_hooks: bool,
 }
 
@@ -357,6 +357,21 @@ impl Backend {
         })
         .await
     }
+
+    /// Test hook: `{"closed": true}` closes the worker's hold gate, `{"closed": false}` opens it
+    /// (see [`Worker::hold`]); answers the new state.
+    async fn debug_hold(&self, params: Value) -> RpcResult<Value> {
+        guarded("foresight/debugHold", async {
+            let Some(closed) = params.get("closed").and_then(Value::as_bool) else {
+                return Err(RpcError::invalid_params(
+                    "expected {\"closed\": true | false}",
+                ));
+            };
+            self.worker.hold(closed);
+            Ok(Value::Bool(closed))
+        })
+        .await
+    }
 }
 
 impl LanguageServer for Backend {
@@ -579,7 +594,9 @@ where
     .custom_method("textDocument/inlineCompletion", Backend::inline_completion)
     .custom_method("foresight/stats", Backend::stats);
     let builder = if opts.test_hooks {
-        builder.custom_method("foresight/debugPanic", Backend::debug_panic)
+        builder
+            .custom_method("foresight/debugPanic", Backend::debug_panic)
+            .custom_method("foresight/debugHold", Backend::debug_hold)
     } else {
         builder
     };

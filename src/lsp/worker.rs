@@ -2,12 +2,13 @@
 //! and runs jobs from a channel one at a time. Jobs whose cancel flag is set before they start
 //! are skipped; a running generation checks the flag between forward passes. A panic inside a
 //! job is caught, logged and answered as a failure; the caches are then emptied. No LSP types.
+//! The hold gate ([`Worker::hold`]) is a test hook, closed only through `foresight/debugHold`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -96,6 +97,7 @@ pub struct WorkerStats {
 pub struct Worker {
     tx: mpsc::Sender<Job>,
     stats: Arc<Mutex<WorkerStats>>,
+    hold: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -103,11 +105,21 @@ impl Worker {
         let (tx, rx) = mpsc::channel::<Job>();
         let stats = Arc::new(Mutex::new(WorkerStats::default()));
         let shared = stats.clone();
+        let hold = Arc::new(AtomicBool::new(false));
+        let gate = hold.clone();
         std::thread::Builder::new()
             .name("foresight-model".into())
-            .spawn(move || run_on_kernel_pool(move || run(rx, shared)))
+            .spawn(move || run_on_kernel_pool(move || run(rx, shared, gate)))
             .expect("cannot spawn the model worker thread");
-        Self { tx, stats }
+        Self { tx, stats, hold }
+    }
+
+    /// Test hook (`foresight/debugHold`, registered only with `--test-hooks`): while the gate is
+    /// closed, a completion job the worker has taken (and counted in `completions`) waits before
+    /// generating until the gate opens or its cancel flag is set; a cancelled one then ends as
+    /// `Cancelled`, counted as any job cancelled before it started. Open unless a test closes it.
+    pub fn hold(&self, closed: bool) {
+        self.hold.store(closed, Ordering::SeqCst);
     }
 
     /// A snapshot of the counters.
@@ -125,6 +137,8 @@ struct State {
     service: Option<CompletionService>,
     no_model: String,
     stats: Arc<Mutex<WorkerStats>>,
+    /// The test hook's gate: closed while true (see [`Worker::hold`]).
+    hold: Arc<AtomicBool>,
 }
 
 impl State {
@@ -133,11 +147,12 @@ impl State {
     }
 }
 
-fn run(rx: mpsc::Receiver<Job>, stats: Arc<Mutex<WorkerStats>>) {
+fn run(rx: mpsc::Receiver<Job>, stats: Arc<Mutex<WorkerStats>>, hold: Arc<AtomicBool>) {
     let mut st = State {
         service: None,
         no_model: "the model is still loading".into(),
         stats,
+        hold,
     };
     while let Ok(job) = rx.recv() {
         let outcome = catch_unwind(AssertUnwindSafe(|| handle(&mut st, job)));
@@ -201,6 +216,10 @@ fn handle(st: &mut State, job: Job) {
             // The guard answers `Failed` if this job panics before replying.
             let mut guard = ReplyGuard(Some(job.reply));
             st.count(|s| s.completions += 1);
+            // Test hook: wait at a closed gate until it opens or this job is cancelled.
+            while st.hold.load(Ordering::SeqCst) && !job.cancel.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             if job.cancel.load(Ordering::Relaxed) {
                 st.count(|s| s.cancelled += 1);
                 guard.send(JobResult::Cancelled);

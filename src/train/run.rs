@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
@@ -47,6 +47,11 @@ pub struct Control {
     pub stop_after: Option<u64>,
     /// Draw a progress bar on stderr (when it is a terminal).
     pub progress: bool,
+    /// Test hook, off by default (`foresight train` sets it from `FORESIGHT_TEST_HOLD=1`): after
+    /// the first periodic checkpoint of this process, print `test hold: ...` on stderr and wait
+    /// until `stop` is set, so a test can interrupt or kill the run at a known point however fast
+    /// it trains. Without `stop` it does nothing; it gives up after 10 minutes and goes on.
+    pub hold_after_checkpoint: bool,
 }
 
 /// How a run turns its documents into token ids. Both give the same ids, so the same batches.
@@ -680,6 +685,7 @@ impl Prepared {
         let (run_start, elapsed_before) = (Instant::now(), self.state.elapsed_secs);
         let elapsed = || elapsed_before + run_start.elapsed().as_secs_f64();
         let mut first_step = true;
+        let mut hold = control.hold_after_checkpoint;
         while self.state.step < total {
             let t0 = Instant::now();
             if std::mem::take(&mut first_step) {
@@ -812,6 +818,9 @@ impl Prepared {
             }
             if opts.checkpoint_every > 0 && self.state.step.is_multiple_of(opts.checkpoint_every) {
                 self.checkpoint()?;
+                if std::mem::take(&mut hold) {
+                    hold_for_interrupt(control, self.state.step);
+                }
             }
         }
         bar.finish();
@@ -835,5 +844,22 @@ impl Prepared {
             &self.state,
             self.options.keep_checkpoints,
         )
+    }
+}
+
+/// The test hold of [`Control::hold_after_checkpoint`]: waits for `stop` (at most 10 minutes).
+fn hold_for_interrupt(control: &Control, step: u64) {
+    const GIVE_UP: Duration = Duration::from_secs(600);
+    let Some(stop) = &control.stop else {
+        return;
+    };
+    eprintln!("test hold: checkpoint of step {step} written; waiting for an interrupt");
+    let t0 = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        if t0.elapsed() > GIVE_UP {
+            tracing::warn!("test hold: no interrupt in {GIVE_UP:?}; going on");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }

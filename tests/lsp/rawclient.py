@@ -4,13 +4,14 @@ import json
 import queue
 import subprocess
 import threading
+import time
 
 TIMEOUT = 120  # seconds; a hang fails the test instead of blocking CI forever
 
 
 class RawServer:
-    def __init__(self, cmd):
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    def __init__(self, cmd, env=None):
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         self.inbox = queue.Queue()
         self.pending = {}
         self.notifications = []
@@ -55,16 +56,24 @@ class RawServer:
         self.send(msg)
         return rid
 
-    def next_message(self):
-        msg = self.inbox.get(timeout=TIMEOUT)
+    def next_message(self, timeout=TIMEOUT):
+        try:
+            msg = self.inbox.get(timeout=max(timeout, 0))
+        except queue.Empty:
+            raise TimeoutError(f"no message from the server in {timeout:.0f} s") from None
         if msg is None:
             raise EOFError("the server closed its output")
         return msg
 
     def response(self, rid):
-        """Waits for the response with id `rid` (keeping others), answering server requests."""
+        """Waits for the response with id `rid` (keeping others), answering server requests; at
+        most TIMEOUT seconds in all, however many other messages arrive meanwhile."""
+        deadline = time.monotonic() + TIMEOUT
         while rid not in self.pending:
-            msg = self.next_message()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no response to request {rid} in {TIMEOUT} s")
+            msg = self.next_message(remaining)
             if "method" in msg:
                 if "id" in msg:
                     self.send({"jsonrpc": "2.0", "id": msg["id"], "result": None})
@@ -82,10 +91,12 @@ class RawServer:
                                         "capabilities": {"general": {"positionEncodings": list(encodings)}},
                                         "initializationOptions": options or {}})
         self.notify("initialized", {})
-        for _ in range(6000):
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
             if self.request("foresight/stats")["result"]["model"] is not None:
                 return r
-        raise AssertionError("model never loaded")
+            time.sleep(0.01)
+        raise AssertionError(f"the model did not load in {TIMEOUT} s")
 
     def open(self, uri, text, language="python", version=1):
         self.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": language, "version": version, "text": text}})

@@ -8,6 +8,7 @@ to end, not just that some answer came back.
 import asyncio
 import subprocess
 import sys
+import time
 
 import pytest
 import pytest_lsp
@@ -82,7 +83,7 @@ async def test_initialize_advertises_capabilities_and_defaults_to_utf16(client: 
     assert caps_.position_encoding == "utf-16"
     assert caps_.inline_completion_provider is True
     assert caps_.text_document_sync.change == t.TextDocumentSyncKind.Incremental
-    assert caps_.completion_provider is not None
+    assert caps_.completion_provider == t.CompletionOptions()  # advertised, with no trigger characters
 
 
 async def test_progress_and_warnings_are_reported(client: LanguageClient):
@@ -183,60 +184,96 @@ async def test_result_cache_serves_the_remainder_while_typing(client: LanguageCl
     assert second.items[0].insert_text == first[1:]
 
 
-LONG = {"maxTokens": 100000, "timeCapMs": 600000, "lines": "multi", "resultCache": False, "stopAtBlockEnd": False}
+async def stats(client):
+    return await client.protocol.send_request_async("foresight/stats", None)
 
 
-async def started(client, before):
-    """Waits until the worker has taken one more job than in `before` (stats never queue)."""
-    for _ in range(6000):
-        now = await client.protocol.send_request_async("foresight/stats", None)
-        if now.completions > before.completions:
+WAIT = 60  # seconds: the bound on each wait below, so a broken server fails a test instead of hanging it
+
+
+async def bounded(awaitable, what):
+    # shield: on a timeout the request is left pending, not cancelled (cancelling a pygls request
+    # future breaks its client when the reply comes).
+    try:
+        return await asyncio.wait_for(asyncio.shield(awaitable), WAIT)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"{what}: no answer in {WAIT} s") from None
+
+
+async def wait_for_stats(client, ready, what):
+    """Polls foresight/stats (answered without queueing behind the worker) until `ready(stats)`;
+    bounded by WAIT, failing with `what` and the last counters."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        now = await stats(client)
+        if ready(now):
             return now
-        await asyncio.sleep(0.005)
-    raise AssertionError("the job never started")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (waited {WAIT} s): {now}")
+        await asyncio.sleep(0.002)
+
+
+async def hold(client, closed: bool):
+    """Closes or opens the worker's hold gate (foresight/debugHold, a --test-hooks method): while
+    it is closed, a job the worker has taken waits before generating until the gate opens or the
+    job is cancelled, so a cancel or a newer request always finds a running job."""
+    assert await client.protocol.send_request_async("foresight/debugHold", {"closed": closed}) is closed
+
+
+def assert_one_suggestion_at(res, line, character):
+    assert len(res.items) == 1, res
+    item = res.items[0]
+    assert item.range.start == t.Position(line, character) and item.range.end == item.range.start, item
+    assert item.insert_text.strip(), item
+
+
+GOOD_TEXT = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n"
 
 
 async def test_cancel_request_stops_generation(client: LanguageClient):
-    client.workspace_did_change_configuration(t.DidChangeConfigurationParams(settings=LONG))
-    uri = "file:///w/long.rs"
-    client.text_document_did_open(t.DidOpenTextDocumentParams(t.TextDocumentItem(uri, "rust", 1, "x")))
-    before = await client.protocol.send_request_async("foresight/stats", None)
+    uri = "file:///w/cancel.py"
+    client.text_document_did_open(t.DidOpenTextDocumentParams(t.TextDocumentItem(uri, "python", 1, GOOD_TEXT)))
+    await hold(client, True)
+    before = await stats(client)
     params = t.InlineCompletionParams(
         context=t.InlineCompletionContext(trigger_kind=t.InlineCompletionTriggerKind.Invoked),
         text_document=t.TextDocumentIdentifier(uri=uri),
-        position=t.Position(line=0, character=1),
+        position=t.Position(line=4, character=0),
     )
     future = client.protocol.send_request(t.TEXT_DOCUMENT_INLINE_COMPLETION, params)
     (msg_id,) = [k for k, f in client.protocol._request_futures.items() if f is future]
-    await started(client, before)
+    # The worker has taken the job, which waits at the closed gate.
+    await wait_for_stats(client, lambda s: s.completions == before.completions + 1, "the job never started")
     # pygls's own future.cancel() breaks its client when the reply arrives; send the
     # notification the way an editor does and wait for the server's answer.
     client.protocol.notify(t.CANCEL_REQUEST, t.CancelParams(id=msg_id))
     with pytest.raises(JsonRpcRequestCancelled):
-        await asyncio.wrap_future(future)
-    # The worker saw the flag between forward passes and counted the job cancelled.
-    for _ in range(6000):
-        after = await client.protocol.send_request_async("foresight/stats", None)
-        if after.cancelled > before.cancelled:
-            break
-        await asyncio.sleep(0.005)
+        await bounded(asyncio.wrap_future(future), "the cancelled request")
+    # The running job saw its cancel flag and ended cancelled, without a model call.
+    after = await wait_for_stats(client, lambda s: s.cancelled != before.cancelled, "the job was never counted cancelled")
     assert after.cancelled == before.cancelled + 1, (before, after)
-    client.workspace_did_change_configuration(t.DidChangeConfigurationParams(settings={"maxTokens": 16}))
-    res = await inline(client, uri, 0, 1)
-    assert res is not None
+    assert after.completions == before.completions + 1 and after.modelCalls == before.modelCalls, (before, after)
+    await hold(client, False)
+    # The server still completes: the same request now gets its suggestion.
+    assert_one_suggestion_at(await inline(client, uri, 4, 0), 4, 0)
+    final = await stats(client)
+    assert final.cancelled == after.cancelled and final.modelCalls == before.modelCalls + 1, (before, final)
 
 
 async def test_newer_request_supersedes_older(client: LanguageClient):
-    client.workspace_did_change_configuration(t.DidChangeConfigurationParams(settings=LONG))
-    uri = "file:///w/sup.rs"
-    client.text_document_did_open(t.DidOpenTextDocumentParams(t.TextDocumentItem(uri, "rust", 1, "x")))
-    before = await client.protocol.send_request_async("foresight/stats", None)
-    old = asyncio.ensure_future(inline(client, uri, 0, 1))
-    await started(client, before)
-    client.workspace_did_change_configuration(t.DidChangeConfigurationParams(settings={"maxTokens": 8}))
-    new = await inline(client, uri, 0, 1)
-    old_res = await old
-    assert len(old_res.items) == 0, "the superseded request shows nothing"
-    after = await client.protocol.send_request_async("foresight/stats", None)
-    assert after.cancelled == before.cancelled + 1
-    assert new is not None
+    uri = "file:///w/sup.py"
+    client.text_document_did_open(t.DidOpenTextDocumentParams(t.TextDocumentItem(uri, "python", 1, GOOD_TEXT)))
+    await hold(client, True)
+    before = await stats(client)
+    old = asyncio.ensure_future(inline(client, uri, 4, 0))
+    await wait_for_stats(client, lambda s: s.completions == before.completions + 1, "the older job never started")
+    # The older job is running (held at the gate) when the newer request arrives.
+    new = asyncio.ensure_future(inline(client, uri, 4, 0))
+    old_res = await bounded(old, "the superseded request")
+    assert len(old_res.items) == 0, ("the superseded request shows nothing", old_res)
+    mid = await wait_for_stats(client, lambda s: s.completions == before.completions + 2, "the newer job never started")
+    assert mid.cancelled == before.cancelled + 1 and mid.modelCalls == before.modelCalls, (before, mid)
+    await hold(client, False)
+    assert_one_suggestion_at(await bounded(new, "the newer request"), 4, 0)
+    after = await stats(client)
+    assert after.cancelled == before.cancelled + 1 and after.modelCalls == before.modelCalls + 1, (before, after)

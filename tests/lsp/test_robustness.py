@@ -2,12 +2,13 @@
 checking that the server still answers a real completion request, then exits cleanly.
 Driven with a bare JSON-RPC client (rawclient.py), since a proper client library would never
 send most of this."""
-import json
+import os
+import time
 
 import pytest
 
-from conftest import server_command
-from rawclient import RawServer
+from conftest import MODEL, foresight_bin, server_command
+from rawclient import TIMEOUT, RawServer
 
 GOOD_TEXT = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n"
 
@@ -18,6 +19,36 @@ def server():
     s.initialize(("utf-16",), {"lines": "multi"})
     yield s
     s.kill()
+
+
+def one_suggestion_at(r, line, character):
+    """`r` is an inline completion response with exactly one non-blank item at (line, character)."""
+    assert "result" in r, r
+    items = r["result"]["items"]
+    assert len(items) == 1, r
+    assert items[0]["range"]["start"] == {"line": line, "character": character}, r
+    assert items[0]["range"]["end"] == items[0]["range"]["start"], r
+    assert items[0]["insertText"].strip(), r
+    return items[0]
+
+
+def wait_for_stats(s: RawServer, ready, what):
+    """Polls foresight/stats (answered without queueing behind the worker) until `ready(stats)`;
+    a wait bounded by rawclient.TIMEOUT that fails with `what` and the last counters."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        stats = s.stats()
+        if ready(stats):
+            return stats
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (waited {TIMEOUT} s): {stats}")
+        time.sleep(0.002)
+
+
+def hold(s: RawServer, closed: bool):
+    """Closes or opens the worker's hold gate (foresight/debugHold, a --test-hooks method)."""
+    r = s.request("foresight/debugHold", {"closed": closed})
+    assert r.get("result") is closed, r
 
 
 def still_answers(s: RawServer):
@@ -39,9 +70,11 @@ def test_malformed_json_rpc(server):
     s.send_bytes(b"Content-Type: nothing\r\n\r\n")                     # no Content-Length
     s.send_bytes(b"Content-Length: banana\r\n\r\n")                    # bad Content-Length
     errors = []
-    while len(errors) < 7:
+    for _ in range(100):  # bounded: the server's own notifications are skipped, not awaited forever
+        if len(errors) == 7:
+            break
         m = s.next_message()
-        if "method" not in m:  # skip the server's own notifications
+        if "method" not in m:
             errors.append(m)
     codes = sorted(e["error"]["code"] for e in errors)
     assert codes == [-32700, -32700, -32700, -32700, -32600, -32600, -32600], errors
@@ -56,7 +89,7 @@ def test_unknown_methods(server):
     s.notify("$/noSuchNotification", {"x": 1})
     s.notify("noSuchNotification")
     r = s.request("textDocument/hover", {"textDocument": {"uri": "file:///x.py"}, "position": {"line": 0, "character": 0}})
-    assert "error" in r  # not implemented: answered with an error, not silence
+    assert r["error"]["code"] == -32601, r  # not implemented: answered with an error, not silence
     still_answers(s)
 
 
@@ -69,7 +102,7 @@ def test_requests_for_documents_never_opened(server):
     s.change("file:///never/opened.py", 2, (0, 0), (0, 0), "x")   # didChange for it: ignored
     s.notify("textDocument/didClose", {"textDocument": {"uri": "file:///never/opened.py"}})
     r = s.request("textDocument/inlineCompletion", {"textDocument": {"uri": "not a uri at all"}, "position": {"line": 0, "character": 0}, "context": {"triggerKind": 1}})
-    assert "error" in r or r["result"]["items"] == [], r
+    assert r["error"]["code"] == -32602, r  # not a URI: invalid params
     r = s.request("textDocument/inlineCompletion", {"bogus": True})
     assert r["error"]["code"] == -32602, r  # invalid params
     still_answers(s)
@@ -79,20 +112,23 @@ def test_positions_past_the_end_and_inside_a_surrogate_pair(server):
     s = server
     s.open("file:///p.py", "a🦀b\nxy")
     # Inside the crab's surrogate pair (UTF-16 column 2): clamped to the crab's start (column 1).
-    r = s.inline("file:///p.py", 0, 2)
-    items = r["result"]["items"]
-    assert all(i["range"]["start"] == {"line": 0, "character": 1} for i in items), r
+    one_suggestion_at(s.inline("file:///p.py", 0, 2), 0, 1)
     # Past the end of the line: the end of that line.
-    r = s.inline("file:///p.py", 0, 999)
-    assert all(i["range"]["start"] == {"line": 0, "character": 4} for i in r["result"]["items"]), r
+    one_suggestion_at(s.inline("file:///p.py", 0, 999), 0, 4)
     # Past the end of the document: the end of the document.
-    r = s.inline("file:///p.py", 99, 5)
-    assert all(i["range"]["start"] == {"line": 1, "character": 2} for i in r["result"]["items"]), r
+    one_suggestion_at(s.inline("file:///p.py", 99, 5), 1, 2)
     # An edit with a range past the end appends; one inside the pair starts at the crab.
     s.change("file:///p.py", 2, (50, 0), (60, 3), "!")
-    s.change("file:///p.py", 3, (0, 2), (0, 3), "")      # removes the crab
+    s.change("file:///p.py", 3, (0, 2), (0, 3), "")      # removes the crab: "ab\nxy!"
+    one_suggestion_at(s.inline("file:///p.py", 0, 999), 0, 2)
+    one_suggestion_at(s.inline("file:///p.py", 1, 999), 1, 3)
+    inline = one_suggestion_at(s.inline("file:///p.py", 0, 1), 0, 1)
     r = s.request("textDocument/completion", {"textDocument": {"uri": "file:///p.py"}, "position": {"line": 0, "character": 1}})
-    assert "result" in r, r
+    items = r["result"]["items"]
+    assert len(items) == 1, r
+    # The word before the cursor ("a") is replaced by itself plus the same suggestion.
+    assert items[0]["textEdit"] == {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 1}},
+                                    "newText": "a" + inline["insertText"]}, r
     # Negative numbers are not positions: an invalid-params error, not a crash.
     r = s.request("textDocument/inlineCompletion", s.inline_params("file:///p.py", -1, -1))
     assert r["error"]["code"] == -32602, r
@@ -106,17 +142,13 @@ def test_ten_megabyte_document(server):
     assert len(text.encode()) > 10_000_000
     s.open("file:///big.py", text)
     n_lines = text.count("\n")
-    r = s.inline("file:///big.py", n_lines, 0)
-    assert "result" in r, r
-    r = s.inline("file:///big.py", n_lines // 2, 10)
-    assert "result" in r, r
+    one_suggestion_at(s.inline("file:///big.py", n_lines, 0), n_lines, 0)
+    one_suggestion_at(s.inline("file:///big.py", n_lines // 2, 10), n_lines // 2, 10)
     s.change("file:///big.py", 2, (n_lines // 2, 0), (n_lines // 2, 0), "x = 1\n")
-    r = s.inline("file:///big.py", n_lines // 2, 5)
-    assert "result" in r, r
+    one_suggestion_at(s.inline("file:///big.py", n_lines // 2, 5), n_lines // 2, 5)
     # A whole 10 MB line too.
     s.open("file:///oneline.js", "x" * 10_000_000, "javascript")
-    r = s.inline("file:///oneline.js", 0, 5_000_000)
-    assert "result" in r, r
+    one_suggestion_at(s.inline("file:///oneline.js", 0, 5_000_000), 0, 5_000_000)
     still_answers(s)
 
 
@@ -134,18 +166,40 @@ def test_binary_content(server):
 
 def test_edits_arriving_during_a_generation(server):
     s = server
-    s.notify("workspace/didChangeConfiguration", {"settings": {"maxTokens": 100000, "timeCapMs": 600000, "stopAtBlockEnd": False, "resultCache": False}})
-    s.open("file:///e.rs", "x", "rust")
-    before = s.stats()["completions"]
-    first = s.send_request("textDocument/inlineCompletion", s.inline_params("file:///e.rs", 0, 1))
-    while s.stats()["completions"] == before:
-        pass
-    s.change("file:///e.rs", 2, (0, 1), (0, 1), "y")
-    s.notify("workspace/didChangeConfiguration", {"settings": {"maxTokens": 8}})
-    second = s.send_request("textDocument/inlineCompletion", s.inline_params("file:///e.rs", 0, 2))
-    r1, r2 = s.response(first), s.response(second)
-    assert r1["result"] == {"items": []}, "the older request is superseded and its text is stale"
-    assert "result" in r2, r2
+    s.open("file:///e.py", GOOD_TEXT)
+    hold(s, True)  # jobs the worker takes wait before generating until the gate opens
+    before = s.stats()
+    first = s.send_request("textDocument/inlineCompletion", s.inline_params("file:///e.py", 4, 0))
+    wait_for_stats(s, lambda st: st["completions"] == before["completions"] + 1, "the first job never started")
+    # The first job is running (held): an edit and a newer request arrive.
+    s.change("file:///e.py", 2, (4, 0), (4, 0), "y")
+    second = s.send_request("textDocument/inlineCompletion", s.inline_params("file:///e.py", 4, 1))
+    r1 = s.response(first)
+    assert r1["result"] == {"items": []}, ("the older request is superseded and its text is stale", r1)
+    mid = wait_for_stats(s, lambda st: st["completions"] == before["completions"] + 2, "the second job never started")
+    assert mid["cancelled"] == before["cancelled"] + 1, (before, mid)
+    assert mid["modelCalls"] == before["modelCalls"], ("the superseded job never reached the model", before, mid)
+    hold(s, False)
+    one_suggestion_at(s.response(second), 4, 1)  # after the edit: "y|"
+    after = s.stats()
+    assert after["cancelled"] == before["cancelled"] + 1 and after["modelCalls"] == before["modelCalls"] + 1, (before, after)
+    still_answers(s)
+
+
+def test_an_edit_during_a_generation_makes_its_result_stale(server):
+    s = server
+    s.open("file:///stale.py", GOOD_TEXT)
+    hold(s, True)
+    before = s.stats()
+    first = s.send_request("textDocument/inlineCompletion", s.inline_params("file:///stale.py", 4, 0))
+    wait_for_stats(s, lambda st: st["completions"] == before["completions"] + 1, "the job never started")
+    # An edit, and no newer request: the job is not cancelled, it generates for the old text.
+    s.change("file:///stale.py", 2, (0, 0), (0, 0), "# edited\n")
+    hold(s, False)
+    r1 = s.response(first)
+    assert r1["result"] == {"items": []}, ("a suggestion for text that has changed is not shown", r1)
+    after = s.stats()
+    assert after["cancelled"] == before["cancelled"] and after["modelCalls"] == before["modelCalls"] + 1, (before, after)
     still_answers(s)
 
 
@@ -153,14 +207,25 @@ def test_a_burst_of_a_thousand_requests(server):
     s = server
     s.notify("workspace/didChangeConfiguration", {"settings": {"maxTokens": 8}})
     s.open("file:///burst.py", GOOD_TEXT)
+    # The gate holds the first job, so every request but the newest is superseded before its job
+    # can generate: the outcome is exact, however fast the worker is.
+    hold(s, True)
+    before = s.stats()
     ids = [s.send_request("textDocument/inlineCompletion", s.inline_params("file:///burst.py", 4, 0)) for _ in range(1000)]
+    # Every job reached the worker; all but the newest ended cancelled, the newest waits at the gate.
+    mid = wait_for_stats(s, lambda st: st["completions"] == before["completions"] + 1000, "not every job reached the worker")
+    assert mid["cancelled"] == before["cancelled"] + 999, (before, mid)
+    hold(s, False)
     responses = [s.response(i) for i in ids]
-    assert all("result" in r for r in responses)
+    assert len(responses) == 1000
     # Superseded requests show nothing; the newest one gets the suggestion.
-    assert len(responses[-1]["result"]["items"]) == 1
-    stats = s.stats()
-    assert stats["completions"] == 1000  # every job reached the worker, and each got one answer
-    assert stats["cancelled"] >= 1
+    for r in responses[:-1]:
+        assert r["result"] == {"items": []}, r
+    one_suggestion_at(responses[-1], 4, 0)
+    after = s.stats()
+    assert after["completions"] == before["completions"] + 1000, (before, after)  # each got one answer
+    assert after["cancelled"] == before["cancelled"] + 999, (before, after)
+    assert after["modelCalls"] == before["modelCalls"] + 1, (before, after)
     still_answers(s)
 
 
@@ -175,6 +240,19 @@ def test_a_panic_inside_a_request_is_contained(server):
     assert len(r["result"]["items"]) == 1, r
     assert s.stats()["panics"] == 1
     still_answers(s)
+
+
+def test_test_hooks_exist_only_when_asked_for():
+    env = {k: v for k, v in os.environ.items() if k != "FORESIGHT_TEST_HOOKS"}
+    s = RawServer([foresight_bin(), "serve", "--model", MODEL], env=env)
+    try:
+        s.initialize()
+        for method, params in [("foresight/debugHold", {"closed": True}), ("foresight/debugPanic", {})]:
+            r = s.request(method, params)
+            assert r.get("error", {}).get("code") == -32601, (method, r)  # method not found
+        still_answers(s)
+    finally:
+        s.kill()
 
 
 def test_requests_before_initialize_and_exit_without_shutdown():
