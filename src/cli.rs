@@ -80,8 +80,10 @@ pub struct ServeArgs {
     pub config: Option<String>,
     #[command(flatten)]
     pub settings: SettingsArgs,
-    /// Registers foresight/debugPanic, for robustness tests.
-    #[arg(long, hide = true, env = "FORESIGHT_TEST_HOOKS")]
+    /// Registers the test hooks foresight/debugPanic and foresight/debugHold, for robustness
+    /// tests (also FORESIGHT_TEST_HOOKS=1/true/yes).
+    #[arg(long, hide = true, env = "FORESIGHT_TEST_HOOKS",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub test_hooks: bool,
 }
 

@@ -275,3 +275,64 @@ fn eval_scores_tasks_in_both_modes_and_writes_json() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("tasks.jsonl:1"), "{}", stderr(&out));
 }
+
+#[test]
+fn the_test_hooks_environment_variable_takes_1_true_and_yes() {
+    use foresight::lsp::guard::{frame, read_frame_blocking, Frame};
+    use std::io::{BufReader, Write};
+    let model = model_dir();
+    for (value, hooks) in [("1", true), ("true", true), ("yes", true), ("0", false)] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_foresight"))
+            .args(["serve", "--model", model.path().to_str().unwrap()])
+            .env("FORESIGHT_TEST_HOOKS", value)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut send = |v: serde_json::Value| {
+            stdin.write_all(&frame(v.to_string().as_bytes())).unwrap();
+            stdin.flush().unwrap();
+        };
+        // Waits for the answer to request `id` (skipping notifications).
+        let mut answer = |id: i64| loop {
+            match read_frame_blocking(&mut stdout).unwrap() {
+                Some(Frame::Body(body)) => {
+                    let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    if m["id"] == id {
+                        break m;
+                    }
+                }
+                other => panic!("FORESIGHT_TEST_HOOKS={value}: {other:?}"),
+            }
+        };
+        send(
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"capabilities": {}}}),
+        );
+        answer(1);
+        send(serde_json::json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
+        send(
+            serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "foresight/debugHold",
+            "params": {"closed": false}}),
+        );
+        let reply = answer(2);
+        if hooks {
+            assert_eq!(
+                reply["result"], false,
+                "FORESIGHT_TEST_HOOKS={value}: {reply}"
+            );
+        } else {
+            assert_eq!(reply["error"]["code"], -32601, "{reply}");
+        }
+        send(serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "shutdown"}));
+        answer(3);
+        send(serde_json::json!({"jsonrpc": "2.0", "method": "exit"}));
+        assert!(
+            child.wait().unwrap().success(),
+            "FORESIGHT_TEST_HOOKS={value}"
+        );
+    }
+}

@@ -171,3 +171,62 @@ fn cache_reuse_across_generations_is_exact() {
         assert!(reused.stats.reused_tokens > 0 || next == 61);
     }
 }
+
+/// A detokenizer that raises a cancel flag once the generation holds `after` tokens: a cancel
+/// arriving mid-generation, at a known point, without timing.
+struct CancelAfter<'a> {
+    after: usize,
+    flag: &'a std::sync::atomic::AtomicBool,
+}
+
+impl foresight::decode::Detokenize for CancelAfter<'_> {
+    fn detokenize(&self, ids: &[u32]) -> String {
+        if ids.len() >= self.after {
+            self.flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        String::new()
+    }
+}
+
+#[test]
+fn a_cancel_mid_generation_stops_between_forward_passes_with_the_tokens_so_far() {
+    use foresight::decode::{generate, Control, StopReason};
+    let model = tiny();
+    let prompt: Vec<u32> = (10..30).collect();
+    let params = GenerateParams {
+        max_tokens: 40,
+        sampling: None,
+        stop_tokens: Vec::new(),
+        max_draft_len: 0,
+    };
+    let full = run(
+        &model,
+        &mut model.new_cache(256, 1).unwrap(),
+        &prompt,
+        &params,
+        &mut NoDrafts,
+    );
+    assert_eq!(full.tokens.len(), 40, "runs to max tokens uncancelled");
+    for after in [1, 5, 17] {
+        let flag = std::sync::atomic::AtomicBool::new(false);
+        let detok = CancelAfter { after, flag: &flag };
+        let control = Control {
+            cancel: Some(&flag),
+            stop_strings: Some((&detok, &[])),
+            ..Control::default()
+        };
+        let mut cache = model.new_cache(256, 1).unwrap();
+        let g = generate(
+            &model,
+            &mut cache,
+            &prompt,
+            &params,
+            &mut NoDrafts,
+            &control,
+        )
+        .unwrap();
+        assert_eq!(g.stop, StopReason::Cancelled, "cancel after {after}");
+        assert_eq!(g.tokens, full.tokens[..after], "cancel after {after}");
+        assert_eq!(g.stats.forwards, after, "no forward pass after the cancel");
+    }
+}
