@@ -34,7 +34,7 @@ use crate::model::tokenizer::byte_level_tokenizer;
 use crate::model::weights::{
     init_weights, load_dir, save_dir_with, CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE,
 };
-use crate::model::{ModelConfig, SpecialTokens};
+use crate::model::{ModelConfig, MtpModel, SpecialTokens};
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
@@ -700,48 +700,9 @@ impl Prepared {
                 Some(b) => lr_by_time(step, warmup, elapsed(), b, opts.lr, opts.min_lr_ratio),
                 None => lr_at(step, warmup, total, opts.lr, opts.min_lr_ratio),
             };
-            let mut grads: Vec<Option<Tensor>> = vec![None; trainable.len()];
-            let mut head_losses = vec![0f32; self.config.n_heads()];
-            for _ in 0..opts.grad_accum {
-                let batch = stream
-                    .next_batch(opts.batch_size)
-                    .expect("the epoch has windows (checked above)");
-                let windows = windows_tensor(&batch, &self.device)?;
-                let out = batch_grads(
-                    &model,
-                    &trainable,
-                    trunk_trainable,
-                    &windows,
-                    &weights,
-                    opts.loss_order,
-                )?;
-                for (acc, g) in grads.iter_mut().zip(out.grads) {
-                    if let Some(g) = g {
-                        *acc = Some(match acc.take() {
-                            Some(a) => (a + g)?,
-                            None => g,
-                        });
-                    }
-                }
-                for (h, l) in head_losses.iter_mut().zip(&out.head_losses) {
-                    *h += l / opts.grad_accum as f32;
-                }
-            }
-            if opts.grad_accum > 1 {
-                let scale = 1.0 / opts.grad_accum as f64;
-                for g in grads.iter_mut().flatten() {
-                    *g = (&*g * scale)?;
-                }
-            }
-            let norm = global_norm(&grads)?;
-            let factor = clip_factor(norm, opts.clip_norm);
-            if factor < 1.0 {
-                for g in grads.iter_mut().flatten() {
-                    *g = (&*g * factor)?;
-                }
-            }
-            self.optimizer.step(&grads, lr)?;
-            drop(grads);
+            let (grads, head_losses) =
+                self.accumulate_grads(&model, &trainable, trunk_trainable, &mut stream, &weights)?;
+            let norm = self.clip_and_step(grads, lr)?;
             if self.compute != DType::F32 {
                 model = self.params.training_model(self.compute)?;
             }
@@ -780,30 +741,13 @@ impl Prepared {
             if done || (opts.eval_every > 0 && self.state.step.is_multiple_of(opts.eval_every)) {
                 let v = validate(&eval_model, &self.valid_batches)?;
                 metrics.write(validation_record(self.state.step, &v, &weights))?;
-                bar.println(format!(
-                    "step {}: valid loss {:.4}, per head {:?}, top-1 {:?}",
-                    self.state.step,
-                    v.loss(&weights),
-                    v.head_losses
-                        .iter()
-                        .map(|l| (l * 1000.0).round() / 1000.0)
-                        .collect::<Vec<_>>(),
-                    v.head_top1
-                        .iter()
-                        .map(|a| (a * 1000.0).round() / 1000.0)
-                        .collect::<Vec<_>>()
-                ));
+                bar.println(validation_line(self.state.step, &v, &weights));
                 last_validation = Some(v);
             }
             if done {
                 break;
             }
-            let interrupted = control
-                .stop
-                .as_ref()
-                .is_some_and(|s| s.load(Ordering::SeqCst));
-            let stop_here = control.stop_after.is_some_and(|n| self.state.step >= n);
-            if interrupted || stop_here {
+            if stop_requested(control, self.state.step) {
                 let dir = self.checkpoint()?;
                 bar.abandon();
                 tracing::info!(
@@ -834,6 +778,67 @@ impl Prepared {
         })
     }
 
+    /// Gradients of one optimizer step, averaged over `grad_accum` batches from `stream`, and
+    /// the per-head losses averaged the same way.
+    fn accumulate_grads(
+        &self,
+        model: &MtpModel,
+        trainable: &[candle_core::Var],
+        trunk_trainable: bool,
+        stream: &mut BatchStream,
+        weights: &[f32],
+    ) -> Result<(Vec<Option<Tensor>>, Vec<f32>)> {
+        let opts = &self.options;
+        let mut grads: Vec<Option<Tensor>> = vec![None; trainable.len()];
+        let mut head_losses = vec![0f32; self.config.n_heads()];
+        for _ in 0..opts.grad_accum {
+            let batch = stream
+                .next_batch(opts.batch_size)
+                .expect("the epoch has windows (checked above)");
+            let windows = windows_tensor(&batch, &self.device)?;
+            let out = batch_grads(
+                model,
+                trainable,
+                trunk_trainable,
+                &windows,
+                weights,
+                opts.loss_order,
+            )?;
+            for (acc, g) in grads.iter_mut().zip(out.grads) {
+                if let Some(g) = g {
+                    *acc = Some(match acc.take() {
+                        Some(a) => (a + g)?,
+                        None => g,
+                    });
+                }
+            }
+            for (h, l) in head_losses.iter_mut().zip(&out.head_losses) {
+                *h += l / opts.grad_accum as f32;
+            }
+        }
+        if opts.grad_accum > 1 {
+            let scale = 1.0 / opts.grad_accum as f64;
+            for g in grads.iter_mut().flatten() {
+                *g = (&*g * scale)?;
+            }
+        }
+        Ok((grads, head_losses))
+    }
+
+    /// Clips `grads` to the global norm `clip_norm` and takes the optimizer step; returns the
+    /// norm before clipping.
+    fn clip_and_step(&mut self, mut grads: Vec<Option<Tensor>>, lr: f64) -> Result<f64> {
+        let norm = global_norm(&grads)?;
+        let factor = clip_factor(norm, self.options.clip_norm);
+        if factor < 1.0 {
+            for g in grads.iter_mut().flatten() {
+                *g = (&*g * factor)?;
+            }
+        }
+        self.optimizer.step(&grads, lr)?;
+        Ok(norm)
+    }
+
     fn checkpoint(&self) -> Result<PathBuf> {
         checkpoint::save(
             &self.options.out,
@@ -845,6 +850,30 @@ impl Prepared {
             self.options.keep_checkpoints,
         )
     }
+}
+
+/// Whether the user interrupted the run (Ctrl-C) or it reached `stop_after`, at step `step`.
+fn stop_requested(control: &Control, step: u64) -> bool {
+    let interrupted = control
+        .stop
+        .as_ref()
+        .is_some_and(|s| s.load(Ordering::SeqCst));
+    interrupted || control.stop_after.is_some_and(|n| step >= n)
+}
+
+/// The progress line of a validation: loss, per-head losses and top-1 accuracies.
+fn validation_line(step: u64, v: &Validation, weights: &[f32]) -> String {
+    let round = |xs: &[f64]| {
+        xs.iter()
+            .map(|x| (x * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>()
+    };
+    format!(
+        "step {step}: valid loss {:.4}, per head {:?}, top-1 {:?}",
+        v.loss(weights),
+        round(&v.head_losses),
+        round(&v.head_top1)
+    )
 }
 
 /// The test hold of [`Control::hold_after_checkpoint`]: waits for `stop` (at most 10 minutes).
