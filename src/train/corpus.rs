@@ -3,7 +3,7 @@
 //! deterministic train/validation split by a stable hash of each file's path. No tokens here.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::error::{Result, TrainError};
@@ -114,27 +114,7 @@ pub fn collect(repos: &[PathBuf], opts: &WalkOptions) -> Result<Corpus> {
             return Err(TrainError::NoRepository(repo.clone()));
         }
         let pruned: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
-        let pruned_in_filter = Arc::clone(&pruned);
-        let walk = ignore::WalkBuilder::new(repo)
-            .standard_filters(true)
-            .require_git(false)
-            .follow_links(false)
-            .sort_by_file_path(|a, b| a.cmp(b))
-            .filter_entry(move |entry| {
-                let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
-                let vendored = is_dir
-                    && entry.depth() > 0
-                    && entry.file_name().to_str().is_some_and(is_vendored_dir);
-                if vendored {
-                    pruned_in_filter
-                        .lock()
-                        .expect("walk filter lock")
-                        .push(entry.path().to_path_buf());
-                }
-                !vendored
-            })
-            .build();
-        for entry in walk {
+        for entry in walk(repo, Arc::clone(&pruned)) {
             let entry = match entry {
                 Ok(e) => e,
                 Err(err) => {
@@ -146,51 +126,26 @@ pub fn collect(repos: &[PathBuf], opts: &WalkOptions) -> Result<Corpus> {
                 continue;
             }
             let path = entry.path().to_path_buf();
-            let mut skip =
-                |reason: SkipReason| corpus.skipped.entry(reason).or_default().push(path.clone());
-            if let Some(reason) = skip_by_name(&path) {
-                skip(reason);
-                continue;
-            }
-            let Some(language) = language_of(&path) else {
-                skip(SkipReason::NotSource);
-                continue;
-            };
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            if size > opts.max_file_bytes {
-                skip(SkipReason::TooLarge);
-                continue;
-            }
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(err) => {
-                    tracing::warn!("cannot read {}: {err}", path.display());
-                    skip(SkipReason::Unreadable);
-                    continue;
-                }
-            };
-            let text = match check_content(&bytes, opts.max_file_bytes) {
-                Ok(text) => text.to_string(),
+            let (language, text) = match read_source(&path, size, opts) {
+                Ok(found) => found,
                 Err(reason) => {
-                    skip(reason);
+                    corpus.skipped.entry(reason).or_default().push(path);
                     continue;
                 }
             };
-            let hash = stable_hash(text.as_bytes());
-            let same = by_hash.entry(hash).or_default();
+            let same = by_hash.entry(stable_hash(text.as_bytes())).or_default();
             if same.iter().any(|&i| kept[i].text == text) {
-                skip(SkipReason::Duplicate);
+                corpus
+                    .skipped
+                    .entry(SkipReason::Duplicate)
+                    .or_default()
+                    .push(path);
                 continue;
             }
             same.push(kept.len());
-            let rel = path.strip_prefix(repo).unwrap_or(&path);
-            let rel_path = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
             kept.push(Document {
-                rel_path,
+                rel_path: relative_path(repo, &path),
                 path,
                 language,
                 text,
@@ -220,6 +175,61 @@ pub fn collect(repos: &[PathBuf], opts: &WalkOptions) -> Result<Corpus> {
     corpus.valid = valid;
     balance_split(&mut corpus);
     Ok(corpus)
+}
+
+/// The files of `repo` in path order, honouring ignore files, without entering vendored or build
+/// folders (which are recorded in `pruned`).
+fn walk(repo: &Path, pruned: Arc<Mutex<Vec<PathBuf>>>) -> ignore::Walk {
+    ignore::WalkBuilder::new(repo)
+        .standard_filters(true)
+        .require_git(false)
+        .follow_links(false)
+        .sort_by_file_path(|a, b| a.cmp(b))
+        .filter_entry(move |entry| {
+            let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
+            let vendored = is_dir
+                && entry.depth() > 0
+                && entry.file_name().to_str().is_some_and(is_vendored_dir);
+            if vendored {
+                pruned
+                    .lock()
+                    .expect("walk filter lock")
+                    .push(entry.path().to_path_buf());
+            }
+            !vendored
+        })
+        .build()
+}
+
+/// A file's language and text if it is usable source (`size` bytes on disk), else why not.
+fn read_source(
+    path: &Path,
+    size: u64,
+    opts: &WalkOptions,
+) -> std::result::Result<(&'static str, String), SkipReason> {
+    if let Some(reason) = skip_by_name(path) {
+        return Err(reason);
+    }
+    let language = language_of(path).ok_or(SkipReason::NotSource)?;
+    if size > opts.max_file_bytes {
+        return Err(SkipReason::TooLarge);
+    }
+    let bytes = std::fs::read(path).map_err(|err| {
+        tracing::warn!("cannot read {}: {err}", path.display());
+        SkipReason::Unreadable
+    })?;
+    let text = check_content(&bytes, opts.max_file_bytes)?.to_string();
+    Ok((language, text))
+}
+
+/// `path` relative to `repo`, with `/` separators (the split key).
+fn relative_path(repo: &Path, path: &Path) -> String {
+    path.strip_prefix(repo)
+        .unwrap_or(path)
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Makes both splits non-empty: when the hash split leaves one side empty, the file with the
