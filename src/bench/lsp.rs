@@ -119,6 +119,49 @@ impl Client {
         }
     }
 
+    /// `initialize` with these options, `initialized`, then waits (up to 300 s) until the server
+    /// has loaded its model.
+    pub fn initialize(&mut self, options: &Value) -> Result<(), BenchError> {
+        self.request(
+            "initialize",
+            json!({
+                "processId": std::process::id(),
+                "rootUri": null,
+                "capabilities": {"general": {"positionEncodings": ["utf-8", "utf-16"]}},
+                "initializationOptions": options,
+            }),
+        )?;
+        self.notify("initialized", json!({}))?;
+        let t0 = Instant::now();
+        loop {
+            let stats = self.request("foresight/stats", Value::Null)?;
+            if !stats["model"].is_null() {
+                return Ok(());
+            }
+            if t0.elapsed() > Duration::from_secs(300) {
+                return Err(BenchError::Server("did not load its model in 300 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// An inline completion request at `line`/`col` (UTF-8 columns): its latency in ms and the
+    /// suggestion, if one came.
+    pub fn inline(
+        &mut self,
+        uri: &str,
+        line: usize,
+        col: usize,
+    ) -> Result<(f64, Option<String>), BenchError> {
+        let t = Instant::now();
+        let r = self.request(
+            "textDocument/inlineCompletion",
+            json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": col}, "context": {"triggerKind": 2}}),
+        )?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        Ok((ms, r["items"][0]["insertText"].as_str().map(str::to_string)))
+    }
+
     pub fn close(mut self) {
         let _ = self.request("shutdown", Value::Null);
         let _ = self.notify("exit", Value::Null);
@@ -223,43 +266,81 @@ pub fn run_variant(
     cold_lines: usize,
 ) -> Result<Report, BenchError> {
     let mut c = Client::spawn(server, server_args)?;
-    c.request(
-        "initialize",
-        json!({
-            "processId": std::process::id(),
-            "rootUri": null,
-            "capabilities": {"general": {"positionEncodings": ["utf-8", "utf-16"]}},
-            "initializationOptions": variant.options,
-        }),
-    )?;
-    c.notify("initialized", json!({}))?;
-    let t0 = Instant::now();
-    loop {
-        let stats = c.request("foresight/stats", Value::Null)?;
-        if !stats["model"].is_null() {
-            break;
+    c.initialize(&variant.options)?;
+    let cold_ms = cold_request(&mut c, tasks, cold_lines)?;
+    // The server's own rule, on the text around the cursor: is this a single-line request?
+    let policy = variant.options["lines"]
+        .as_str()
+        .and_then(|s| s.parse::<LinePolicy>().ok())
+        .unwrap_or_default();
+    let mut samples = Samples::default();
+    for (i, task) in tasks.iter().enumerate() {
+        let uri = format!("file:///bench/{i}.{}", extension(&task.language));
+        replay_typing(
+            &mut c,
+            &uri,
+            task,
+            keystrokes,
+            variant.follow_suggestions,
+            policy,
+            &mut samples,
+        )?;
+    }
+    let stats = c.request("foresight/stats", Value::Null)?;
+    c.close();
+    Ok(samples.report(&variant.label, &stats, cold_ms, cold_lines))
+}
+
+/// Latencies of one variant's requests.
+#[derive(Default)]
+struct Samples {
+    latencies: Vec<f64>,
+    /// The single-line requests' latencies.
+    single: Vec<f64>,
+    /// Requests that got a suggestion to show.
+    shown: usize,
+}
+
+impl Samples {
+    fn add(&mut self, ms: f64, single: bool, shown: bool) {
+        self.latencies.push(ms);
+        if single {
+            self.single.push(ms);
         }
-        if t0.elapsed() > Duration::from_secs(300) {
-            return Err(BenchError::Server("did not load its model in 300 s".into()));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        self.shown += usize::from(shown);
     }
 
-    let inline = |c: &mut Client,
-                  uri: &str,
-                  line: usize,
-                  col: usize|
-     -> Result<(f64, Option<String>), BenchError> {
-        let t = Instant::now();
-        let r = c.request(
-            "textDocument/inlineCompletion",
-            json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": col}, "context": {"triggerKind": 2}}),
-        )?;
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        let shown = r["items"][0]["insertText"].as_str().map(str::to_string);
-        Ok((ms, shown))
-    };
+    /// The report, with the server's counters (`foresight/stats`) for cache and KV figures.
+    fn report(mut self, label: &str, stats: &Value, cold_ms: f64, cold_lines: usize) -> Report {
+        let n = self.latencies.len();
+        let mean = self.latencies.iter().sum::<f64>() / n.max(1) as f64;
+        self.latencies.sort_by(f64::total_cmp);
+        self.single.sort_by(f64::total_cmp);
+        let f = |k: &str| stats[k].as_f64().unwrap_or(0.0);
+        let model_calls = f("modelCalls").max(1.0);
+        Report {
+            label: label.to_string(),
+            requests: n,
+            p50_ms: percentile(&self.latencies, 50.0),
+            p95_ms: percentile(&self.latencies, 95.0),
+            mean_ms: mean,
+            single_requests: self.single.len(),
+            single_p50_ms: percentile(&self.single, 50.0),
+            single_p95_ms: percentile(&self.single, 95.0),
+            cache_share: f("fromCache") / f("completions").max(1.0),
+            kv_reused_share: f("reusedTokens") / f("promptTokens").max(1.0),
+            mean_reused_tokens: f("reusedTokens") / model_calls,
+            mean_generated_tokens: f("generatedTokens") / model_calls,
+            tokens_per_forward: f("generatedTokens") / f("forwards").max(1.0),
+            shown_share: self.shown as f64 / n.max(1) as f64,
+            cold_ms,
+            cold_lines,
+        }
+    }
+}
 
+/// The first request on a freshly opened file of `cold_lines` lines: its latency in ms.
+fn cold_request(c: &mut Client, tasks: &[Task], cold_lines: usize) -> Result<f64, BenchError> {
     let (big, line, col) = big_file(tasks, cold_lines);
     let lang = tasks
         .first()
@@ -270,95 +351,62 @@ pub fn run_variant(
         "textDocument/didOpen",
         json!({"textDocument": {"uri": uri, "languageId": lang, "version": 1, "text": big}}),
     )?;
-    let (cold_ms, _) = inline(&mut c, &uri, line, col)?;
+    let (cold_ms, _) = c.inline(&uri, line, col)?;
     c.notify(
         "textDocument/didClose",
         json!({"textDocument": {"uri": uri}}),
     )?;
+    Ok(cold_ms)
+}
 
-    let mut latencies = Vec::new();
-    let mut single = Vec::new();
-    let mut shown = 0usize;
-    // The server's own rule, on the text around the cursor: is this a single-line request?
-    let policy = variant.options["lines"]
-        .as_str()
-        .and_then(|s| s.parse::<LinePolicy>().ok())
-        .unwrap_or_default();
-    let is_single =
-        |prefix: &str, suffix: &str| choose_lines(prefix, suffix, policy) == Lines::Single;
-    for (i, task) in tasks.iter().enumerate() {
-        let uri = format!("file:///bench/{i}.{}", extension(&task.language));
-        let text = format!("{}{}", task.prefix, task.suffix);
-        c.notify("textDocument/didOpen", json!({"textDocument": {"uri": uri, "languageId": task.language, "version": 1, "text": text}}))?;
-        let (mut line, mut col) = end_position(&task.prefix);
-        let mut prefix = task.prefix.clone();
-        let (ms, mut current) = inline(&mut c, &uri, line, col)?;
-        latencies.push(ms);
-        if is_single(&prefix, &task.suffix) {
-            single.push(ms);
-        }
-        shown += current.is_some() as usize;
-        let mut author = task.middle.chars();
-        for k in 0..keystrokes {
-            let followed = current
-                .as_deref()
-                .and_then(|s| s.chars().next())
-                .filter(|_| variant.follow_suggestions);
-            let Some(ch) = followed.or_else(|| author.next()) else {
-                break;
-            };
-            let pos = json!({"line": line, "character": col});
-            c.notify(
-                "textDocument/didChange",
-                json!({"textDocument": {"uri": uri, "version": k + 2}, "contentChanges": [{"range": {"start": pos, "end": pos}, "text": ch.to_string()}]}),
-            )?;
-            if ch == '\n' {
-                line += 1;
-                col = 0;
-            } else {
-                col += ch.len_utf8();
-            }
-            prefix.push(ch);
-            let (ms, next) = inline(&mut c, &uri, line, col)?;
-            latencies.push(ms);
-            if is_single(&prefix, &task.suffix) {
-                single.push(ms);
-            }
-            shown += next.is_some() as usize;
-            current = next;
-        }
+/// Opens `task` at its cursor, asks for a suggestion, then types up to `keystrokes` characters
+/// (the author's, or the suggestion's first when `follow` is set), asking after each.
+fn replay_typing(
+    c: &mut Client,
+    uri: &str,
+    task: &Task,
+    keystrokes: usize,
+    follow: bool,
+    policy: LinePolicy,
+    samples: &mut Samples,
+) -> Result<(), BenchError> {
+    let is_single = |prefix: &str| choose_lines(prefix, &task.suffix, policy) == Lines::Single;
+    let text = format!("{}{}", task.prefix, task.suffix);
+    c.notify("textDocument/didOpen", json!({"textDocument": {"uri": uri, "languageId": task.language, "version": 1, "text": text}}))?;
+    let (mut line, mut col) = end_position(&task.prefix);
+    let mut prefix = task.prefix.clone();
+    let (ms, mut current) = c.inline(uri, line, col)?;
+    samples.add(ms, is_single(&prefix), current.is_some());
+    let mut author = task.middle.chars();
+    for k in 0..keystrokes {
+        let followed = current
+            .as_deref()
+            .and_then(|s| s.chars().next())
+            .filter(|_| follow);
+        let Some(ch) = followed.or_else(|| author.next()) else {
+            break;
+        };
+        let pos = json!({"line": line, "character": col});
         c.notify(
-            "textDocument/didClose",
-            json!({"textDocument": {"uri": uri}}),
+            "textDocument/didChange",
+            json!({"textDocument": {"uri": uri, "version": k + 2}, "contentChanges": [{"range": {"start": pos, "end": pos}, "text": ch.to_string()}]}),
         )?;
+        if ch == '\n' {
+            line += 1;
+            col = 0;
+        } else {
+            col += ch.len_utf8();
+        }
+        prefix.push(ch);
+        let (ms, next) = c.inline(uri, line, col)?;
+        samples.add(ms, is_single(&prefix), next.is_some());
+        current = next;
     }
-    let stats = c.request("foresight/stats", Value::Null)?;
-    c.close();
-
-    let n = latencies.len();
-    let mean = latencies.iter().sum::<f64>() / n.max(1) as f64;
-    latencies.sort_by(f64::total_cmp);
-    single.sort_by(f64::total_cmp);
-    let f = |k: &str| stats[k].as_f64().unwrap_or(0.0);
-    let model_calls = f("modelCalls").max(1.0);
-    Ok(Report {
-        label: variant.label.clone(),
-        requests: n,
-        p50_ms: percentile(&latencies, 50.0),
-        p95_ms: percentile(&latencies, 95.0),
-        mean_ms: mean,
-        single_requests: single.len(),
-        single_p50_ms: percentile(&single, 50.0),
-        single_p95_ms: percentile(&single, 95.0),
-        cache_share: f("fromCache") / f("completions").max(1.0),
-        kv_reused_share: f("reusedTokens") / f("promptTokens").max(1.0),
-        mean_reused_tokens: f("reusedTokens") / model_calls,
-        mean_generated_tokens: f("generatedTokens") / model_calls,
-        tokens_per_forward: f("generatedTokens") / f("forwards").max(1.0),
-        shown_share: shown as f64 / n.max(1) as f64,
-        cold_ms,
-        cold_lines,
-    })
+    c.notify(
+        "textDocument/didClose",
+        json!({"textDocument": {"uri": uri}}),
+    )?;
+    Ok(())
 }
 
 /// The reports as a Markdown table.
