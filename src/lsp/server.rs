@@ -207,61 +207,9 @@ impl Backend {
     async fn suggest(&self, kind: &str, uri: &str, pos: Position) -> RpcResult<Option<Ready>> {
         let key = format!("{kind} {uri}");
         let cancel = Arc::new(AtomicBool::new(false));
-        let (job, edits, cursor, word, word_start, rx) = {
-            let mut guard = self.lock();
-            let s = &mut *guard;
-            let enc = s.enc;
-            let settings = s.config.settings.clone();
-            let Some(doc) = s.docs.get(uri) else {
-                tracing::debug!("completion for a document that is not open: {uri}");
-                return Ok(None);
-            };
-            let language = doc.language.clone();
-            let edits = doc.edits;
-            let rope = doc.rope.clone(); // O(1): ropes share their nodes
-            let cursor = doc.byte_of(from_position(pos), enc);
-            let before = (settings.prefix_tokens * 8).max(4096);
-            let after = (settings.suffix_tokens * 8).max(1024);
-            let (start, end) = window(&rope, cursor, before, after);
-            let text = rope
-                .slice(rope.byte_to_char(start)..rope.byte_to_char(end))
-                .to_string();
-            let local = cursor - start;
-            let word_len = text[..local]
-                .chars()
-                .rev()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .map(char::len_utf8)
-                .sum::<usize>();
-            let word = text[local - word_len..local].to_string();
-            let neighbours = if settings.snippet_tokens > 0 {
-                s.docs.neighbours(uri, &language, MAX_DOC_BYTES, 8)
-            } else {
-                Vec::new()
-            };
-            if let Some(old) = s.latest.insert(key.clone(), cancel.clone()) {
-                old.store(true, Ordering::Relaxed); // superseded
-            }
-            let (tx, rx) = oneshot::channel();
-            let job = CompleteJob {
-                doc: uri.to_string(),
-                language,
-                text,
-                cursor: local,
-                base: start,
-                neighbours,
-                settings,
-                cancel: cancel.clone(),
-                reply: tx,
-            };
-            (
-                job,
-                edits,
-                from_byte(&rope, cursor, enc),
-                word,
-                from_byte(&rope, cursor - word_len, enc),
-                rx,
-            )
+        let (tx, rx) = oneshot::channel();
+        let Some((job, edits, mut ready)) = self.prepare_job(&key, uri, pos, &cancel, tx) else {
+            return Ok(None);
         };
         let _on_drop = CancelOnDrop(cancel.clone());
         if !self.worker.send(Job::Complete(job)) {
@@ -306,12 +254,73 @@ impl Backend {
         if text.is_empty() {
             return Ok(None);
         }
-        Ok(Some(Ready {
+        ready.text = text;
+        Ok(Some(ready))
+    }
+
+    /// The job for a completion of `uri` at `pos` (a window of the document, its neighbours,
+    /// the settings), registered as the latest of `key` (superseding the previous one), with the
+    /// document's edit count and the positions the answer needs (`Ready` without its text).
+    /// `None` when the document is not open.
+    fn prepare_job(
+        &self,
+        key: &str,
+        uri: &str,
+        pos: Position,
+        cancel: &Arc<AtomicBool>,
+        reply: oneshot::Sender<JobResult>,
+    ) -> Option<(CompleteJob, u64, Ready)> {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let enc = s.enc;
+        let settings = s.config.settings.clone();
+        let Some(doc) = s.docs.get(uri) else {
+            tracing::debug!("completion for a document that is not open: {uri}");
+            return None;
+        };
+        let language = doc.language.clone();
+        let edits = doc.edits;
+        let rope = doc.rope.clone(); // O(1): ropes share their nodes
+        let cursor = doc.byte_of(from_position(pos), enc);
+        let before = (settings.prefix_tokens * 8).max(4096);
+        let after = (settings.suffix_tokens * 8).max(1024);
+        let (start, end) = window(&rope, cursor, before, after);
+        let text = rope
+            .slice(rope.byte_to_char(start)..rope.byte_to_char(end))
+            .to_string();
+        let local = cursor - start;
+        let word_len = text[..local]
+            .chars()
+            .rev()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .map(char::len_utf8)
+            .sum::<usize>();
+        let ready = Ready {
+            text: String::new(),
+            cursor: from_byte(&rope, cursor, enc),
+            word: text[local - word_len..local].to_string(),
+            word_start: from_byte(&rope, cursor - word_len, enc),
+        };
+        let neighbours = if settings.snippet_tokens > 0 {
+            s.docs.neighbours(uri, &language, MAX_DOC_BYTES, 8)
+        } else {
+            Vec::new()
+        };
+        if let Some(old) = s.latest.insert(key.to_string(), cancel.clone()) {
+            old.store(true, Ordering::Relaxed); // superseded
+        }
+        let job = CompleteJob {
+            doc: uri.to_string(),
+            language,
             text,
-            cursor,
-            word,
-            word_start,
-        }))
+            cursor: local,
+            base: start,
+            neighbours,
+            settings,
+            cancel: cancel.clone(),
+            reply,
+        };
+        Some((job, edits, ready))
     }
 
     async fn inline_completion(
