@@ -19,7 +19,7 @@ use foresight::model::{weight_dtype, DeviceChoice, LoadedModel};
 mod bench_train;
 mod train;
 pub use bench_train::{bench_train, BenchTrainArgs};
-pub use train::{train, TrainArgs};
+pub use train::{given_run_options, train, TrainArgs};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -3,7 +3,7 @@
 
 mod cli;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use foresight::model::cpu_kernels::run_on_kernel_pool;
 use tracing_subscriber::EnvFilter;
 
@@ -56,7 +56,13 @@ fn single_candle_thread_for_training(command: &cli::Command) {
 
 fn main() {
     pin_thread_count();
-    let cli = cli::Cli::parse();
+    let matches = cli::Cli::command().get_matches();
+    let mut cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (cli::Command::Train(args), Some(sub)) =
+        (&mut cli.command, matches.subcommand_matches("train"))
+    {
+        args.given = cli::given_run_options(sub);
+    }
     single_candle_thread_for_training(&cli.command);
     let logging_to_file = cli.log_file.is_some();
     let result = init_logging(cli.log_file.as_deref()).and_then(|()| match cli.command {

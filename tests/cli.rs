@@ -336,3 +336,44 @@ fn the_test_hooks_environment_variable_takes_1_true_and_yes() {
         );
     }
 }
+
+#[test]
+fn resume_refuses_run_options_named_as_given_and_takes_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let out = out.to_str().unwrap();
+    let refused = foresight(&[
+        "train",
+        "--resume",
+        "--out",
+        out,
+        "--lr",
+        "1e-3",
+        "--seed",
+        "3",
+        "--save-bf16",
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = stderr(&refused);
+    assert!(
+        err.contains("remove --save-bf16, --lr, --seed") || err.contains("remove --lr"),
+        "{err}"
+    );
+    for flag in ["--lr", "--seed", "--save-bf16"] {
+        assert!(err.contains(flag), "{flag} named: {err}");
+    }
+    // Flags about where the run is and how to show it pass the check (and the run is then
+    // refused for having no checkpoint).
+    let allowed = foresight(&[
+        "train",
+        "--resume",
+        "--out",
+        out,
+        "--verbose",
+        "--no-progress",
+    ]);
+    assert_eq!(allowed.status.code(), Some(1));
+    let err = stderr(&allowed);
+    assert!(!err.contains("remove"), "{err}");
+    assert!(err.contains("checkpoint"), "{err}");
+}

@@ -151,56 +151,39 @@ pub struct TrainArgs {
     /// Stop with a checkpoint after this many steps, as Ctrl-C would (for tests).
     #[arg(long, hide = true)]
     pub stop_after: Option<u64>,
+    /// The run options given on the command line, read from clap's matches by
+    /// [`given_run_options`] (not a flag).
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+/// The flags a resumed run may take: where the run is and how to show it, not what it trains.
+const ALLOWED_WITH_RESUME: &[&str] = &[
+    "out",
+    "resume",
+    "verbose",
+    "no_progress",
+    "token_cache",
+    "no_token_cache",
+    "stop_after",
+];
+
+/// The run options given on the command line of `foresight train` (`matches` are its own), as
+/// `--flag` names: every flag of [`TrainArgs`] but [`ALLOWED_WITH_RESUME`], read from clap's
+/// definition, so a new flag is refused with `--resume` without being listed anywhere.
+pub fn given_run_options(matches: &clap::ArgMatches) -> Vec<String> {
+    let cmd = <TrainArgs as Args>::augment_args(clap::Command::new("train"));
+    cmd.get_arguments()
+        .filter(|a| !ALLOWED_WITH_RESUME.contains(&a.get_id().as_str()))
+        .filter(|a| {
+            matches.value_source(a.get_id().as_str())
+                == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect()
 }
 
 impl TrainArgs {
-    /// Names of the run options given on the command line (refused with --resume).
-    fn given_run_options(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        let mut flag = |given: bool, name: &'static str| {
-            if given {
-                out.push(name)
-            }
-        };
-        flag(!self.repos.is_empty(), "--repo");
-        flag(self.base.is_some(), "--base");
-        flag(self.config.is_some(), "--config");
-        flag(self.heads.is_some(), "--heads");
-        flag(self.new_tokenizer.is_some(), "--new-tokenizer");
-        flag(self.freeze_trunk, "--freeze-trunk");
-        flag(self.add_heads.is_some(), "--add-heads");
-        flag(self.seq_len.is_some(), "--seq-len");
-        flag(self.batch_size.is_some(), "--batch-size");
-        flag(self.grad_accum.is_some(), "--grad-accum");
-        flag(self.steps.is_some(), "--steps");
-        flag(self.tokens.is_some(), "--tokens");
-        flag(self.time_budget.is_some(), "--time-budget");
-        flag(self.save_bf16, "--save-bf16");
-        flag(self.shard_mib.is_some(), "--shard-mib");
-        flag(self.lr.is_some(), "--lr");
-        flag(self.min_lr_ratio.is_some(), "--min-lr-ratio");
-        flag(self.warmup_steps.is_some(), "--warmup-steps");
-        flag(self.weight_decay.is_some(), "--weight-decay");
-        flag(self.beta1.is_some(), "--beta1");
-        flag(self.beta2.is_some(), "--beta2");
-        flag(self.clip_norm.is_some(), "--clip-norm");
-        flag(self.seed.is_some(), "--seed");
-        flag(self.fim_rate.is_some(), "--fim-rate");
-        flag(self.spm_rate.is_some(), "--spm-rate");
-        flag(self.head_weights.is_some(), "--head-weights");
-        flag(self.loss_order.is_some(), "--loss-order");
-        flag(self.checkpoint_every.is_some(), "--checkpoint-every");
-        flag(self.eval_every.is_some(), "--eval-every");
-        flag(self.eval_batches.is_some(), "--eval-batches");
-        flag(self.valid_fraction.is_some(), "--valid-fraction");
-        flag(self.max_file_bytes.is_some(), "--max-file-bytes");
-        flag(self.keep_checkpoints.is_some(), "--keep-checkpoints");
-        flag(self.device.is_some(), "--device");
-        flag(self.dtype.is_some(), "--dtype");
-        flag(self.force, "--force");
-        out
-    }
-
     /// How the corpus is tokenized: through the cache unless it is disabled or has no home.
     fn tokenization(&self) -> tr::Tokenization {
         match tr::token_cache::resolve_dir(self.token_cache.as_deref(), self.no_token_cache, |k| {
@@ -339,7 +322,7 @@ fn report(prepared: &tr::Prepared, verbose: bool) {
 pub fn train(args: TrainArgs) -> Result<()> {
     tr::tune_allocator_for_training();
     let prepared = if args.resume {
-        let given = args.given_run_options();
+        let given = &args.given;
         if !given.is_empty() {
             bail!(
                 "--resume continues the run in {} with the options it started with; remove {}",
