@@ -46,6 +46,9 @@ pub enum Command {
     /// GPU benchmark: prefill, decode (plain and speculative), completion latency, training; JSON report.
     #[command(name = "bench-gpu")]
     BenchGpu(Box<GpuBenchArgs>),
+    /// Write a model directory for other engines: Hugging Face (transformers; extra heads kept) or
+    /// GGUF (llama.cpp, llama-server, Ollama; trunk and head 1).
+    Export(ExportArgs),
     /// Print a model directory's config, parameter counts and special tokens.
     Inspect {
         /// Model directory (config.json, model.safetensors, tokenizer.json).
@@ -159,6 +162,20 @@ pub struct EvalArgs {
     /// Write one JSON result per task (id, completion, tokens, forwards, ms, ...) and a final summary line.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Model directory to export (config.json, model.safetensors, tokenizer.json).
+    pub model: PathBuf,
+    /// hf: a Hugging Face model directory; gguf: one GGUF file.
+    #[arg(long = "to", value_parser = ["hf", "gguf"])]
+    pub format: String,
+    /// Where to write: a directory for hf, a file for gguf.
+    pub out: PathBuf,
+    /// Weight type: f32, f16 or bf16 for hf (default f32); f32, f16 or q8_0 for gguf (default f16).
+    #[arg(long)]
+    pub dtype: Option<String>,
 }
 
 /// `models/default` in the working directory, else in the source tree this binary was built from.
@@ -539,6 +556,37 @@ pub fn bench_gpu(mut args: GpuBenchArgs) -> Result<()> {
         args.model.extend(default_model_dir());
     }
     Ok(foresight::bench::gpu::run(args)?)
+}
+
+pub fn export(args: ExportArgs) -> Result<()> {
+    use foresight::export::{gguf, hf};
+    let loaded = load_dir(&args.model, &Device::Cpu, DType::F32)
+        .with_context(|| format!("cannot load model {}", args.model.display()))?;
+    let dtype = args.dtype.as_deref();
+    match args.format.as_str() {
+        "hf" => {
+            let dtype = match dtype.unwrap_or("f32") {
+                "f32" => DType::F32,
+                "f16" => DType::F16,
+                "bf16" => DType::BF16,
+                other => bail!("--dtype {other} is not one of f32, f16, bf16 for --to hf"),
+            };
+            hf::write(&loaded, &args.out, dtype)
+                .with_context(|| format!("cannot export to {}", args.out.display()))?;
+        }
+        _ => {
+            let ty = match dtype.unwrap_or("f16") {
+                "f32" => gguf::GgufType::F32,
+                "f16" => gguf::GgufType::F16,
+                "q8_0" => gguf::GgufType::Q8_0,
+                other => bail!("--dtype {other} is not one of f32, f16, q8_0 for --to gguf"),
+            };
+            gguf::write(&loaded, &args.out, ty)
+                .with_context(|| format!("cannot export to {}", args.out.display()))?;
+        }
+    }
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
 }
 
 pub fn tiny_model(dir: &Path) -> Result<()> {

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod complete;
 pub mod decode;
 pub mod eval;
+pub mod export;
 pub mod lsp;
 pub mod model;
 pub mod train;

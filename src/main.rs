@@ -69,6 +69,7 @@ fn main() {
         // Decoding runs on a pool thread, so it takes part in the kernels' parallel loops.
         cli::Command::Complete(args) => run_on_kernel_pool(|| cli::complete(args)),
         cli::Command::Eval(args) => run_on_kernel_pool(|| cli::eval(args)),
+        cli::Command::Export(args) => cli::export(args),
         cli::Command::Inspect { dir } => cli::inspect(&dir),
         cli::Command::Train(args) => cli::train(*args),
         cli::Command::Serve(args) => cli::serve(args),

@@ -16,53 +16,69 @@ use foresight::model::{load_dir, Logits, MtpModel};
 
 const TOLERANCE: f32 = 1e-4;
 
-/// The fixture directory, made once per test binary; `None` when the installer says the deps are unavailable.
+/// The Python that has torch and transformers (from scripts/install_hf_deps.sh), once per test
+/// binary; `None` when the installer says they are unavailable and the developer allowed that.
+fn python() -> Option<&'static str> {
+    static PYTHON: OnceLock<Option<String>> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let root = env!("CARGO_MANIFEST_DIR");
+            let out = Command::new("bash")
+                .arg(format!("{root}/scripts/install_hf_deps.sh"))
+                .output()
+                .expect("bash runs");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let last = stdout.lines().last().unwrap_or("").to_string();
+            if let Some(reason) = last.strip_prefix("unavailable: ") {
+                assert_eq!(
+                    out.status.code(),
+                    Some(3),
+                    "installer said unavailable but exited {:?}",
+                    out.status
+                );
+                assert!(
+                    std::env::var_os("FORESIGHT_ALLOW_MISSING_HF").is_some_and(|v| v == "1"),
+                    "torch/transformers unavailable here ({reason}): the parity tests cannot run; \
+                     set FORESIGHT_ALLOW_MISSING_HF=1 to skip them knowingly"
+                );
+                eprintln!(
+                    "SKIPPED (FORESIGHT_ALLOW_MISSING_HF=1): Hugging Face parity tests: {reason}"
+                );
+                return None;
+            }
+            let python = last.strip_prefix("python=").unwrap_or_else(|| {
+                panic!(
+                    "scripts/install_hf_deps.sh failed ({:?}):\n{stdout}\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+            Some(python.to_string())
+        })
+        .as_deref()
+}
+
+/// Runs a Python script of tests/fixtures with `args`, failing the test on an error.
+fn run_python(python: &str, args: &[&Path]) {
+    let out = Command::new(python)
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The fixture directory, made once per test binary; `None` when the deps are unavailable.
 fn fixtures() -> Option<&'static Path> {
     static DIR: OnceLock<Option<tempfile::TempDir>> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = env!("CARGO_MANIFEST_DIR");
-        let out = Command::new("bash")
-            .arg(format!("{root}/scripts/install_hf_deps.sh"))
-            .output()
-            .expect("bash runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let last = stdout.lines().last().unwrap_or("").to_string();
-        if let Some(reason) = last.strip_prefix("unavailable: ") {
-            assert_eq!(
-                out.status.code(),
-                Some(3),
-                "installer said unavailable but exited {:?}",
-                out.status
-            );
-            assert!(
-                std::env::var_os("FORESIGHT_ALLOW_MISSING_HF").is_some_and(|v| v == "1"),
-                "torch/transformers unavailable here ({reason}): the parity tests cannot run; \
-                 set FORESIGHT_ALLOW_MISSING_HF=1 to skip them knowingly"
-            );
-            eprintln!(
-                "SKIPPED (FORESIGHT_ALLOW_MISSING_HF=1): Hugging Face parity tests: {reason}"
-            );
-            return None;
-        }
-        let python = last.strip_prefix("python=").unwrap_or_else(|| {
-            panic!(
-                "scripts/install_hf_deps.sh failed ({:?}):\n{stdout}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        let python = python()?;
         let dir = tempfile::tempdir().unwrap();
-        let run = |args: &[&Path]| {
-            let out = Command::new(python)
-                .args(args)
-                .output()
-                .expect("python runs");
-            assert!(
-                out.status.success(),
-                "{args:?} failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let run = |args: &[&Path]| run_python(python, args);
         run(&[
             Path::new(&format!("{root}/tests/fixtures/hf_parity.py")),
             dir.path(),
@@ -173,4 +189,105 @@ fn llama_in_meta_layout_matches_transformers() {
         );
     }
     check("llama_meta", "llama.expected.safetensors");
+}
+
+/// `foresight export --to hf` of the model in `src`: transformers loads it (`AutoModelForCausalLM`,
+/// `AutoTokenizer`) and computes the same head-1 logits as Foresight within 1e-4 in f32, and the
+/// same token ids for a line of code; Foresight loads the export back with identical weights
+/// (identical up to the RoPE row order for a Meta-layout source, so compared by logits).
+fn check_export(src: &Path, same_layout: bool) {
+    let Some(python) = python() else { return };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let loaded = load_dir(src, &Device::Cpu, DType::F32).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("hf");
+    foresight::export::hf::write(&loaded, &out, DType::F32).unwrap();
+    let result = tmp.path().join("transformers.safetensors");
+    run_python(
+        python,
+        &[
+            Path::new(&format!("{root}/tests/fixtures/hf_export_check.py")),
+            &out,
+            &result,
+        ],
+    );
+    let t = candle_core::safetensors::load(&result, &Device::Cpu).unwrap();
+    let ids: Vec<Vec<u32>> = t["input_ids"]
+        .to_vec2::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|row| row.into_iter().map(|id| id as u32).collect())
+        .collect();
+    let what = src.display();
+    for (b, row) in ids.iter().enumerate() {
+        let got = ours(&loaded.model, row, false);
+        let want = t["logits"].get(b).unwrap();
+        let diff = max_diff(&got, &want);
+        assert!(
+            diff < TOLERANCE,
+            "{what} row {b}: max |diff| {diff} vs transformers"
+        );
+    }
+    let text_ids: Vec<u32> = t["text_ids"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|id| id as u32)
+        .collect();
+    let ours_ids = loaded
+        .tokenizer
+        .encode(
+            "def add(a, b):\n    return a + b  # the sum, ¡olé!\n",
+            false,
+        )
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    assert_eq!(text_ids, ours_ids, "{what}: tokenizer");
+    // Back into Foresight.
+    let back = load_dir(&out, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(
+        back.model.config().n_heads(),
+        loaded.model.config().n_heads()
+    );
+    if same_layout {
+        let theirs: std::collections::HashMap<_, _> =
+            back.model.named_tensors().into_iter().collect();
+        for (name, t) in loaded.model.named_tensors() {
+            let other = &theirs[&name];
+            assert_eq!(
+                max_diff(&t, other),
+                0.0,
+                "{what}: {name} changed on the way back"
+            );
+        }
+    }
+    for row in &ids {
+        let diff = max_diff(
+            &ours(&loaded.model, row, false),
+            &ours(&back.model, row, false),
+        );
+        assert!(diff < 1e-5, "{what}: re-imported logits differ by {diff}");
+    }
+}
+
+#[test]
+fn the_default_model_exported_to_hf_loads_in_transformers_with_its_logits() {
+    check_export(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default"),
+        true,
+    );
+}
+
+#[test]
+fn the_tiny_model_exported_to_hf_loads_in_transformers_with_its_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    TinySpec::default().write_dir(tmp.path()).unwrap();
+    check_export(tmp.path(), true);
+}
+
+#[test]
+fn a_meta_layout_model_exported_to_hf_has_half_rotation_rope() {
+    let Some(dir) = fixtures() else { return };
+    check_export(&dir.join("llama_meta"), false);
 }
