@@ -6,7 +6,11 @@
 //! unavailable, the tests fail (a missing dependency must not pass in CI), unless
 //! `FORESIGHT_ALLOW_MISSING_HF=1` says the developer knowingly runs without them.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::{installed_python, max_abs_diff};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -17,44 +21,11 @@ use foresight::model::{load_dir, Logits, MtpModel};
 const TOLERANCE: f32 = 1e-4;
 
 /// The Python that has torch and transformers (from scripts/install_hf_deps.sh), once per test
-/// binary; `None` when the installer says they are unavailable and the developer allowed that.
+/// binary; `None` when they are unavailable and the developer allowed that.
 fn python() -> Option<&'static str> {
     static PYTHON: OnceLock<Option<String>> = OnceLock::new();
     PYTHON
-        .get_or_init(|| {
-            let root = env!("CARGO_MANIFEST_DIR");
-            let out = Command::new("bash")
-                .arg(format!("{root}/scripts/install_hf_deps.sh"))
-                .output()
-                .expect("bash runs");
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let last = stdout.lines().last().unwrap_or("").to_string();
-            if let Some(reason) = last.strip_prefix("unavailable: ") {
-                assert_eq!(
-                    out.status.code(),
-                    Some(3),
-                    "installer said unavailable but exited {:?}",
-                    out.status
-                );
-                assert!(
-                    std::env::var_os("FORESIGHT_ALLOW_MISSING_HF").is_some_and(|v| v == "1"),
-                    "torch/transformers unavailable here ({reason}): the parity tests cannot run; \
-                     set FORESIGHT_ALLOW_MISSING_HF=1 to skip them knowingly"
-                );
-                eprintln!(
-                    "SKIPPED (FORESIGHT_ALLOW_MISSING_HF=1): Hugging Face parity tests: {reason}"
-                );
-                return None;
-            }
-            let python = last.strip_prefix("python=").unwrap_or_else(|| {
-                panic!(
-                    "scripts/install_hf_deps.sh failed ({:?}):\n{stdout}\n{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
-            Some(python.to_string())
-        })
+        .get_or_init(|| installed_python("install_hf_deps.sh", "FORESIGHT_ALLOW_MISSING_HF"))
         .as_deref()
 }
 
@@ -112,17 +83,6 @@ fn expected(path: &PathBuf) -> (Vec<Vec<u32>>, Tensor) {
     (ids, t["logits"].clone())
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 /// Foresight's logits for `tokens`, in one forward or one token at a time through the cache.
 fn ours(model: &MtpModel, tokens: &[u32], one_by_one: bool) -> Tensor {
     let mut cache = model.new_cache(tokens.len(), 1).unwrap();
@@ -148,7 +108,7 @@ fn check(case: &str, expected_file: &str) {
     for (b, tokens) in ids.iter().enumerate() {
         let want = want.get(b).unwrap();
         for one_by_one in [false, true] {
-            let diff = max_diff(&ours(&loaded.model, tokens, one_by_one), &want);
+            let diff = max_abs_diff(&ours(&loaded.model, tokens, one_by_one), &want);
             assert!(
                 diff < TOLERANCE,
                 "{case} row {b} one_by_one={one_by_one}: max |diff| {diff} vs transformers"
@@ -222,7 +182,7 @@ fn check_export(src: &Path, same_layout: bool) {
     for (b, row) in ids.iter().enumerate() {
         let got = ours(&loaded.model, row, false);
         let want = t["logits"].get(b).unwrap();
-        let diff = max_diff(&got, &want);
+        let diff = max_abs_diff(&got, &want);
         assert!(
             diff < TOLERANCE,
             "{what} row {b}: max |diff| {diff} vs transformers"
@@ -256,14 +216,14 @@ fn check_export(src: &Path, same_layout: bool) {
         for (name, t) in loaded.model.named_tensors() {
             let other = &theirs[&name];
             assert_eq!(
-                max_diff(&t, other),
+                max_abs_diff(&t, other),
                 0.0,
                 "{what}: {name} changed on the way back"
             );
         }
     }
     for row in &ids {
-        let diff = max_diff(
+        let diff = max_abs_diff(
             &ours(&loaded.model, row, false),
             &ours(&back.model, row, false),
         );

@@ -55,3 +55,34 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// Runs an installer script of scripts/ that ends by printing `python=PATH` (the interpreter
+/// with the packages a test needs) and returns that path. An installer that fails, or says
+/// `unavailable: WHY`, fails the test, unless the environment variable `allow` is `1`: then the
+/// test is skipped, knowingly, with a line on stderr.
+pub fn installed_python(script: &str, allow: &str) -> Option<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new("bash")
+        .arg(format!("{root}/scripts/{script}"))
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("");
+    if let (Some(python), true) = (last.strip_prefix("python="), out.status.success()) {
+        return Some(python.to_string());
+    }
+    let why = match last.strip_prefix("unavailable: ") {
+        Some(reason) => format!("scripts/{script}: unavailable here ({reason})"),
+        None => format!(
+            "scripts/{script} failed ({:?}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    };
+    assert!(
+        std::env::var_os(allow).is_some_and(|v| v == "1"),
+        "{why}\nthe tests that need it cannot run; set {allow}=1 to skip them knowingly"
+    );
+    eprintln!("SKIPPED ({allow}=1): {why}");
+    None
+}
