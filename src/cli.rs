@@ -454,7 +454,12 @@ fn json_settings(config: Option<&str>, flags: &SettingsArgs) -> Result<serde_jso
     settings.apply_args(flags).map_err(anyhow::Error::msg)?;
     let mut obj = match config {
         Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(serde_json::Value::Object(map)) => map,
+            // Settings may be nested under "foresight", as editors send them.
+            Ok(serde_json::Value::Object(mut map)) => match map.remove("foresight") {
+                Some(serde_json::Value::Object(inner)) => inner,
+                Some(other) => bail!("--config: \"foresight\" must be an object, got {other}"),
+                None => map,
+            },
             _ => bail!("--config must be a JSON object, got {text:?}"),
         },
         None => serde_json::Map::new(),

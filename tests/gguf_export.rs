@@ -175,7 +175,7 @@ fn the_tiny_model_in_f32_gives_foresights_logits_and_greedy_tokens_in_llama_cpp(
     let Some((diff, agree, greedy)) = compare(&loaded, GgufType::F32, &prompts) else {
         return;
     };
-    assert!(diff < 1e-3, "max |logit diff| {diff}");
+    assert!(diff < 1e-4, "max |logit diff| {diff}"); // measured 3.3e-5
     assert_eq!(agree, 1.0);
     assert!(greedy, "greedy tokens differ");
 }
@@ -187,8 +187,9 @@ fn the_default_model_in_f16_gives_foresights_greedy_tokens_in_llama_cpp() {
     let Some((diff, agree, greedy)) = compare(&loaded, GgufType::F16, &prompts) else {
         return;
     };
-    // Weights stored in f16 (from bf16: exact) and llama.cpp's own kernels: small differences.
-    assert!(diff < 0.05, "max |logit diff| {diff}");
+    // Weights rounded to f16 (bf16 values round-trip unless tiny or huge, which trained weights
+    // are not) and llama.cpp's own kernels: small differences.
+    assert!(diff < 0.02, "max |logit diff| {diff}"); // measured 0.006
     assert!(agree >= 0.98, "top-1 agreement {agree}");
     assert!(greedy, "greedy tokens differ");
 }
@@ -201,6 +202,6 @@ fn the_default_model_in_q8_0_loads_in_llama_cpp_and_stays_close() {
         return;
     };
     // 8-bit weights: the logits move a little, the top choice rarely.
-    assert!(diff < 1.0, "max |logit diff| {diff}");
+    assert!(diff < 0.5, "max |logit diff| {diff}"); // measured 0.26
     assert!(agree >= 0.9, "top-1 agreement {agree}");
 }

@@ -44,7 +44,11 @@ impl SettingValue for f32 {
         v.as_f64().map(|x| x as f32)
     }
     fn to_json(&self) -> Value {
-        Value::from(f64::from(*self))
+        if self.is_finite() {
+            Value::from(f64::from(*self))
+        } else {
+            Value::from(self.to_string()) // JSON has no NaN: shown as text in the error
+        }
     }
 }
 
@@ -206,6 +210,10 @@ fn any<T>(_: &T) -> bool {
     true
 }
 
+/// Largest token count a setting takes (2^20): far above any model's context, and small enough
+/// that budgets multiplied in prompt fitting and document windows cannot overflow.
+const MAX_TOKENS: usize = 1 << 20;
+
 settings_table! {
     /// Where the model runs: auto (a GPU when built with cuda and one is present), cpu, cuda or
     /// cuda:N.
@@ -214,9 +222,9 @@ settings_table! {
     /// matches in the context.
     mode: Mode = Mode::Spec, "mode", any, "\"plain\", \"spec\" or \"lookup\"";
     /// Most tokens a suggestion may have.
-    max_tokens: usize = 64, "maxTokens", |n: &usize| *n > 0, "a positive integer";
+    max_tokens: usize = 64, "maxTokens", |n: &usize| (1..=MAX_TOKENS).contains(n), "an integer in 1..=1048576";
     /// Most draft tokens verified per forward pass (the model's heads cap drafts from heads).
-    max_draft_len: usize = 8, "maxDraftLen", any, "a non-negative integer";
+    max_draft_len: usize = 8, "maxDraftLen", |n: &usize| *n <= 64, "an integer in 0..=64";
     /// Speculative mode: stop drafting while plain steps measure faster (false: the heads
     /// always draft).
     adaptive_drafts: bool = true, "adaptiveDrafts", any, "a boolean";
@@ -227,15 +235,15 @@ settings_table! {
     /// Sampling seed (temperature > 0).
     seed: u64 = 0, "seed", any, "a non-negative integer";
     /// Token budget for the text before the cursor (fitted to the model's context).
-    prefix_tokens: usize = 1024, "prefixTokens", |n: &usize| *n > 0, "a positive integer";
+    prefix_tokens: usize = 1024, "prefixTokens", |n: &usize| (1..=MAX_TOKENS).contains(n), "an integer in 1..=1048576";
     /// Token budget for the text after the cursor (fitted to the model's context).
-    suffix_tokens: usize = 256, "suffixTokens", any, "a non-negative integer";
+    suffix_tokens: usize = 256, "suffixTokens", |n: &usize| *n <= MAX_TOKENS, "an integer in 0..=1048576";
     /// Tokens of snippets from other open documents of the same language (0 turns them off).
-    snippet_tokens: usize = 256, "snippetTokens", any, "a non-negative integer";
+    snippet_tokens: usize = 256, "snippetTokens", |n: &usize| *n <= MAX_TOKENS, "an integer in 0..=1048576";
     /// auto (decided from the text around the cursor), single or multi.
     lines: LinePolicy = LinePolicy::Auto, "lines", any, "\"auto\", \"single\" or \"multi\"";
     /// A generation stops at the first forward-pass boundary after this many milliseconds.
-    time_cap_ms: u64 = 1500, "timeCapMs", |ms: &u64| *ms > 0, "a positive integer";
+    time_cap_ms: u64 = 1500, "timeCapMs", |ms: &u64| (1..=86_400_000).contains(ms), "an integer in 1..=86400000 (a day)";
     /// Serve the rest of a suggestion from a cache while the user types it.
     result_cache: bool = true, "resultCache", any, "a boolean";
     /// Keep the KV cache between requests (off only to measure what it is worth).
@@ -273,7 +281,10 @@ impl Settings {
     /// as it was. `extra` keys are left to the caller (the server's `model`).
     pub fn merge(&mut self, obj: &serde_json::Map<String, Value>, extra: &[&str]) -> Vec<String> {
         let mut warnings = Vec::new();
-        for (key, v) in obj {
+        // Older aliases first, so that a table key given beside its alias wins whatever the order.
+        let (aliases, keys): (Vec<_>, Vec<_>) =
+            obj.iter().partition(|(k, v)| alias(k, v).is_some());
+        for (key, v) in aliases.into_iter().chain(keys) {
             if extra.contains(&key.as_str()) {
                 continue;
             }
@@ -382,9 +393,13 @@ mod tests {
     fn merge_table() {
         // (json, what changes in the defaults, warnings that mention)
         type Change = fn(&mut Settings);
-        let cases: [(Value, Change, &[&str]); 9] = [
+        let cases: [(Value, Change, &[&str]); 11] = [
             (json!({"maxTokens": 32}), |s| s.max_tokens = 32, &[]),
-            (json!({"maxTokens": 0}), |_| {}, &["maxTokens", "positive"]),
+            (
+                json!({"maxTokens": 0}),
+                |_| {},
+                &["maxTokens", "1..=1048576"],
+            ),
             (json!({"maxTokens": "32"}), |_| {}, &["maxTokens"]),
             (
                 json!({"topP": 1.5, "temperature": 0.5}),
@@ -402,6 +417,17 @@ mod tests {
             (json!({"speculative": false}), |s| s.mode = Mode::Plain, &[]),
             (json!({"heads": 3}), |s| s.max_draft_len = 2, &[]),
             (json!({"heads": 0}), |_| {}, &["heads", ">= 1"]),
+            // A table key beside its older alias wins, whatever the order.
+            (
+                json!({"speculative": true, "mode": "plain"}),
+                |s| s.mode = Mode::Plain,
+                &[],
+            ),
+            (
+                json!({"prefixTokens": 1_000_000_000_000u64}),
+                |_| {},
+                &["prefixTokens", "1048576"],
+            ),
             (
                 json!({"device": "cuda:1", "bogus": 1}),
                 |s| s.device = DeviceChoice::Cuda(1),
@@ -462,7 +488,7 @@ mod tests {
         let mut s = Settings::default();
         let err = s.apply_args(&parse(&["--max-tokens", "0"])).unwrap_err();
         assert!(
-            err.contains("--max-tokens") && err.contains("positive"),
+            err.contains("--max-tokens") && err.contains("1..="),
             "{err}"
         );
         let err = s.apply_args(&parse(&["--top-p", "2"])).unwrap_err();

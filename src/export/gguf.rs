@@ -100,6 +100,9 @@ pub fn write(loaded: &LoadedModel, out: &Path, ty: GgufType) -> Result<()> {
         quantized.push((gname, quantize(&t, ty)?));
     }
     let metadata = metadata(loaded, &cfg, arch, ty)?;
+    let merges_empty = metadata
+        .iter()
+        .any(|(k, v)| k == "tokenizer.ggml.merges" && matches!(v, Value::Array(a) if a.is_empty()));
     let meta_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> =
         quantized.iter().map(|(n, t)| (n.as_str(), t)).collect();
@@ -107,23 +110,53 @@ pub fn write(loaded: &LoadedModel, out: &Path, ty: GgufType) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
     write_atomic(out, |tmp| {
-        let file = std::fs::File::create(tmp).map_err(|source| crate::model::ModelError::Io {
+        let io = |source| crate::model::ModelError::Io {
             path: tmp.to_path_buf(),
             source,
-        })?;
-        let mut w = std::io::BufWriter::new(file);
+        };
+        let mut w = std::io::BufWriter::new(std::fs::File::create(tmp).map_err(io)?);
         candle_core::quantized::gguf_file::write(&mut w, &meta_refs, &tensor_refs).map_err(
             |source| crate::model::ModelError::BadWeights {
                 path: tmp.to_path_buf(),
                 source,
             },
         )?;
-        std::io::Write::flush(&mut w).map_err(|source| crate::model::ModelError::Io {
-            path: tmp.to_path_buf(),
-            source,
-        })
+        std::io::Write::flush(&mut w).map_err(io)?;
+        drop(w);
+        if merges_empty {
+            // candle writes an empty array's element type as u32; llama.cpp wants strings here.
+            retype_empty_array(tmp, "tokenizer.ggml.merges", 8).map_err(io)?;
+        }
+        Ok(())
     })?;
     Ok(())
+}
+
+/// Sets the element type of the empty metadata array `key` in the GGUF file `path` (GGUF type
+/// ids: 8 is string). The key, its array type (9), element type and zero length are found in
+/// the metadata, which precedes the tensor data.
+fn retype_empty_array(path: &Path, key: &str, elem_type: u32) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let mut head = Vec::new();
+    (&mut f).take(64 << 20).read_to_end(&mut head)?;
+    let mut entry = (key.len() as u64).to_le_bytes().to_vec();
+    entry.extend_from_slice(key.as_bytes());
+    entry.extend_from_slice(&9u32.to_le_bytes());
+    let at = head
+        .windows(entry.len())
+        .position(|w| w == entry.as_slice())
+        .ok_or_else(|| std::io::Error::other(format!("{key} not found in the metadata")))?;
+    let elem_at = at + entry.len();
+    let len = &head[elem_at + 4..elem_at + 12];
+    if len != 0u64.to_le_bytes() {
+        return Err(std::io::Error::other(format!("{key} is not empty")));
+    }
+    f.seek(SeekFrom::Start(elem_at as u64))?;
+    f.write_all(&elem_type.to_le_bytes())
 }
 
 /// One tensor in the file's type: matrices in `ty` (q8_0 needs rows of whole 32-blocks, else
@@ -173,13 +206,16 @@ fn metadata(
         ),
         (key("vocab_size"), u(cfg.vocab_size)),
     ];
-    m.extend(tokenizer_metadata(loaded)?);
+    m.extend(tokenizer_metadata(loaded, cfg.vocab_size)?);
     Ok(m)
 }
 
 /// The byte-level BPE tokenizer as llama.cpp's `gpt2` tokenizer: tokens by id, their types
-/// (special ones are control tokens), merges, and the BOS/EOS/FIM ids.
-fn tokenizer_metadata(loaded: &LoadedModel) -> Result<Vec<(String, Value)>> {
+/// (special added tokens are control tokens, other added ones user-defined), merges, and the
+/// BOS/EOS/FIM ids. The list has one entry per embedding row (`vocab_size`): rows past the
+/// tokenizer's (presets round the vocabulary up) get unused `[PAD{id}]` tokens, as llama.cpp's
+/// own converter writes them.
+fn tokenizer_metadata(loaded: &LoadedModel, vocab_size: usize) -> Result<Vec<(String, Value)>> {
     let json: serde_json::Value = serde_json::from_str(
         &loaded
             .tokenizer
@@ -187,28 +223,46 @@ fn tokenizer_metadata(loaded: &LoadedModel) -> Result<Vec<(String, Value)>> {
             .map_err(|e| ExportError::Unsupported(format!("cannot read the tokenizer: {e}")))?,
     )?;
     let model = &json["model"];
-    if model["type"] != "BPE" || json["pre_tokenizer"]["type"] != "ByteLevel" {
+    let pre = &json["pre_tokenizer"];
+    let gpt2_pre =
+        pre["type"] == "ByteLevel" && pre["use_regex"] != false && pre["add_prefix_space"] != true;
+    if model["type"] != "BPE" || !gpt2_pre {
         return Err(ExportError::Unsupported(format!(
             "GGUF export handles byte-level BPE tokenizers (GPT-2 style), not {} with {} pre-tokenization",
-            model["type"], json["pre_tokenizer"]["type"]
+            model["type"], pre
         )));
     }
     let size = loaded.tokenizer.get_vocab_size(true);
-    let mut tokens = vec![String::new(); size];
-    let mut types = vec![1i32; size]; // normal
+    if size > vocab_size {
+        return Err(ExportError::Unsupported(format!(
+            "the tokenizer has {size} tokens, more than the model's {vocab_size} embedding rows"
+        )));
+    }
+    let mut tokens: Vec<String> = (0..vocab_size).map(|i| format!("[PAD{i}]")).collect();
+    let mut types = vec![5i32; vocab_size]; // unused, until a token claims the id
+    let mut claimed = vec![false; vocab_size];
     for (token, id) in loaded.tokenizer.get_vocab(true) {
-        if let Some(slot) = tokens.get_mut(id as usize) {
-            *slot = token;
+        let id = id as usize;
+        if id < vocab_size {
+            tokens[id] = token;
+            types[id] = 1; // normal
+            claimed[id] = true;
         }
     }
     for added in json["added_tokens"].as_array().into_iter().flatten() {
-        if let Some(id) = added["id"].as_u64().filter(|&id| (id as usize) < size) {
-            if added["special"].as_bool() == Some(true) {
-                types[id as usize] = 3; // control
-            }
+        if let Some(id) = added["id"]
+            .as_u64()
+            .map(|id| id as usize)
+            .filter(|&id| id < vocab_size)
+        {
+            types[id] = if added["special"].as_bool() == Some(true) {
+                3 // control
+            } else {
+                4 // user-defined
+            };
         }
     }
-    if let Some(id) = tokens.iter().position(String::is_empty) {
+    if let Some(id) = claimed[..size].iter().position(|c| !c) {
         return Err(ExportError::Unsupported(format!(
             "the tokenizer has no token for id {id}"
         )));

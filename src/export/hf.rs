@@ -33,11 +33,14 @@ pub fn write(loaded: &LoadedModel, out: &Path, dtype: DType) -> Result<()> {
     let torch_dtype = torch_dtype(dtype)?;
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     let (mut cfg, tensors) = half_rotation_tensors(loaded)?;
+    // transformers' AutoConfig reads `model_type`, AutoModel `architectures`: both, always.
+    let (model_type, class) = match cfg.architecture()? {
+        crate::model::config::Architecture::Llama => ("llama", "LlamaForCausalLM"),
+        crate::model::config::Architecture::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
+    };
+    cfg.model_type.get_or_insert_with(|| model_type.into());
     if cfg.architectures.is_empty() {
-        cfg.architectures = vec![match cfg.architecture()? {
-            crate::model::config::Architecture::Llama => "LlamaForCausalLM".into(),
-            crate::model::config::Architecture::Qwen2 => "Qwen2ForCausalLM".into(),
-        }];
+        cfg.architectures = vec![class.into()];
     }
     let mut config = serde_json::to_value(&cfg)?;
     config["torch_dtype"] = Value::from(torch_dtype);

@@ -26,7 +26,8 @@ def cli_complete(text: str, line: int, col: int, tmp_path, suffix=".py") -> str:
     f = tmp_path / f"doc{suffix}"
     f.write_bytes(text.encode("utf-8"))
     out = subprocess.run(
-        [foresight_bin(), "complete", f"{f}:{line}:{col}", "--model", MODEL],
+        # The settings the `client` fixtures give the server (initializationOptions).
+        [foresight_bin(), "complete", f"{f}:{line}:{col}", "--model", MODEL, "--lines", "multi"],
         check=True, capture_output=True,
     ).stdout.decode("utf-8")
     return out[:-1] if out.endswith("\n") else out
