@@ -12,7 +12,6 @@ use foresight::bench::gpu::GpuBenchArgs;
 use foresight::complete::location::{byte_offset, parse_file_location};
 use foresight::complete::service::{serving_capacity, CompletionService, Request};
 use foresight::complete::{Engine, Settings, SettingsArgs};
-use foresight::decode::StopReason;
 use foresight::model::weights::{load_dir, param_counts, read_config};
 use foresight::model::{weight_dtype, DeviceChoice, LoadedModel};
 
@@ -37,9 +36,14 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Complete the code at FILE:LINE:COL (1-based; columns count characters) and print the completion.
+    /// Complete the code at FILE:LINE:COL (1-based; columns count characters) and print the
+    /// suggestion an editor would show there: the server's pipeline, with the server's settings
+    /// (each a flag below).
     Complete(CompleteArgs),
-    /// Score completions on fill-in-the-middle tasks (JSONL: id, language, kind, prefix, suffix, middle).
+    /// Score completions on fill-in-the-middle tasks (JSONL: id, language, kind, prefix, suffix,
+    /// middle) through the server's pipeline, without result cache, snippets or time cap unless
+    /// given. By default plain and spec both run, on the same prompts, so speedup and identity are
+    /// measured; --mode runs only that mode.
     Eval(EvalArgs),
     /// Finetune or train an MTP model on code repositories.
     Train(Box<TrainArgs>),
@@ -54,7 +58,8 @@ pub enum Command {
         /// Model directory (config.json, model.safetensors, tokenizer.json).
         dir: PathBuf,
     },
-    /// Run the language server on stdin/stdout (inline completion and completion).
+    /// Run the language server on stdin/stdout (inline completion and completion). The settings
+    /// flags below are its starting settings; the client's own settings apply over them.
     Serve(ServeArgs),
     /// Write the deterministic tiny random-weights test model (a fixture for tests and benches).
     #[command(hide = true)]
@@ -269,7 +274,7 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
             .map(|r| format!("{r:.2}"))
             .collect();
         eprintln!(
-            "mode={:?} tokens={} forwards={} tokens/forward={:.2} prompt_tokens={} prefill_ms={:.1} decode_ms={:.1} total_ms={:.1} ms/token={:.2} acceptance=[{}] stop={:?}",
+            "mode={:?} tokens={} forwards={} tokens/forward={:.2} prompt_tokens={} prefill_ms={:.1} decode_ms={:.1} total_ms={:.1} ms/token={:.2} acceptance=[{}] stop={}",
             settings.mode,
             s.tokens,
             s.forwards,
@@ -280,7 +285,9 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
             s.total_ms + completion.prompt_ms,
             s.ms_per_token(),
             rates.join(", "),
-            completion.stop.unwrap_or(StopReason::MaxTokens)
+            completion
+                .stop
+                .map_or("none (nothing generated)".to_string(), |s| format!("{s:?}"))
         );
     }
     Ok(())

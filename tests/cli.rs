@@ -291,15 +291,24 @@ fn the_test_hooks_environment_variable_takes_1_true_and_yes() {
             .spawn()
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
+        // Frames come through a thread, so a hung server fails the test instead of hanging it.
+        let (tx, frames) = std::sync::mpsc::channel();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            while let Ok(Some(frame)) = read_frame_blocking(&mut stdout) {
+                if tx.send(frame).is_err() {
+                    break;
+                }
+            }
+        });
         let mut send = |v: serde_json::Value| {
             stdin.write_all(&frame(v.to_string().as_bytes())).unwrap();
             stdin.flush().unwrap();
         };
         // Waits for the answer to request `id` (skipping notifications).
-        let mut answer = |id: i64| loop {
-            match read_frame_blocking(&mut stdout).unwrap() {
-                Some(Frame::Body(body)) => {
+        let answer = |id: i64| loop {
+            match frames.recv_timeout(std::time::Duration::from_secs(60)) {
+                Ok(Frame::Body(body)) => {
                     let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
                     if m["id"] == id {
                         break m;

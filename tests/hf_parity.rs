@@ -30,7 +30,7 @@ fn python() -> Option<&'static str> {
 }
 
 /// Runs a Python script of tests/fixtures with `args`, failing the test on an error.
-fn run_python(python: &str, args: &[&Path]) {
+fn run_python(python: &str, args: &[&std::ffi::OsStr]) {
     let out = Command::new(python)
         .args(args)
         .output()
@@ -49,7 +49,10 @@ fn fixtures() -> Option<&'static Path> {
         let root = env!("CARGO_MANIFEST_DIR");
         let python = python()?;
         let dir = tempfile::tempdir().unwrap();
-        let run = |args: &[&Path]| run_python(python, args);
+        let run = |args: &[&Path]| {
+            let args: Vec<&std::ffi::OsStr> = args.iter().map(|p| p.as_os_str()).collect();
+            run_python(python, &args)
+        };
         run(&[
             Path::new(&format!("{root}/tests/fixtures/hf_parity.py")),
             dir.path(),
@@ -151,6 +154,9 @@ fn llama_in_meta_layout_matches_transformers() {
     check("llama_meta", "llama.expected.safetensors");
 }
 
+/// Text both tokenizers encode in the export check (code, spaces, a non-ASCII word).
+const TOKENIZER_TEXT: &str = "def add(a, b):\n    return a + b  # the sum, ¡olé!\n";
+
 /// `foresight export --to hf` of the model in `src`: transformers loads it (`AutoModelForCausalLM`,
 /// `AutoTokenizer`) and computes the same head-1 logits as Foresight within 1e-4 in f32, and the
 /// same token ids for a line of code; Foresight loads the export back with identical weights
@@ -163,12 +169,14 @@ fn check_export(src: &Path, same_layout: bool) {
     let out = tmp.path().join("hf");
     foresight::export::hf::write(&loaded, &out, DType::F32).unwrap();
     let result = tmp.path().join("transformers.safetensors");
+    let script = format!("{root}/tests/fixtures/hf_export_check.py");
     run_python(
         python,
         &[
-            Path::new(&format!("{root}/tests/fixtures/hf_export_check.py")),
-            &out,
-            &result,
+            script.as_ref(),
+            out.as_os_str(),
+            result.as_os_str(),
+            TOKENIZER_TEXT.as_ref(),
         ],
     );
     let t = candle_core::safetensors::load(&result, &Device::Cpu).unwrap();
