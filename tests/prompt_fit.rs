@@ -106,9 +106,11 @@ fn long_files_get_whole_framing_within_the_context() {
                     );
                 }
             }
-            // The prefix ends exactly at the cursor: the text right before it is in the prompt.
+            // The prefix ends exactly at the cursor, less the space before it that token healing
+            // leaves for the completion to begin with: the text right before it is in the prompt.
+            assert_eq!(prompt.heal, " ", "{what}");
             let decoded = engine.loaded().tokenizer.decode(ids, false).unwrap();
-            assert!(decoded.contains(&text[cursor - 40..cursor]), "{what}");
+            assert!(decoded.contains(&text[cursor - 40..cursor - 1]), "{what}");
             // And the completion runs on it.
             let out = engine.complete(&text, cursor, &params).unwrap();
             assert!(out.stats.tokens >= 1, "{what}");
@@ -185,4 +187,54 @@ fn the_readme_first_command_decodes_a_framed_prompt() {
         stderr.contains(&format!("prompt_tokens={}", ids.len())),
         "the command decoded the prompt checked above: {stderr}"
     );
+}
+
+#[test]
+fn token_healing_makes_the_completion_begin_with_the_typed_indentation_in_both_modes() {
+    let mut engine = engine();
+    let text = "def mean(values):\n    \"\"\"The mean.\"\"\"\n    ";
+    let cursor = text.len();
+    let params = CompletionParams::from_settings(&Settings::default());
+    assert!(params.heal, "on by default");
+    let prompt = engine.prompt(text, cursor, &params).unwrap();
+    assert_eq!(
+        prompt.heal, "\n    ",
+        "the line break and indentation are left out"
+    );
+    let unhealed = engine
+        .prompt(
+            text,
+            cursor,
+            &CompletionParams {
+                heal: false,
+                ..params.clone()
+            },
+        )
+        .unwrap();
+    assert!(unhealed.heal.is_empty() && unhealed.ids.len() > prompt.ids.len());
+    let mut outs = Vec::new();
+    for mode in [Mode::Plain, Mode::Spec] {
+        let c = engine
+            .complete(
+                text,
+                cursor,
+                &CompletionParams {
+                    mode,
+                    ..params.clone()
+                },
+            )
+            .unwrap();
+        let generated = engine.loaded().tokenizer.decode(&c.tokens, false).unwrap();
+        assert!(
+            generated.starts_with("\n    "),
+            "{mode:?}: the generation covers the healed text: {generated:?}"
+        );
+        assert!(
+            !generated["\n    ".len()..].starts_with([' ', '\t']),
+            "{mode:?}: no indentation beyond what was typed: {generated:?}"
+        );
+        assert!(!c.text.starts_with(['\n', ' ']), "{mode:?}: {:?}", c.text);
+        outs.push(c.tokens);
+    }
+    assert_eq!(outs[0], outs[1], "speculative equals plain under healing");
 }

@@ -83,6 +83,8 @@ pub struct CompletionParams {
     pub preamble_reserve: usize,
     /// Stop at the end of the line or block (checked while decoding).
     pub block: Option<BlockRule>,
+    /// Token healing of the prefix's whitespace tail (`prompt::heal_start`).
+    pub heal: bool,
 }
 
 impl CompletionParams {
@@ -105,6 +107,7 @@ impl CompletionParams {
             preamble: String::new(),
             preamble_reserve: 0,
             block: None,
+            heal: settings.token_healing,
         }
     }
 }
@@ -134,6 +137,8 @@ pub struct Engine {
     cache_capacity: usize,
     /// Measured cost of drafting vs not, for speculative requests with `adaptive_drafts`.
     drafts: drafts::DraftPolicy,
+    /// Each token id's text, for token healing (`decode::Forced`).
+    token_texts: Vec<String>,
 }
 
 impl Engine {
@@ -149,6 +154,9 @@ impl Engine {
         text_tokenizer.set_encode_special_tokens(true);
         // No cache may outgrow the positions the model knows (its RoPE table / trained context).
         let cache_capacity = cache_capacity.min(loaded.model.max_positions());
+        let token_texts = (0..loaded.model.config().vocab_size as u32)
+            .map(|id| loaded.tokenizer.decode(&[id], false).unwrap_or_default())
+            .collect();
         Self {
             loaded,
             text_tokenizer,
@@ -156,6 +164,7 @@ impl Engine {
             spec_cache: None,
             cache_capacity,
             drafts: drafts::DraftPolicy::default(),
+            token_texts,
         }
     }
 
@@ -217,6 +226,7 @@ impl Engine {
             prefix_start_hint: params.prefix_start_hint,
             slack_tokens: prompt::fit_slack(params.prefix_slack_tokens, params.budget, budget),
             preamble_ids,
+            heal: params.heal,
         };
         let prompt = prompt::build_prompt_with(
             &self.text_tokenizer,
@@ -290,6 +300,10 @@ impl Engine {
             stop_fn: block_stop
                 .as_ref()
                 .map(|f| f as &dyn Fn(&str) -> Option<usize>),
+            forced: (!prompt.heal.is_empty()).then_some(decode::Forced {
+                text: &prompt.heal,
+                token_texts: &self.token_texts,
+            }),
         };
         let generation =
             decode::generate(model, cache, ids, &gen_params, drafter.as_mut(), &control)?;
@@ -301,8 +315,10 @@ impl Engine {
             );
         }
         let raw = decode::Detokenize::detokenize(&self.loaded.tokenizer, &generation.tokens);
+        // The healed tail of the prefix is already in the document.
+        let raw = raw.strip_prefix(prompt.heal.as_str()).unwrap_or(&raw);
         Ok(Completion {
-            text: postprocess::clean_completion(&raw, &generation.stop),
+            text: postprocess::clean_completion(raw, &generation.stop),
             tokens: generation.tokens,
             stop: generation.stop,
             stats: generation.stats,

@@ -38,6 +38,26 @@ pub struct Prompt {
     /// Byte range of the document the prompt covers.
     pub prefix_start: usize,
     pub suffix_end: usize,
+    /// The end of the prefix left out of `ids` (see [`heal_start`]): the completion must begin
+    /// with it, and it is taken off the completion's text.
+    pub heal: String,
+}
+
+/// Where the prefix's tail that must be healed begins: its trailing spaces and tabs, with the line
+/// break before them. A byte-level BPE splits `\n    return` into `\n   ` + ` return`: the last
+/// space goes with the word. A prompt ending in `\n    ` therefore ends in a token sequence that in
+/// training only comes before more whitespace, and the model continues with a blank line or a
+/// sixth space. Leaving the tail out and making the completion begin with it (`decode::Forced`)
+/// lets the model tokenize it as it learned to. `prefix.len()` when there is nothing to heal.
+pub fn heal_start(prefix: &str) -> usize {
+    let trimmed = prefix.trim_end_matches([' ', '\t']);
+    if trimmed.len() == prefix.len() {
+        return prefix.len();
+    }
+    let before_break = trimmed
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t));
+    before_break.map_or(trimmed.len(), str::len)
 }
 
 /// Tokens a prompt adds around its text: BOS and the three FIM tokens, where the model has them.
@@ -145,6 +165,8 @@ pub struct PromptOptions<'a> {
     /// Tokens of the context placed right before the prefix (snippets from other documents),
     /// already encoded (the engine counts them to fit the budget), not counted in the prefix budget.
     pub preamble_ids: &'a [u32],
+    /// Leave the prefix's whitespace tail out for token healing ([`heal_start`]).
+    pub heal: bool,
 }
 
 /// Byte offset where the prefix starts, with hysteresis (see [`PromptOptions`]).
@@ -203,7 +225,12 @@ pub fn build_prompt_with(
         opts.prefix_start_hint,
         opts.slack_tokens,
     );
-    let mut prefix_ids = encode(tokenizer, &prefix[prefix_start..]);
+    let heal_at = if opts.heal {
+        heal_start(prefix).max(prefix_start)
+    } else {
+        prefix.len()
+    };
+    let mut prefix_ids = encode(tokenizer, &prefix[prefix_start..heal_at]);
     if prefix_ids.len() > budget.prefix_tokens {
         // One line longer than the whole budget: keep its last tokens.
         prefix_ids.drain(..prefix_ids.len() - budget.prefix_tokens);
@@ -245,6 +272,7 @@ pub fn build_prompt_with(
         ids,
         prefix_start,
         suffix_end,
+        heal: prefix[heal_at..].to_string(),
     }
 }
 
@@ -252,6 +280,24 @@ pub fn build_prompt_with(
 mod tests {
     use super::*;
     use crate::model::tokenizer::byte_level_tokenizer;
+
+    #[test]
+    fn heal_start_table() {
+        // (prefix, the tail to heal)
+        let cases = [
+            ("def f():\n    ", "\n    "),
+            ("def f():\r\n\t", "\r\n\t"),
+            ("x = ", " "),
+            ("x =", ""),
+            ("x\n", ""),
+            ("", ""),
+            ("    ", "    "),
+            ("a\n\n  ", "\n  "),
+        ];
+        for (prefix, tail) in cases {
+            assert_eq!(&prefix[heal_start(prefix)..], tail, "{prefix:?}");
+        }
+    }
 
     #[test]
     fn fit_slack_table() {

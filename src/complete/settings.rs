@@ -255,6 +255,9 @@ settings_table! {
     /// boundary before); 0: no limit. The default is rustfmt's max_width, above black's 88 and
     /// PEP 8's 79: a ghost text wider than that is hard to read.
     max_line_length: usize = 100, "maxLineLength", any, "a non-negative integer (0: no limit)";
+    /// Token healing: leave the whitespace before the cursor out of the prompt and make the
+    /// suggestion begin with it, so the model tokenizes indentation as it learned to.
+    token_healing: bool = true, "tokenHealing", any, "a boolean";
 }
 
 /// Older server keys still accepted, rewritten to the table's: `speculative: bool` is `mode`

@@ -57,6 +57,56 @@ pub struct Control<'a> {
     /// A stop rule over the decoded generated text (needs `stop_strings` for its detokenizer):
     /// `Some(at)` stops as a stop string found at byte `at` would.
     pub stop_fn: Option<&'a StopRule>,
+    /// Text the generation must begin with (token healing).
+    pub forced: Option<Forced<'a>>,
+}
+
+/// Text a generation must begin with: the prompt's tail left out for token healing
+/// (`complete::prompt::heal_start`). Until it is covered, each token is chosen among those whose
+/// text agrees with what is left of it (one token per forward pass, no drafts, the same choice in
+/// plain and speculative decoding). Stop strings and rules then see the text after it. If no token
+/// agrees, the generation goes on unforced (its text then does not begin with `text`).
+#[derive(Clone, Copy)]
+pub struct Forced<'a> {
+    pub text: &'a str,
+    /// Each token id's text.
+    pub token_texts: &'a [String],
+}
+
+impl Forced<'_> {
+    /// Keeps in `row` only the tokens that agree with `left`: their text begins it, or begins
+    /// with it and goes on with something other than a space or tab (the forced text is all the
+    /// indentation the user typed: a token may not indent further). Returns false, leaving `row`
+    /// alone, when none agrees.
+    fn mask(&self, left: &str, row: &mut [f32]) -> bool {
+        let agrees = |t: &str| {
+            !t.is_empty()
+                && (left.starts_with(t)
+                    || t.strip_prefix(left)
+                        .is_some_and(|rest| !rest.starts_with([' ', '\t'])))
+        };
+        if !self.token_texts.iter().any(|t| agrees(t)) {
+            return false;
+        }
+        for (x, t) in row.iter_mut().zip(self.token_texts) {
+            if !agrees(t) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+        true
+    }
+
+    /// What is left of the forced text after `token`.
+    fn after(&self, left: &str, token: u32) -> String {
+        let t = self
+            .token_texts
+            .get(token as usize)
+            .map_or("", String::as_str);
+        match left.strip_prefix(t) {
+            Some(rest) if !t.is_empty() => rest.to_string(),
+            _ => String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -121,12 +171,22 @@ pub fn generate(
         Vec::new()
     };
     stats.forwards += 1;
-    let last_row = out.logits.squeeze(0)?.to_vec1::<f32>()?;
+    let mut last_row = out.logits.squeeze(0)?.to_vec1::<f32>()?;
     let pick = |row: &[f32], rng: &mut ChaCha8Rng| match &sampling {
         None => argmax(row),
         Some(s) => sample(&probs(row, s.temperature, s.top_p), rng),
     };
+    // What is left of the forced text; empty once it is covered (or given up).
+    let mut forced_left = control.forced.map_or(String::new(), |f| f.text.to_string());
+    if let Some(f) = control.forced.filter(|_| !forced_left.is_empty()) {
+        if !f.mask(&forced_left, &mut last_row) {
+            forced_left.clear();
+        }
+    }
     let mut pending = pick(&last_row, &mut rng);
+    if let Some(f) = control.forced {
+        forced_left = f.after(&forced_left, pending);
+    }
     stats.prefill_ms = ms_since(start);
 
     let mut context: Vec<u32> = prompt.to_vec();
@@ -137,11 +197,17 @@ pub fn generate(
         }
         tokens.push(pending);
         context.push(pending);
-        if let Some(reason) = stop_before_forward(&tokens, params, control, cache) {
+        if let Some(reason) =
+            stop_before_forward(&tokens, params, control, cache, forced_left.is_empty())
+        {
             break reason;
         }
         let room = cache.capacity() - cache.len();
-        let max_len = draft_room(params.max_draft_len, params.max_tokens - tokens.len(), room);
+        let max_len = if forced_left.is_empty() {
+            draft_room(params.max_draft_len, params.max_tokens - tokens.len(), room)
+        } else {
+            0 // forced tokens come one per pass
+        };
         let draft = if max_len > 0 {
             let req = DraftRequest {
                 context: &context,
@@ -155,8 +221,22 @@ pub fn generate(
         } else {
             Default::default()
         };
-        let (n_accepted, next, out) =
-            verify_round(model, cache, pending, &draft, sampling.as_ref(), &mut rng)?;
+        let forcing = control
+            .forced
+            .filter(|_| !forced_left.is_empty())
+            .map(|f| (f, forced_left.as_str()));
+        let (n_accepted, next, out) = verify_round(
+            model,
+            cache,
+            pending,
+            &draft,
+            sampling.as_ref(),
+            forcing,
+            &mut rng,
+        )?;
+        if let Some((f, left)) = forcing {
+            forced_left = f.after(left, next);
+        }
         stats.forwards += 1;
         stats.decode_forwards += 1;
         stats.record_round(draft.tokens.len(), n_accepted);
@@ -190,11 +270,15 @@ fn stop_before_forward(
     params: &GenerateParams,
     control: &Control,
     cache: &ModelCache,
+    forced_done: bool,
 ) -> Option<StopReason> {
-    if let Some((detok, stops)) = control.stop_strings {
+    // Stop strings and rules see the text after the forced text, once it is covered.
+    if let (Some((detok, stops)), true) = (control.stop_strings, forced_done) {
         let text = detok.detokenize(tokens);
+        let forced = control.forced.map_or("", |f| f.text);
+        let text = text.strip_prefix(forced).unwrap_or(&text);
         if let Some(at) =
-            find_stop_string(&text, stops).or_else(|| control.stop_fn.and_then(|f| f(&text)))
+            find_stop_string(text, stops).or_else(|| control.stop_fn.and_then(|f| f(text)))
         {
             return Some(StopReason::StopString(at));
         }
@@ -225,19 +309,25 @@ fn draft_room(max_draft_len: usize, tokens_left: usize, cache_room: usize) -> us
 /// One decoding round: `[pending, drafts...]` through the trunk and head 1, the drafts verified
 /// (greedily, or by speculative sampling), the cache rolled back past the rejected ones. Returns
 /// the drafts accepted, the next pending token, and the pass's output for the extra heads.
+/// `forcing` (forced text and what is left of it; rounds without drafts only) restricts the next
+/// token to those that agree with it.
 fn verify_round(
     model: &MtpModel,
     cache: &mut ModelCache,
     pending: u32,
     draft: &Draft,
     sampling: Option<&SamplingParams>,
+    forcing: Option<(Forced, &str)>,
     rng: &mut ChaCha8Rng,
 ) -> Result<(usize, u32, VerifyOutput)> {
     let mut chunk = Vec::with_capacity(1 + draft.tokens.len());
     chunk.push(pending);
     chunk.extend_from_slice(&draft.tokens);
     let out = model.forward_verify(cache, &chunk, Logits::All)?;
-    let rows = out.logits.to_vec2::<f32>()?;
+    let mut rows = out.logits.to_vec2::<f32>()?;
+    if let (Some((f, left)), true) = (forcing, draft.tokens.is_empty()) {
+        f.mask(left, &mut rows[0]);
+    }
     let (n_accepted, next) = match sampling {
         None => {
             let targets: Vec<u32> = rows.iter().map(|r| argmax(r)).collect();

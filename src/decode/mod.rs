@@ -12,7 +12,7 @@ pub mod stop;
 pub use draft::{
     Draft, DraftRequest, DraftSource, HeadDrafts, NoDrafts, OracleDrafts, PromptLookup,
 };
-pub use generate::{generate, Control, GenerateParams, Generation, StopReason};
+pub use generate::{generate, Control, Forced, GenerateParams, Generation, StopReason};
 pub use sampling::SamplingParams;
 pub use stats::GenerationStats;
 pub use stop::Detokenize;
