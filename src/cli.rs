@@ -252,6 +252,13 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
     let dir = resolve_model_dir(args.model.as_deref())?;
     let loaded = load_model(&dir, settings.device)?;
     let capacity = serving_capacity(&loaded.model);
+    if settings.max_tokens > capacity / 2 {
+        eprintln!(
+            "note: --max-tokens {} is more than half the model's {capacity} positions; the suggestion stops at {}",
+            settings.max_tokens,
+            capacity / 2
+        );
+    }
     let mut service = CompletionService::new(Engine::new(loaded, capacity));
     // The server's pipeline, as for a file opened alone in an editor.
     let request = Request {

@@ -355,7 +355,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
         stop_after: args.stop_after,
         progress: !args.no_progress,
         // Test hook (tests/train_cli.rs): hold after the first checkpoint until Ctrl-C.
-        hold_after_checkpoint: std::env::var_os("FORESIGHT_TEST_HOLD").is_some_and(|v| v == "1"),
+        hold_after_checkpoint: std::env::var("FORESIGHT_TEST_HOLD")
+            .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "yes")),
     };
     let out = args.out.clone();
     match prepared.run(&control).context("training failed")? {
