@@ -2,7 +2,7 @@
 //! learning-rate schedule (linear warmup, then cosine decay to a floor) and global-norm gradient
 //! clipping. The schedule and the clipping factor are plain functions. Not here: gradients.
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::error::Result;
@@ -139,6 +139,24 @@ impl AdamW {
         for (i, var) in self.vars.iter().enumerate() {
             let Some(g) = &grads[i] else { continue };
             let g = g.to_dtype(var.dtype())?;
+            if in_place(var, &g, &self.m[i], &self.v[i]) {
+                // Three passes over the buffers, no allocation (the tensor form below makes
+                // about fourteen temporaries the size of the variable).
+                let wd = if decays(var) { c.weight_decay } else { 0.0 };
+                let moment = |beta: f64, square: bool| Moment { beta, square };
+                self.m[i].inplace_op2(&g, &moment(c.beta1, false))?;
+                self.v[i].inplace_op2(&g, &moment(c.beta2, true))?;
+                let update = Update {
+                    lr,
+                    decay: 1.0 - lr * wd,
+                    bc1,
+                    bc2,
+                    eps: c.eps,
+                };
+                var.as_tensor()
+                    .inplace_op3(&self.m[i], &self.v[i], &update)?;
+                continue;
+            }
             let m = ((&self.m[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
@@ -149,6 +167,93 @@ impl AdamW {
             var.set(&(theta - (update * lr)?)?)?;
             self.m[i] = m;
             self.v[i] = v;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a variable's AdamW step can run in place: f32 CPU tensors, all contiguous.
+fn in_place(var: &Var, g: &Tensor, m: &Tensor, v: &Tensor) -> bool {
+    [var.as_tensor(), g, m, v]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+}
+
+/// `dst <- beta * dst + (1 - beta) * g` (or `g^2`): an AdamW moment, in place.
+struct Moment {
+    beta: f64,
+    square: bool,
+}
+
+/// `theta <- decay * theta - lr * (m / bc1) / (sqrt(v / bc2) + eps)`, in place.
+struct Update {
+    lr: f64,
+    decay: f64,
+    bc1: f64,
+    bc2: f64,
+    eps: f64,
+}
+
+fn f32s<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("adamw in place: f32 contiguous tensors only"),
+    }
+}
+
+fn f32s_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("adamw in place: f32 contiguous tensors only"),
+    }
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        g: &CpuStorage,
+        g_l: &Layout,
+    ) -> candle_core::Result<()> {
+        let (m, g) = (f32s_mut(dst, dst_l)?, f32s(g, g_l)?);
+        let (b, rest) = (self.beta as f32, (1.0 - self.beta) as f32);
+        if self.square {
+            m.iter_mut()
+                .zip(g)
+                .for_each(|(m, g)| *m = b * *m + rest * (g * g));
+        } else {
+            m.iter_mut()
+                .zip(g)
+                .for_each(|(m, g)| *m = b * *m + rest * g);
+        }
+        Ok(())
+    }
+}
+
+impl InplaceOp3 for Update {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        m: &CpuStorage,
+        m_l: &Layout,
+        v: &CpuStorage,
+        v_l: &Layout,
+    ) -> candle_core::Result<()> {
+        let (theta, m, v) = (f32s_mut(dst, dst_l)?, f32s(m, m_l)?, f32s(v, v_l)?);
+        let (lr, decay) = (self.lr as f32, self.decay as f32);
+        let (bc1, bc2, eps) = (self.bc1 as f32, self.bc2 as f32, self.eps as f32);
+        for ((t, m), v) in theta.iter_mut().zip(m).zip(v) {
+            *t = *t * decay - lr * ((m / bc1) / ((v / bc2).sqrt() + eps));
         }
         Ok(())
     }
@@ -248,6 +353,58 @@ mod tests {
         assert_eq!(opt.step, 1);
         let m = opt.m[1].to_vec1::<f32>().unwrap();
         assert!((m[0] - 0.3).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_in_place_f32_step_follows_the_tensor_form_over_several_steps() {
+        // f32 variables take the in-place kernels; f64 ones the tensor form: the reference.
+        let dev = Device::Cpu;
+        let init = |dtype| {
+            let w = Tensor::new(&[[1.0f32, -2.0, 0.3], [0.7, 0.0, -1.1]], &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let b = Tensor::new(&[0.5f32, -0.25, 2.0], &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            vec![Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap()]
+        };
+        let (fast, slow) = (init(DType::F32), init(DType::F64));
+        assert!(in_place(
+            &fast[0],
+            fast[0].as_tensor(),
+            fast[0].as_tensor(),
+            fast[0].as_tensor()
+        ));
+        assert!(!in_place(
+            &slow[0],
+            slow[0].as_tensor(),
+            slow[0].as_tensor(),
+            slow[0].as_tensor()
+        ));
+        let mut opt_fast = AdamW::new(fast.clone(), AdamWConfig::default()).unwrap();
+        let mut opt_slow = AdamW::new(slow.clone(), AdamWConfig::default()).unwrap();
+        for step in 0..6 {
+            let s = step as f32;
+            let gw = Tensor::new(&[[0.2f32 - s * 0.1, -0.4, 1.5], [s, -0.01, 0.3]], &dev).unwrap();
+            let gb = Tensor::new(&[3.0f32, -s, 0.001], &dev).unwrap();
+            let lr = 0.01 * (1.0 + step as f64);
+            opt_fast
+                .step(&[Some(gw.clone()), Some(gb.clone())], lr)
+                .unwrap();
+            opt_slow.step(&[Some(gw), Some(gb)], lr).unwrap();
+        }
+        for (a, b) in fast.iter().zip(&slow) {
+            let a: Vec<f32> = a.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let b = b.as_tensor().to_dtype(DType::F32).unwrap();
+            let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+            }
+        }
+        let moved: f32 = fast[0].as_tensor().to_vec2::<f32>().unwrap()[0][0];
+        assert!((moved - 1.0).abs() > 0.01, "the weights moved");
     }
 
     #[test]
