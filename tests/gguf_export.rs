@@ -205,3 +205,60 @@ fn the_default_model_in_q8_0_loads_in_llama_cpp_and_stays_close() {
     assert!(diff < 0.5, "max |logit diff| {diff}"); // measured 0.26
     assert!(agree >= 0.9, "top-1 agreement {agree}");
 }
+
+#[test]
+fn a_qwen2_model_with_biases_and_tied_embeddings_gives_foresights_logits_in_llama_cpp() {
+    let tmp = tempfile::tempdir().unwrap();
+    TinySpec {
+        model_type: "qwen2",
+        tie_word_embeddings: true,
+        ..TinySpec::default()
+    }
+    .write_dir(tmp.path())
+    .unwrap();
+    let loaded = load_dir(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+    assert!(loaded.model.config().qkv_bias() && loaded.model.config().tie_word_embeddings);
+    let prompts: Vec<Vec<u32>> = vec![(30..60).collect(), vec![7, 7, 200, 13, 9]];
+    let Some((diff, agree, greedy)) = compare(&loaded, GgufType::F32, &prompts) else {
+        return;
+    };
+    assert!(diff < 1e-4, "max |logit diff| {diff}");
+    assert_eq!(agree, 1.0);
+    assert!(greedy, "greedy tokens differ");
+}
+
+#[test]
+fn a_byte_level_model_with_a_padded_vocabulary_loads_in_llama_cpp() {
+    // Presets round the embedding rows up (here 260 tokens, 320 rows): the GGUF pads its token
+    // list with unused tokens, or llama.cpp refuses the file.
+    let tmp = tempfile::tempdir().unwrap();
+    TinySpec::default().write_dir(tmp.path()).unwrap();
+    let mut loaded = load_dir(tmp.path(), &Device::Cpu, DType::F32).unwrap();
+    let mut cfg = loaded.model.config().clone();
+    cfg.vocab_size = 320;
+    let tensors = loaded
+        .model
+        .named_tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let t = if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+                let pad =
+                    candle_core::Tensor::zeros((60, t.dim(1).unwrap()), t.dtype(), t.device())
+                        .unwrap();
+                candle_core::Tensor::cat(&[&t, &pad], 0).unwrap()
+            } else {
+                t
+            };
+            (name, t)
+        })
+        .collect();
+    loaded.model =
+        foresight::model::weights::model_from_tensors(&cfg, tensors, DType::F32, &Device::Cpu)
+            .unwrap();
+    let prompts: Vec<Vec<u32>> = vec![(10..30).collect()];
+    let Some((diff, agree, _)) = compare(&loaded, GgufType::F32, &prompts) else {
+        return;
+    };
+    assert!(diff < 1e-4, "max |logit diff| {diff}");
+    assert_eq!(agree, 1.0);
+}
