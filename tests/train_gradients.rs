@@ -209,3 +209,80 @@ fn bf16_compute_sends_f32_gradients_back_to_the_master_weights() {
         "bf16 gradients point where the f32 ones do (min cosine {cos_min})"
     );
 }
+
+/// Self-distilled heads (`--head-targets self`): head 1 keeps the data's loss; each extra head is
+/// scored against head 1's own argmax one position before its target (computed here by hand from
+/// head 1's logits), in both loss orders and with the fused training kernels.
+#[test]
+fn self_distilled_heads_are_scored_against_head_ones_predictions() {
+    use foresight::train::objective::{batch_grads_with, self_distill_windows};
+    use foresight::train::HeadTargets;
+    let spec = TinySpec::default();
+    let cfg = spec.config();
+    let tensors: HashMap<String, Tensor> = init_weights(&cfg, 11, 0.1, &Device::Cpu).unwrap();
+    let set = ParamSet::new(&cfg, tensors, Trainable::All).unwrap();
+    let model = set.training_model(candle_core::DType::F32).unwrap();
+    let vars: Vec<_> = set.trainable().into_iter().map(|(_, v)| v).collect();
+    let w = windows(3, 13, 1);
+    let t = w.dim(1).unwrap() - 1;
+    let z = model.forward_trunk(&w.narrow(1, 0, t).unwrap()).unwrap();
+    let teacher = self_distill_windows(&model, &z, &w).unwrap();
+    // By hand: position j + 1 holds head 1's argmax at input position j.
+    let logits = model.forward_head(0, &z).unwrap().to_vec3::<f32>().unwrap();
+    let teacher_rows = teacher.to_vec2::<u32>().unwrap();
+    let data_rows = w.to_vec2::<u32>().unwrap();
+    for (b, row) in teacher_rows.iter().enumerate() {
+        assert_eq!(row[0], data_rows[b][0]);
+        for j in 0..t {
+            let best = logits[b][j]
+                .iter()
+                .enumerate()
+                .max_by(|x, y| x.1.total_cmp(y.1))
+                .unwrap()
+                .0 as u32;
+            assert_eq!(row[j + 1], best, "row {b} position {j}");
+        }
+    }
+    assert_ne!(teacher_rows, data_rows, "the teacher differs from the data");
+    let weights = [1.0f32; 4];
+    for order in [LossOrder::Sequential, LossOrder::Joint] {
+        let run = |targets, windows: &Tensor| {
+            batch_grads_with(&model, &vars, true, windows, &weights, order, targets).unwrap()
+        };
+        let data = run(HeadTargets::Data, &w);
+        let distilled = run(HeadTargets::SelfDistill, &w);
+        assert_eq!(
+            distilled.head_losses[0], data.head_losses[0],
+            "{order:?}: head 1"
+        );
+        for i in 1..4 {
+            // By hand: head i's logits on the data against the teacher, i + 1 positions ahead.
+            let keep = t - i;
+            let logits = model
+                .forward_head(i, &z.narrow(1, 0, keep).unwrap())
+                .unwrap()
+                .reshape((3 * keep, cfg.vocab_size))
+                .unwrap();
+            let targets = teacher
+                .narrow(1, i + 1, keep)
+                .unwrap()
+                .reshape(3 * keep)
+                .unwrap();
+            let want = candle_nn::loss::cross_entropy(&logits, &targets)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                (distilled.head_losses[i] - want).abs() < 1e-4,
+                "{order:?}: head {}: {} vs {want}",
+                i + 1,
+                distilled.head_losses[i]
+            );
+            assert!(
+                (distilled.head_losses[i] - data.head_losses[i]).abs() > 1e-3,
+                "{order:?}: head {} changed target",
+                i + 1
+            );
+        }
+    }
+}

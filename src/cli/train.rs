@@ -12,7 +12,7 @@ use foresight::train::corpus::{kept_report, skip_report};
 use foresight::train::fim::FimRates;
 use foresight::train::optim::AdamWConfig;
 use foresight::train::{
-    self as tr, Control, LossOrder, ModelInit, Outcome, RunLength, TrainOptions,
+    self as tr, Control, HeadTargets, LossOrder, ModelInit, Outcome, RunLength, TrainOptions,
 };
 
 /// `foresight train`. Run options are optional here so that `--resume` can refuse them: a resumed
@@ -105,6 +105,10 @@ pub struct TrainArgs {
     /// sequential (memory-efficient, the paper's Fig. 2) or joint (naive) [default: sequential].
     #[arg(long)]
     pub loss_order: Option<LossOrder>,
+    /// What heads 2..n learn: data (the true tokens ahead) or self (head 1's own predictions,
+    /// self-distillation: what drafts must match to be accepted) [default: data].
+    #[arg(long)]
+    pub head_targets: Option<HeadTargets>,
     /// Checkpoint every N steps, 0 only at the end and on Ctrl-C [default: 100].
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
@@ -246,6 +250,7 @@ impl TrainArgs {
         };
         o.head_weights = self.head_weights.clone().unwrap_or_default();
         o.loss_order = self.loss_order.unwrap_or_default();
+        o.head_targets = self.head_targets.unwrap_or_default();
         o.checkpoint_every = self.checkpoint_every.unwrap_or(o.checkpoint_every);
         o.eval_every = self.eval_every.unwrap_or(o.eval_every);
         o.eval_batches = self.eval_batches.unwrap_or(o.eval_batches);

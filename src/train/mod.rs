@@ -21,7 +21,7 @@ pub mod throughput;
 pub mod token_cache;
 
 pub use error::{Result, TrainError};
-pub use objective::LossOrder;
+pub use objective::{HeadTargets, LossOrder};
 pub use options::{ModelInit, RunLength, TrainOptions};
 pub use run::{
     prepare, prepare_resume, prepare_resume_with, prepare_with, Control, Outcome, Prepared,

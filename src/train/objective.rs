@@ -27,6 +27,42 @@ pub enum LossOrder {
     Joint,
 }
 
+/// What the extra heads (2..n) learn to predict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadTargets {
+    /// The data: head i predicts the true token i positions ahead (the paper's objective).
+    #[default]
+    Data,
+    /// Self-distillation: head i predicts what head 1 itself predicts at that position (its
+    /// argmax given the true text before it), which is what a draft must match to be accepted
+    /// (as in Medusa-2 and EAGLE). Head 1 still learns the data.
+    #[serde(rename = "self")]
+    SelfDistill,
+}
+
+impl std::str::FromStr for HeadTargets {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "data" => Ok(HeadTargets::Data),
+            "self" => Ok(HeadTargets::SelfDistill),
+            other => Err(format!("unknown head targets {other:?}: use data or self")),
+        }
+    }
+}
+
+/// The windows the extra heads are scored against under `SelfDistill`: the first token of each
+/// window, then head 1's argmax at every input position (its prediction of the next token), as
+/// ids of `windows`' dtype. Computed without gradients.
+pub fn self_distill_windows(model: &MtpModel, z: &Tensor, windows: &Tensor) -> Result<Tensor> {
+    let logits = model.forward_head(0, &z.detach())?;
+    let predicted = logits
+        .argmax(candle_core::D::Minus1)?
+        .to_dtype(windows.dtype())?;
+    Ok(Tensor::cat(&[&windows.narrow(1, 0, 1)?, &predicted], 1)?)
+}
+
 impl std::str::FromStr for LossOrder {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -163,6 +199,27 @@ pub fn batch_grads(
     weights: &[f32],
     order: LossOrder,
 ) -> Result<BatchGrads> {
+    batch_grads_with(
+        model,
+        trainable,
+        trunk_trainable,
+        windows,
+        weights,
+        order,
+        HeadTargets::Data,
+    )
+}
+
+/// [`batch_grads`] with the extra heads' targets chosen by `targets`.
+pub fn batch_grads_with(
+    model: &MtpModel,
+    trainable: &[Var],
+    trunk_trainable: bool,
+    windows: &Tensor,
+    weights: &[f32],
+    order: LossOrder,
+    targets: HeadTargets,
+) -> Result<BatchGrads> {
     let n = model.n_heads();
     if weights.len() != n {
         return Err(TrainError::InvalidOptions(format!(
@@ -187,9 +244,10 @@ pub fn batch_grads(
     match order {
         LossOrder::Joint => {
             let z = model.forward_trunk(&inputs)?;
+            let teacher = head_windows(model, &z, windows, targets)?;
             let mut total: Option<Tensor> = None;
             for (i, w) in weights.iter().enumerate() {
-                let loss = head_loss(model, i, &z, windows)?;
+                let loss = head_loss(model, i, &z, if i == 0 { windows } else { &teacher })?;
                 head_losses.push(loss.to_scalar::<f32>()?);
                 let weighted = (loss * f64::from(*w))?;
                 total = Some(match total {
@@ -203,12 +261,14 @@ pub fn batch_grads(
         }
         LossOrder::Sequential => {
             let z = model.forward_trunk(&inputs)?;
+            let teacher = head_windows(model, &z, windows, targets)?;
             // The heads see a fresh leaf with z's values: their backward stops there.
             let z_leaf = Var::from_tensor(&z.detach())?;
             let mut dz: Option<Tensor> = None;
             for (i, w) in weights.iter().enumerate() {
                 let mut store = {
-                    let loss = head_loss(model, i, z_leaf.as_tensor(), windows)?;
+                    let scored = if i == 0 { windows } else { &teacher };
+                    let loss = head_loss(model, i, z_leaf.as_tensor(), scored)?;
                     head_losses.push(loss.to_scalar::<f32>()?);
                     (loss * f64::from(*w))?.backward()?
                     // logits, the loss and their graph are dropped here, before the next head.
@@ -231,6 +291,19 @@ pub fn batch_grads(
         }
     }
     Ok(BatchGrads { grads, head_losses })
+}
+
+/// The windows heads 2..n are scored against: the data, or head 1's own predictions.
+fn head_windows(
+    model: &MtpModel,
+    z: &Tensor,
+    windows: &Tensor,
+    targets: HeadTargets,
+) -> Result<Tensor> {
+    match targets {
+        HeadTargets::SelfDistill if model.n_heads() > 1 => self_distill_windows(model, z, windows),
+        _ => Ok(windows.clone()),
+    }
 }
 
 /// Validation metrics summed over batches.

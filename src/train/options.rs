@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{Result, TrainError};
 use super::fim::FimRates;
-use super::objective::LossOrder;
+use super::objective::{HeadTargets, LossOrder};
 use super::optim::AdamWConfig;
 
 /// Where the starting weights come from.
@@ -64,6 +64,10 @@ pub struct TrainOptions {
     /// Weight of each head's loss; empty: 1 for every head.
     pub head_weights: Vec<f32>,
     pub loss_order: LossOrder,
+    /// What heads 2..n learn: the data, or head 1's own predictions (runs from before this option
+    /// read as `data`).
+    #[serde(default)]
+    pub head_targets: HeadTargets,
     /// Checkpoint every N steps (0: only on interruption and at the end).
     pub checkpoint_every: u64,
     /// Validate every N steps (0: only at the start and the end).
@@ -111,6 +115,7 @@ impl TrainOptions {
             },
             head_weights: Vec::new(),
             loss_order: LossOrder::Sequential,
+            head_targets: HeadTargets::Data,
             checkpoint_every: 100,
             eval_every: 100,
             eval_batches: 8,

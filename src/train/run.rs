@@ -19,7 +19,7 @@ use super::checkpoint::{self, TrainState, STATE_VERSION};
 use super::corpus::{collect, Corpus, WalkOptions};
 use super::error::{io_err, Result, TrainError};
 use super::fim::{text_tokenizer, Framing};
-use super::objective::{batch_grads, validate, windows_tensor, Validation};
+use super::objective::{batch_grads_with, validate, windows_tensor, Validation};
 use super::optim::{clip_factor, global_norm, lr_at, lr_by_time, AdamW};
 use super::options::{ModelInit, TrainOptions};
 use super::packing::{
@@ -796,13 +796,14 @@ impl Prepared {
                 .next_batch(opts.batch_size)
                 .expect("the epoch has windows (checked above)");
             let windows = windows_tensor(&batch, &self.device)?;
-            let out = batch_grads(
+            let out = batch_grads_with(
                 model,
                 trainable,
                 trunk_trainable,
                 &windows,
                 weights,
                 opts.loss_order,
+                opts.head_targets,
             )?;
             for (acc, g) in grads.iter_mut().zip(out.grads) {
                 if let Some(g) = g {
