@@ -14,6 +14,7 @@ use common::installed_python;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device};
+use foresight::decode::sampling::argmax;
 use foresight::decode::{generate, Control, GenerateParams, NoDrafts};
 use foresight::export::gguf::{self, GgufType};
 use foresight::model::tiny::TinySpec;
@@ -102,14 +103,6 @@ fn ours(loaded: &LoadedModel, prompt: &[u32]) -> (Vec<Vec<f32>>, Vec<u32>) {
     (logits, g.tokens)
 }
 
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .unwrap()
-        .0
-}
-
 /// Exports `loaded` as `ty`, runs llama.cpp on `prompts`, and returns (largest logit difference,
 /// share of positions whose top-1 token agrees, whether every greedy continuation is equal).
 fn compare(loaded: &LoadedModel, ty: GgufType, prompts: &[Vec<u32>]) -> Option<(f32, f64, bool)> {
@@ -126,7 +119,7 @@ fn compare(loaded: &LoadedModel, ty: GgufType, prompts: &[Vec<u32>]) -> Option<(
             for (x, y) in a.iter().zip(b) {
                 max_diff = max_diff.max((x - y).abs());
             }
-            agree += usize::from(argmax(a) == argmax(b));
+            agree += usize::from(argmax(a) == argmax(b)); // the decoder's own argmax
             positions += 1;
         }
         if greedy != theirs.greedy[i] {

@@ -1,22 +1,14 @@
-//! The GPU code paths, checked on the CPU: the fused attention op (through its reference
-//! implementation) gives the plain attention's logits in prefill, decode and multi-row
+//! The GPU code paths, checked on the CPU: the fused attention op (through its CPU side, the one
+//! CPU attention over a cache) gives the plain attention's logits in prefill, decode and multi-row
 //! verification chunks, over grouped-query and interleaved-RoPE models, in f32 and bf16; and the
 //! bf16 weight path returns f32 logits. The CUDA kernels themselves run in scripts/gpu_check.sh.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::max_abs_diff;
 use foresight::model::tiny::TinySpec;
 use foresight::model::{Kernels, Logits, MtpModel};
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 /// Logits of every step of: prefill 9 tokens, then chunks of 1, 4 (a verification) and 1.
 fn steps(model: &MtpModel) -> Vec<Tensor> {
@@ -66,14 +58,14 @@ fn fused_attention_equals_plain_attention_in_f32() {
         let cpu_default = steps(&model(&spec, DType::F32, Kernels::Fused));
         for ((p, f), c) in plain.iter().zip(&fused).zip(&cpu_default) {
             assert!(
-                max_diff(p, f) < 1e-4,
+                max_abs_diff(p, f) < 1e-4,
                 "{spec:?}: fused vs plain {}",
-                max_diff(p, f)
+                max_abs_diff(p, f)
             );
             assert!(
-                max_diff(p, c) < 1e-4,
+                max_abs_diff(p, c) < 1e-4,
                 "{spec:?}: small-chunk vs plain {}",
-                max_diff(p, c)
+                max_abs_diff(p, c)
             );
         }
     }
@@ -93,7 +85,7 @@ fn bf16_paths_agree_with_f32_within_bf16_tolerance() {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        let (ep, ef) = (max_diff(r, p), max_diff(r, f));
+        let (ep, ef) = (max_abs_diff(r, p), max_abs_diff(r, f));
         // bf16 weights and activations through a few random layers: within 10% of the logit range,
         // and the fused path (f32 inside the kernel) no worse than the plain one beyond noise.
         assert!(

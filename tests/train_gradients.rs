@@ -2,6 +2,9 @@
 //! naive joint backward, every trainable weight receives a non-zero gradient, and the fused
 //! inference kernels would have cut some of them (so the check can fail).
 
+mod common;
+
+use common::max_abs_diff;
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
@@ -36,17 +39,6 @@ fn grads(set: &ParamSet, order: LossOrder, weights: &[f32], kernels: Kernels) ->
         order,
     )
     .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn check_equal_and_nonzero(spec: TinySpec, trainable: Trainable, weights: &[f32]) {

@@ -3,6 +3,9 @@
 //! blocks, with grouped queries) and for whole training steps of tiny models (every weight's
 //! gradient, both loss orders, tied embeddings, Qwen2 biases, interleaved RoPE).
 
+mod common;
+
+use common::max_abs_diff;
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -25,19 +28,6 @@ fn randn(shape: &[usize], seed: u64) -> Var {
         .map(|i| (((i as u64 * 2654435761 + seed * 97) % 10007) as f32 / 10007.0 - 0.5) * 2.0)
         .collect();
     Var::from_tensor(&Tensor::from_vec(data, shape, &Device::Cpu).unwrap()).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn max_abs(a: &Tensor) -> f32 {

@@ -43,6 +43,17 @@ pub enum Mode {
     Lookup,
 }
 
+impl std::fmt::Display for Mode {
+    /// The name `FromStr` reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Plain => "plain",
+            Mode::Spec => "spec",
+            Mode::Lookup => "lookup",
+        })
+    }
+}
+
 impl std::str::FromStr for Mode {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {

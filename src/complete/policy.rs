@@ -11,6 +11,17 @@ pub enum LinePolicy {
     Multi,
 }
 
+impl std::fmt::Display for LinePolicy {
+    /// The name `FromStr` reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinePolicy::Auto => "auto",
+            LinePolicy::Single => "single",
+            LinePolicy::Multi => "multi",
+        })
+    }
+}
+
 impl std::str::FromStr for LinePolicy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -61,35 +61,21 @@ impl SettingValue for bool {
     }
 }
 
-/// Settings spelled as strings in JSON: parsed with their `FromStr`, written with their name.
+/// Settings spelled as strings in JSON: read with their `FromStr`, written with their `Display`.
 macro_rules! string_setting {
-    ($ty:ty, $name:expr) => {
+    ($($ty:ty),*) => {$(
         impl SettingValue for $ty {
             fn from_json(v: &Value) -> Option<Self> {
                 v.as_str().and_then(|s| s.parse().ok())
             }
             fn to_json(&self) -> Value {
-                Value::from($name(self))
+                Value::from(self.to_string())
             }
         }
-    };
+    )*};
 }
 
-string_setting!(Mode, |m: &Mode| match m {
-    Mode::Plain => "plain".to_string(),
-    Mode::Spec => "spec".to_string(),
-    Mode::Lookup => "lookup".to_string(),
-});
-string_setting!(LinePolicy, |p: &LinePolicy| match p {
-    LinePolicy::Auto => "auto".to_string(),
-    LinePolicy::Single => "single".to_string(),
-    LinePolicy::Multi => "multi".to_string(),
-});
-string_setting!(DeviceChoice, |d: &DeviceChoice| match d {
-    DeviceChoice::Auto => "auto".to_string(),
-    DeviceChoice::Cpu => "cpu".to_string(),
-    DeviceChoice::Cuda(n) => format!("cuda:{n}"),
-});
+string_setting!(Mode, LinePolicy, DeviceChoice);
 
 /// Declares the settings table: `field: Type = default, "serverKey", check, "what it expects";`
 /// with the field's doc comment as the flag's help. The CLI flag is the key in kebab case

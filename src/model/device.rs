@@ -13,6 +13,17 @@ pub enum DeviceChoice {
     Cuda(usize),
 }
 
+impl std::fmt::Display for DeviceChoice {
+    /// The name `FromStr` reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 impl std::str::FromStr for DeviceChoice {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -40,9 +51,9 @@ impl DeviceChoice {
             Self::Auto if cfg!(feature = "cuda") => Ok(auto_fallback(Device::new_cuda(0))),
             Self::Auto => Ok(Device::Cpu),
             Self::Cuda(n) if cfg!(feature = "cuda") => Device::new_cuda(n)
-                .map_err(|e| ModelError::Device { device: format!("cuda:{n}"), reason: e.to_string() }),
-            Self::Cuda(n) => Err(ModelError::Device {
-                device: format!("cuda:{n}"),
+                .map_err(|e| ModelError::Device { device: self.to_string(), reason: e.to_string() }),
+            Self::Cuda(_) => Err(ModelError::Device {
+                device: self.to_string(),
                 reason: "this foresight was built without the cuda feature; rebuild with `cargo build --release --features cuda`".into(),
             }),
         }
