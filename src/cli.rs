@@ -10,10 +10,9 @@ use clap::{Args, Parser, Subcommand};
 
 use foresight::bench::gpu::GpuBenchArgs;
 use foresight::complete::location::{byte_offset, parse_file_location};
-use foresight::complete::service::{serving_capacity, CompletionService, Request};
-use foresight::complete::{Engine, Settings, SettingsArgs};
+use foresight::complete::service::{CompletionService, Request};
+use foresight::complete::{Backend, Settings, SettingsArgs};
 use foresight::model::weights::{load_dir, param_counts, read_config};
-use foresight::model::{weight_dtype, DeviceChoice, LoadedModel};
 
 mod bench_train;
 mod train;
@@ -194,11 +193,17 @@ pub fn default_model_dir() -> Option<PathBuf> {
         .find(|p| p.join("config.json").is_file())
 }
 
-/// Loads a model directory onto the chosen device, in that device's weight dtype.
-fn load_model(dir: &Path, device: DeviceChoice) -> Result<LoadedModel> {
-    let device = device.device()?;
-    load_dir(dir, &device, weight_dtype(&device))
-        .with_context(|| format!("cannot load model {}", dir.display()))
+/// What completes for `complete` and `eval`: the model in `dir`, or the remote engine the
+/// settings name (then `dir` gives the tokenizer and config only).
+fn open_backend(dir: &Path, settings: &Settings) -> Result<Backend> {
+    Backend::open(dir, settings).with_context(|| match settings.engine_target() {
+        Some(t) => format!(
+            "cannot read the tokenizer and config of {} for the remote engine {}",
+            dir.display(),
+            t.endpoint()
+        ),
+        None => format!("cannot load model {}", dir.display()),
+    })
 }
 
 fn resolve_model_dir(arg: Option<&Path>) -> Result<PathBuf> {
@@ -250,8 +255,8 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
         .apply_args(&args.settings)
         .map_err(anyhow::Error::msg)?;
     let dir = resolve_model_dir(args.model.as_deref())?;
-    let loaded = load_model(&dir, settings.device)?;
-    let capacity = serving_capacity(&loaded.model);
+    let backend = open_backend(&dir, &settings)?;
+    let capacity = backend.framer().capacity();
     if settings.max_tokens > capacity / 2 {
         eprintln!(
             "note: --max-tokens {} is more than half the model's {capacity} positions; the suggestion stops at {}",
@@ -259,7 +264,7 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
             capacity / 2
         );
     }
-    let mut service = CompletionService::new(Engine::new(loaded, capacity));
+    let mut service = CompletionService::new(backend);
     // The server's pipeline, as for a file opened alone in an editor.
     let request = Request {
         doc: file,
@@ -312,11 +317,14 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let mut base = foresight::eval::eval_settings();
     base.apply_args(&args.settings)
         .map_err(anyhow::Error::msg)?;
-    let loaded = load_model(&dir, base.device)?;
-    let capacity = foresight::complete::service::serving_capacity(&loaded.model);
-    let mut service =
-        foresight::complete::service::CompletionService::new(Engine::new(loaded, capacity));
-    let modes = args.settings.mode.map_or(EvalModes::Both, EvalModes::Only);
+    let backend = open_backend(&dir, &base)?;
+    let remote = backend.endpoint();
+    let mut service = CompletionService::new(backend);
+    // A remote engine decodes its own way: the plain/speculative comparison is the local model's.
+    let modes = match (&remote, args.settings.mode) {
+        (Some(_), _) => EvalModes::Only(foresight::complete::Mode::Plain),
+        (None, mode) => mode.map_or(EvalModes::Both, EvalModes::Only),
+    };
     let mut json = match &args.json {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::File::create(path)
@@ -364,7 +372,14 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             g.p95_ms
         )
     };
-    println!("model: {}  tasks: {}", dir.display(), args.tasks.display());
+    match &remote {
+        None => println!("model: {}  tasks: {}", dir.display(), args.tasks.display()),
+        Some(url) => println!(
+            "engine: {url} (tokenizer of {})  tasks: {}",
+            dir.display(),
+            args.tasks.display()
+        ),
+    }
     println!(
         "{:<10} {:>5} {:>8} {:>9} {:>8} {:>8} {:>10} {:>8} {:>8}",
         "group",

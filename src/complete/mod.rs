@@ -3,11 +3,13 @@
 
 pub mod block;
 pub mod drafts;
+pub mod framer;
 pub mod location;
 pub mod overlap;
 pub mod policy;
 pub mod postprocess;
 pub mod prompt;
+pub mod remote;
 pub mod result_cache;
 pub mod service;
 pub mod settings;
@@ -17,18 +19,20 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokenizers::Tokenizer;
-
 use crate::decode::{
     self, Control, DraftSource, GenerateParams, GenerationStats, HeadDrafts, NoDrafts,
     PromptLookup, StopReason,
 };
-use crate::model::{LoadedModel, ModelCache, ModelError, Result};
+use crate::model::mtp::MAX_ROPE_POSITIONS;
+use crate::model::weights::{load_dir, load_tokenizer_dir};
+use crate::model::{weight_dtype, LoadedModel, ModelCache, Result};
 
 pub use block::BlockRule;
 use drafts::DraftArm;
+pub use framer::{serving_capacity, Framer};
 pub use policy::{LinePolicy, Lines};
 pub use prompt::{FimOrder, Prompt, PromptBudget, PromptOptions};
+pub use remote::{EngineTarget, RemoteEngine};
 pub use settings::{Settings, SettingsArgs};
 
 /// How tokens are produced.
@@ -100,13 +104,13 @@ pub struct CompletionParams {
 
 impl CompletionParams {
     /// The parameters `settings` give a completion that has no request context yet (no
-    /// preamble, cancel flag, deadline, hysteresis hint or block rule), in SPM order.
+    /// preamble, cancel flag, deadline, hysteresis hint or block rule).
     pub fn from_settings(settings: &Settings) -> Self {
         Self {
             mode: settings.mode,
             max_tokens: settings.max_tokens,
             budget: settings.budget(),
-            order: FimOrder::Spm,
+            order: settings.fim_order,
             stop_strings: Vec::new(),
             sampling: settings.sampling(),
             max_draft_len: settings.max_draft_len,
@@ -138,14 +142,86 @@ pub struct Completion {
 /// Fewest tokens of document text a prompt keeps: below this, the preamble is left out.
 pub const MIN_TEXT_TOKENS: usize = 64;
 
+/// What produces completions: the local model, or a remote engine serving a model whose tokenizer
+/// and config are local.
+pub enum Backend {
+    Local(Box<Engine>),
+    Remote(Box<RemoteEngine>),
+}
+
+impl Backend {
+    /// Opens what `settings` ask for with the model directory `dir`: with `engineUrl` set, only
+    /// its tokenizer and config (the remote engine serves the weights); otherwise the model, on
+    /// `settings.device`.
+    pub fn open(dir: &std::path::Path, settings: &Settings) -> Result<Self> {
+        match settings.engine_target() {
+            Some(target) => {
+                let (cfg, tokenizer, special) = load_tokenizer_dir(dir)?;
+                let positions = cfg.max_position_embeddings.min(MAX_ROPE_POSITIONS);
+                let framer = Framer::new(tokenizer, special, serving_capacity(positions));
+                Ok(Backend::Remote(Box::new(RemoteEngine::new(framer, target))))
+            }
+            None => {
+                let device = settings.device.device()?;
+                let loaded = load_dir(dir, &device, weight_dtype(&device))?;
+                let capacity = serving_capacity(loaded.model.max_positions());
+                Ok(Backend::Local(Box::new(Engine::new(loaded, capacity))))
+            }
+        }
+    }
+
+    /// What prompts are built with.
+    pub fn framer(&self) -> &Framer {
+        match self {
+            Backend::Local(e) => e.framer(),
+            Backend::Remote(r) => r.framer(),
+        }
+    }
+
+    /// Empties the local KV caches (a remote engine keeps none here).
+    pub fn clear_caches(&mut self) {
+        if let Backend::Local(e) = self {
+            e.clear_caches();
+        }
+    }
+
+    /// Completes `text` at byte offset `cursor`.
+    pub fn complete(
+        &mut self,
+        text: &str,
+        cursor: usize,
+        params: &CompletionParams,
+    ) -> Result<Completion> {
+        match self {
+            Backend::Local(e) => e.complete(text, cursor, params),
+            Backend::Remote(r) => r.complete(text, cursor, params),
+        }
+    }
+
+    /// The local model's heads (0 for a remote engine).
+    pub fn heads(&self) -> usize {
+        match self {
+            Backend::Local(e) => e.loaded().model.n_heads(),
+            Backend::Remote(_) => 0,
+        }
+    }
+
+    /// The remote engine's endpoint, if this is one.
+    pub fn endpoint(&self) -> Option<String> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Remote(r) => Some(r.target().endpoint()),
+        }
+    }
+}
+
 /// A loaded model plus the KV caches it keeps between completions.
 pub struct Engine {
     loaded: LoadedModel,
-    /// Tokenizer that encodes special-token names in user text as plain text.
-    text_tokenizer: Tokenizer,
+    /// The prompt rule and the cache size (`Framer::capacity`).
+    framer: Framer,
     plain_cache: Option<ModelCache>,
     spec_cache: Option<ModelCache>,
-    cache_capacity: usize,
     /// Measured cost of drafting vs not, for speculative requests with `adaptive_drafts`.
     drafts: drafts::DraftPolicy,
     /// Each token id's text, for token healing (`decode::Forced`).
@@ -161,19 +237,21 @@ impl Engine {
                 tracing::warn!("cannot keep bf16 copies of the weights, decoding reads f32: {e}")
             }
         }
-        let mut text_tokenizer = loaded.tokenizer.clone();
-        text_tokenizer.set_encode_special_tokens(true);
         // No cache may outgrow the positions the model knows (its RoPE table / trained context).
         let cache_capacity = cache_capacity.min(loaded.model.max_positions());
         let token_texts = (0..loaded.model.config().vocab_size as u32)
             .map(|id| loaded.tokenizer.decode(&[id], false).unwrap_or_default())
             .collect();
+        let framer = Framer::new(
+            loaded.tokenizer.clone(),
+            loaded.special.clone(),
+            cache_capacity,
+        );
         Self {
             loaded,
-            text_tokenizer,
+            framer,
             plain_cache: None,
             spec_cache: None,
-            cache_capacity,
             drafts: drafts::DraftPolicy::default(),
             token_texts,
         }
@@ -185,7 +263,7 @@ impl Engine {
 
     /// Most tokens a prompt plus its completion may take.
     pub fn cache_capacity(&self) -> usize {
-        self.cache_capacity
+        self.framer.capacity()
     }
 
     /// Empties the KV caches, so the next completion prefills its whole prompt.
@@ -198,68 +276,14 @@ impl Engine {
         }
     }
 
-    /// The prompt for a completion of `text` at byte offset `cursor`, through the one
-    /// prompt-fitting rule every entry point takes (complete, eval, serve, bench): the budget asked
-    /// for is fitted ([`prompt::fit_budget`]) to what the model's context leaves after the
-    /// completion (`max_tokens`), the preamble and the framing tokens. The prompt therefore fits
-    /// whole, and its FIM framing is never cut. A preamble that would leave fewer than
-    /// [`MIN_TEXT_TOKENS`] tokens for the text is left out.
+    /// The prompt for a completion of `text` at byte offset `cursor` (see [`Framer::prompt`]).
     pub fn prompt(&self, text: &str, cursor: usize, params: &CompletionParams) -> Result<Prompt> {
-        let special = &self.loaded.special;
-        let text_room = self.text_room(params.max_tokens);
-        if text_room == 0 {
-            let needed = params.max_tokens + 2 + prompt::framing_tokens(special);
-            return Err(ModelError::CacheFull {
-                capacity: self.cache_capacity,
-                needed,
-            });
-        }
-        // Encoded once: counted here, placed by the prompt builder.
-        let preamble_ids: Vec<u32> = match params.preamble.as_str() {
-            "" => Vec::new(),
-            p => self
-                .text_tokenizer
-                .encode(p, false)
-                .map(|e| e.get_ids().to_vec())
-                .unwrap_or_default(),
-        };
-        let (preamble_ids, room) = match text_room
-            .checked_sub(preamble_ids.len().max(params.preamble_reserve))
-        {
-            Some(room) if room >= MIN_TEXT_TOKENS.min(text_room) => (preamble_ids.as_slice(), room),
-            _ => {
-                tracing::debug!("preamble of {} tokens left out: {text_room} tokens of context left for the text", preamble_ids.len());
-                (&[][..], text_room)
-            }
-        };
-        let budget = prompt::fit_budget(params.budget, room);
-        let opts = PromptOptions {
-            prefix_start_hint: params.prefix_start_hint,
-            slack_tokens: prompt::fit_slack(params.prefix_slack_tokens, params.budget, budget),
-            preamble_ids,
-            heal: params.heal,
-        };
-        let prompt = prompt::build_prompt_with(
-            &self.text_tokenizer,
-            special,
-            text,
-            cursor,
-            budget,
-            params.order,
-            &opts,
-        );
-        debug_assert!(
-            prompt.ids.len() + params.max_tokens < self.cache_capacity,
-            "fitted prompt overflows"
-        );
-        Ok(prompt)
+        self.framer.prompt(text, cursor, params)
     }
 
-    /// Tokens of the context left for a prompt's text (preamble, prefix, suffix) once a
-    /// completion of `max_tokens` and the framing tokens are set aside.
-    pub fn text_room(&self, max_tokens: usize) -> usize {
-        self.cache_capacity
-            .saturating_sub(max_tokens + 1 + prompt::framing_tokens(&self.loaded.special))
+    /// What prompts for this model are built with.
+    pub fn framer(&self) -> &Framer {
+        &self.framer
     }
 
     /// Completes `text` at byte offset `cursor`.
@@ -291,7 +315,7 @@ impl Engine {
             }
         };
         if cache_slot.is_none() {
-            *cache_slot = Some(model.new_cache(self.cache_capacity, n_heads)?);
+            *cache_slot = Some(model.new_cache(self.framer.capacity(), n_heads)?);
         }
         let cache = cache_slot.as_mut().expect("cache was just created");
         let ids = &prompt.ids;

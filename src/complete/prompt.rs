@@ -32,6 +32,27 @@ pub enum FimOrder {
     Spm,
 }
 
+impl std::fmt::Display for FimOrder {
+    /// The name `FromStr` reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FimOrder::Psm => "psm",
+            FimOrder::Spm => "spm",
+        })
+    }
+}
+
+impl std::str::FromStr for FimOrder {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "psm" => Ok(FimOrder::Psm),
+            "spm" => Ok(FimOrder::Spm),
+            other => Err(format!("unknown FIM order {other:?}: use spm or psm")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prompt {
     pub ids: Vec<u32>,

@@ -1,7 +1,8 @@
 //! The completion service a server drives: one request (a window of a document, a cursor, other
 //! open documents) → one suggestion, through the result cache, the single/multi-line policy,
 //! snippets, prefix hysteresis, decoding, block-end cutting and suffix trimming. Plain data; it
-//! owns the [`Engine`] and is meant to live on one thread. No LSP types.
+//! owns the [`Backend`] (the local engine or a remote one) and is meant to live on one thread.
+//! No LSP types.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -19,7 +20,7 @@ pub use super::settings::Settings;
 use super::snippets::{
     comment_prefix, query_before_cursor, render_preamble, select_snippets, SourceDoc,
 };
-use super::{CompletionParams, Engine, MIN_TEXT_TOKENS};
+use super::{Backend, CompletionParams, MIN_TEXT_TOKENS};
 
 /// One request, in plain data.
 #[derive(Debug, Clone, Copy)]
@@ -50,35 +51,29 @@ pub struct Suggestion {
     pub prompt_ms: f64,
 }
 
-/// KV-cache size the server (and `eval`, which scores the server's pipeline) gives a model:
-/// room for prefix, suffix, snippets and generation, within what the model can address.
-pub fn serving_capacity(model: &crate::model::MtpModel) -> usize {
-    model.max_positions().clamp(256, 4096)
-}
-
 pub struct CompletionService {
-    engine: Engine,
+    backend: Backend,
     results: ResultCache,
     /// Absolute prefix start of the last prompt per document.
     anchors: HashMap<String, usize>,
 }
 
 impl CompletionService {
-    pub fn new(engine: Engine) -> Self {
+    pub fn new(backend: Backend) -> Self {
         Self {
-            engine,
+            backend,
             results: ResultCache::default(),
             anchors: HashMap::new(),
         }
     }
 
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// Empties every cache (after a failure left them in doubt).
     pub fn reset(&mut self) {
-        self.engine.clear_caches();
+        self.backend.clear_caches();
         self.results.clear();
         self.anchors.clear();
     }
@@ -124,23 +119,20 @@ impl CompletionService {
         let block = (settings.stop_at_block_end || lines == Lines::Single).then_some(rule);
 
         if !settings.kv_reuse {
-            self.engine.clear_caches();
+            self.backend.clear_caches();
         }
         let hint = self
             .anchors
             .get(req.doc)
             .and_then(|abs| abs.checked_sub(req.base));
-        let capacity = self.engine.cache_capacity();
-        let max_tokens = settings.max_tokens.min(capacity / 2).max(1);
+        let framer = self.backend.framer();
+        let max_tokens = settings.max_tokens.min(framer.capacity() / 2).max(1);
         // Snippets get their budget, but never the room the document's own text needs.
-        let snippet_budget = settings.snippet_tokens.min(
-            self.engine
-                .text_room(max_tokens)
-                .saturating_sub(MIN_TEXT_TOKENS),
-        );
+        let snippet_budget = settings
+            .snippet_tokens
+            .min(framer.text_room(max_tokens).saturating_sub(MIN_TEXT_TOKENS));
         let preamble = if snippet_budget > 0 && !req.neighbours.is_empty() {
-            let tok = &self.engine.loaded().tokenizer;
-            let count = |s: &str| tok.encode(s, false).map(|e| e.len()).unwrap_or(usize::MAX);
+            let count = |s: &str| framer.count(s);
             let comment = comment_prefix(req.language);
             let snippets = select_snippets(
                 query_before_cursor(prefix),
@@ -168,7 +160,7 @@ impl CompletionService {
             // The budget is fitted to the model's context by `Engine::prompt`.
             ..CompletionParams::from_settings(settings)
         };
-        let completion = self.engine.complete(req.text, cursor, &params)?;
+        let completion = self.backend.complete(req.text, cursor, &params)?;
         self.anchors
             .insert(req.doc.to_string(), req.base + completion.prefix_start);
         let kept = match &block {
@@ -193,7 +185,7 @@ impl CompletionService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::complete::LinePolicy;
+    use crate::complete::{Engine, LinePolicy};
     use crate::model::tiny::TinySpec;
     use crate::model::{LoadedModel, SpecialTokens};
 
@@ -207,7 +199,7 @@ mod tests {
             tokenizer,
             special,
         };
-        CompletionService::new(Engine::new(loaded, 1024))
+        CompletionService::new(Backend::Local(Box::new(Engine::new(loaded, 1024))))
     }
 
     fn request<'a>(text: &'a str) -> Request<'a> {

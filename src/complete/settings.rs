@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::policy::LinePolicy;
-use super::{Mode, PromptBudget};
+use super::remote::EngineTarget;
+use super::{FimOrder, Mode, PromptBudget};
 use crate::decode::SamplingParams;
 use crate::model::DeviceChoice;
 
@@ -75,7 +76,16 @@ macro_rules! string_setting {
     )*};
 }
 
-string_setting!(Mode, LinePolicy, DeviceChoice);
+string_setting!(Mode, LinePolicy, DeviceChoice, FimOrder);
+
+impl SettingValue for String {
+    fn from_json(v: &Value) -> Option<Self> {
+        v.as_str().map(str::to_string)
+    }
+    fn to_json(&self) -> Value {
+        Value::from(self.as_str())
+    }
+}
 
 /// Declares the settings table: `field: Type = default, "serverKey", check, "what it expects";`
 /// with the field's doc comment as the flag's help. The CLI flag is the key in kebab case
@@ -244,6 +254,29 @@ settings_table! {
     /// Token healing: leave the whitespace before the cursor out of the prompt and make the
     /// suggestion begin with it, so the model tokenizes indentation as it learned to.
     token_healing: bool = true, "tokenHealing", any, "a boolean";
+    /// Where the suffix goes in the prompt: spm (suffix first, so the cached prefix survives
+    /// typing; Foresight's models and StarCoder) or psm (prefix first; Qwen2.5-Coder,
+    /// DeepSeek-Coder, CodeLlama).
+    fim_order: FimOrder = FimOrder::Spm, "fimOrder", any, "\"spm\" or \"psm\"";
+    /// A remote engine's base URL (an OpenAI-compatible `/v1/completions` endpoint: vLLM, TGI,
+    /// llama.cpp's server), for example http://127.0.0.1:8080. Empty: the local model. With a
+    /// remote engine, the model directory provides only the served model's tokenizer and config.
+    engine_url: String = String::new(), "engineUrl", |u: &String| valid_engine_url(u), "an http:// or https:// URL, or \"\" for the local model";
+    /// The `model` name sent to the remote engine (empty: none sent; llama.cpp's server ignores
+    /// it, vLLM wants the served model's name).
+    engine_model: String = String::new(), "engineModel", any, "a string";
+    /// Name of the environment variable that holds the remote engine's API key (sent as a bearer
+    /// token). The key itself is never written in settings or logs. Empty: no key.
+    engine_api_key_env: String = String::new(), "engineApiKeyEnv", |n: &String| valid_env_name(n), "an environment variable name (letters, digits, _), or \"\"";
+}
+
+fn valid_engine_url(url: &str) -> bool {
+    url.is_empty() || url.starts_with("http://") || url.starts_with("https://")
+}
+
+fn valid_env_name(name: &str) -> bool {
+    name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
 }
 
 /// Older server keys still accepted, rewritten to the table's: `speculative: bool` is `mode`
@@ -331,6 +364,15 @@ impl Settings {
 
     pub fn time_cap(&self) -> Duration {
         Duration::from_millis(self.time_cap_ms)
+    }
+
+    /// The remote engine these settings name, if any (see `engineUrl`).
+    pub fn engine_target(&self) -> Option<EngineTarget> {
+        (!self.engine_url.is_empty()).then(|| EngineTarget {
+            url: self.engine_url.clone(),
+            model: self.engine_model.clone(),
+            api_key_env: self.engine_api_key_env.clone(),
+        })
     }
 
     /// Prefix-clipping hysteresis in tokens: a quarter of the prefix budget (see

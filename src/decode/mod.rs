@@ -15,4 +15,4 @@ pub use draft::{
 pub use generate::{generate, Control, Forced, GenerateParams, Generation, StopReason};
 pub use sampling::SamplingParams;
 pub use stats::GenerationStats;
-pub use stop::Detokenize;
+pub use stop::{find_stop_string, Detokenize};

@@ -45,9 +45,16 @@ struct Shared {
     latest: HashMap<String, Arc<AtomicBool>>,
     progress_supported: bool,
     pending_warnings: Vec<String>,
-    /// Model directory and device last sent to the worker.
-    loading: Option<(Option<PathBuf>, super::config::DeviceChoice)>,
+    /// Model directory, device and remote engine last sent to the worker.
+    loading: Option<LoadKey>,
 }
+
+/// What a load depends on: a change reloads.
+type LoadKey = (
+    Option<PathBuf>,
+    super::config::DeviceChoice,
+    Option<crate::complete::EngineTarget>,
+);
 
 pub struct Backend {
     client: Client,
@@ -118,21 +125,23 @@ impl Backend {
         }
     }
 
-    /// Sends a load job if the configured model or device changed, reporting progress.
+    /// Sends a load job if the configured model, device or remote engine changed, reporting
+    /// progress.
     async fn ensure_model(&self) {
-        let (dir, device, progress) = {
+        let (dir, settings, progress) = {
             let mut s = self.lock();
             let dir = s
                 .config
                 .model
                 .clone()
                 .or_else(|| self.default_model.clone());
-            let want = (dir.clone(), s.config.settings.device);
+            let settings = &s.config.settings;
+            let want = (dir.clone(), settings.device, settings.engine_target());
             if s.loading.as_ref() == Some(&want) {
                 return;
             }
             s.loading = Some(want);
-            (dir, s.config.settings.device, s.progress_supported)
+            (dir, s.config.settings.clone(), s.progress_supported)
         };
         let Some(dir) = dir else {
             let msg = "Foresight: no model configured. Set initializationOptions.model to a model directory, or start `foresight serve --model DIR`.";
@@ -164,7 +173,7 @@ impl Backend {
         let (tx, rx) = oneshot::channel();
         let result = if self.worker.send(Job::Load {
             dir: dir.clone(),
-            device,
+            settings: Box::new(settings),
             reply: tx,
         }) {
             rx.await
@@ -174,12 +183,19 @@ impl Backend {
         };
         match result {
             Ok(info) => {
-                let msg = format!(
-                    "Foresight: model {} loaded ({} heads) in {:.0} ms",
-                    info.dir.display(),
-                    info.heads,
-                    info.load_ms
-                );
+                let msg = match &info.engine {
+                    None => format!(
+                        "Foresight: model {} loaded ({} heads) in {:.0} ms",
+                        info.dir.display(),
+                        info.heads,
+                        info.load_ms
+                    ),
+                    Some(url) => format!(
+                        "Foresight: completing through the remote engine {url}, with the tokenizer of {} (loaded in {:.0} ms)",
+                        info.dir.display(),
+                        info.load_ms
+                    ),
+                };
                 tracing::info!("{msg}");
                 if let Some(p) = ongoing {
                     p.finish_with_message(msg.clone()).await;
@@ -212,7 +228,7 @@ impl Backend {
             return Ok(None);
         };
         let _on_drop = CancelOnDrop(cancel.clone());
-        if !self.worker.send(Job::Complete(job)) {
+        if !self.worker.send(Job::Complete(Box::new(job))) {
             return Err(RpcError::internal_error());
         }
         let result = rx

@@ -13,16 +13,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::complete::service::{
-    serving_capacity, CompletionService, Request, Settings, Suggestion,
-};
+use crate::complete::service::{CompletionService, Request, Settings, Suggestion};
 use crate::complete::snippets::SourceDoc;
-use crate::complete::Engine;
+use crate::complete::Backend;
 use crate::model::cpu_kernels::run_on_kernel_pool;
-use crate::model::weight_dtype;
-use crate::model::weights::load_dir;
-
-use super::config::DeviceChoice;
 
 /// A completion request as the worker receives it: owned plain data.
 pub struct CompleteJob {
@@ -51,17 +45,21 @@ pub enum JobResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelInfo {
     pub dir: PathBuf,
+    /// The local model's heads (0 with a remote engine).
     pub heads: usize,
+    /// The remote engine's endpoint; `None` for the local model.
+    pub engine: Option<String>,
     pub load_ms: f64,
 }
 
 pub enum Job {
+    /// Opens `dir` as `settings` ask (`device`, or the remote engine of `engineUrl`).
     Load {
         dir: PathBuf,
-        device: DeviceChoice,
+        settings: Box<Settings>,
         reply: oneshot::Sender<Result<ModelInfo, String>>,
     },
-    Complete(CompleteJob),
+    Complete(Box<CompleteJob>),
     /// The editor closed this document: release what the service keeps for it.
     Forget {
         doc: String,
@@ -178,17 +176,24 @@ pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 fn handle(st: &mut State, job: Job) {
     match job {
-        Job::Load { dir, device, reply } => {
+        Job::Load {
+            dir,
+            settings,
+            reply,
+        } => {
             let t0 = Instant::now();
-            let result = load(&dir, device).map(|engine| {
-                let heads = engine.loaded().model.n_heads();
-                st.service = Some(CompletionService::new(engine));
-                ModelInfo {
-                    dir: dir.clone(),
-                    heads,
-                    load_ms: t0.elapsed().as_secs_f64() * 1e3,
-                }
-            });
+            let result = Backend::open(&dir, &settings)
+                .map_err(|e| format!("cannot load model {}: {e}", dir.display()))
+                .map(|backend| {
+                    let info = ModelInfo {
+                        dir: dir.clone(),
+                        heads: backend.heads(),
+                        engine: backend.endpoint(),
+                        load_ms: t0.elapsed().as_secs_f64() * 1e3,
+                    };
+                    st.service = Some(CompletionService::new(backend));
+                    info
+                });
             match &result {
                 Ok(info) => st.count(|s| s.model = Some(info.clone())),
                 Err(e) => {
@@ -213,6 +218,7 @@ fn handle(st: &mut State, job: Job) {
             }
         }
         Job::Complete(job) => {
+            let job = *job;
             // The guard answers `Failed` if this job panics before replying.
             let mut guard = ReplyGuard(Some(job.reply));
             st.count(|s| s.completions += 1);
@@ -289,12 +295,4 @@ impl Drop for ReplyGuard {
             "internal error while completing (logged)".into(),
         ));
     }
-}
-
-fn load(dir: &std::path::Path, device: DeviceChoice) -> Result<Engine, String> {
-    let device = device.device().map_err(|e| e.to_string())?;
-    let loaded = load_dir(dir, &device, weight_dtype(&device))
-        .map_err(|e| format!("cannot load model {}: {e}", dir.display()))?;
-    let capacity = serving_capacity(&loaded.model);
-    Ok(Engine::new(loaded, capacity))
 }

@@ -56,6 +56,8 @@ pub enum ModelError {
     /// A forward or cache call that breaks an invariant of the model's API (a caller's bug).
     #[error("model misuse: {reason}")]
     Misuse { reason: String },
+    #[error("remote engine {url}: {reason}")]
+    Remote { url: String, reason: String },
     #[error("cannot open device {device}: {reason}")]
     Device { device: String, reason: String },
     #[error(transparent)]

@@ -306,6 +306,24 @@ pub fn load_dir(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel
     with_tokenizer(dir, model, &tokenizer_path)
 }
 
+/// A model directory's config, tokenizer and special tokens, without its weights: what building
+/// prompts for that model takes when another program runs it (a remote engine). The directory
+/// needs `config.json` and `tokenizer.json` only.
+pub fn load_tokenizer_dir(dir: &Path) -> Result<(ModelConfig, Tokenizer, SpecialTokens)> {
+    if !dir.is_dir() {
+        return Err(ModelError::NoDirectory(dir.to_path_buf()));
+    }
+    let cfg = read_config(dir)?;
+    let tokenizer_path = require_file(
+        dir,
+        TOKENIZER_FILE,
+        "the model's tokenizer (Hugging Face tokenizers JSON)",
+    )?;
+    let tokenizer = load_tokenizer(&tokenizer_path)?;
+    let special = SpecialTokens::detect(&tokenizer, &cfg);
+    Ok((cfg, tokenizer, special))
+}
+
 /// Pairs a built model with its directory's tokenizer, refusing one with more tokens than the model.
 fn with_tokenizer(dir: &Path, model: MtpModel, tokenizer_path: &Path) -> Result<LoadedModel> {
     let tokenizer = load_tokenizer(tokenizer_path)?;
