@@ -1,6 +1,7 @@
 -- Headless Neovim 0.12 end-to-end: the real `foresight serve` shows ghost text through
 -- vim.lsp.inline_completion, and accepting it puts the suggestion into the buffer.
--- usage: FORESIGHT_BIN=... FORESIGHT_MODEL=... FORESIGHT_SAMPLE=file.py nvim --headless -u NONE -i NONE -S nvim_ghost.lua
+-- usage: FORESIGHT_BIN=... FORESIGHT_MODEL=... FORESIGHT_SAMPLE=file.py [FORESIGHT_INIT_OPTIONS=json]
+--          nvim --headless -u NONE -i NONE -S nvim_ghost.lua
 -- Prints "ok: ..." lines and "PASS" on success; exits with code 1 (cquit) on any failure.
 local out = function(s) io.stdout:write(s .. "\n") end
 local function fail(msg)
@@ -24,7 +25,9 @@ local client_id = vim.lsp.start({
   name = "foresight",
   cmd = cmd,
   root_dir = vim.fs.dirname(sample),
-  init_options = { lines = "single", maxTokens = 4, resultCache = false },
+  -- FORESIGHT_INIT_OPTIONS (a JSON object) adds to these, e.g. a remote engine's engineUrl.
+  init_options = vim.tbl_extend("force", { lines = "single", maxTokens = 4, resultCache = false },
+    vim.json.decode(os.getenv("FORESIGHT_INIT_OPTIONS") or "{}")),
 }, { bufnr = buf })
 check(client_id ~= nil, "vim.lsp.start started foresight")
 vim.lsp.inline_completion.enable(true)
