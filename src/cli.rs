@@ -517,38 +517,68 @@ pub fn bench_lsp(args: BenchLspArgs) -> Result<()> {
         options: with(options),
         follow_suggestions,
     };
-    let variants = [
-        v(
-            "speculative, KV reuse, result cache",
-            serde_json::json!({"mode": "spec"}),
-            false,
-        ),
-        v(
-            "speculative, heads always draft",
-            serde_json::json!({"mode": "spec", "adaptiveDrafts": false}),
-            false,
-        ),
-        v(
-            "plain, KV reuse, result cache",
-            serde_json::json!({"mode": "plain"}),
-            false,
-        ),
-        v(
-            "speculative, no KV reuse, result cache",
-            serde_json::json!({"mode": "spec", "kvReuse": false}),
-            false,
-        ),
-        v(
-            "speculative, KV reuse, no result cache",
-            serde_json::json!({"mode": "spec", "resultCache": false}),
-            false,
-        ),
-        v(
-            "speculative, user types the suggestion shown",
-            serde_json::json!({"mode": "spec"}),
-            true,
-        ),
-    ];
+    let remote = extra
+        .get("engineUrl")
+        .and_then(|u| u.as_str())
+        .filter(|u| !u.is_empty())
+        .map(str::to_string);
+    let variants = match &remote {
+        // Through a remote engine, beside the local model on the same machine (the cost of the hop).
+        Some(url) => vec![
+            v(
+                "local model, plain, KV reuse, result cache",
+                serde_json::json!({"mode": "plain", "engineUrl": ""}),
+                false,
+            ),
+            v(
+                &format!("remote engine {url}, result cache"),
+                serde_json::json!({}),
+                false,
+            ),
+            v(
+                &format!("remote engine {url}, no result cache"),
+                serde_json::json!({"resultCache": false}),
+                false,
+            ),
+            v(
+                &format!("remote engine {url}, user types the suggestion shown"),
+                serde_json::json!({}),
+                true,
+            ),
+        ],
+        None => vec![
+            v(
+                "speculative, KV reuse, result cache",
+                serde_json::json!({"mode": "spec"}),
+                false,
+            ),
+            v(
+                "speculative, heads always draft",
+                serde_json::json!({"mode": "spec", "adaptiveDrafts": false}),
+                false,
+            ),
+            v(
+                "plain, KV reuse, result cache",
+                serde_json::json!({"mode": "plain"}),
+                false,
+            ),
+            v(
+                "speculative, no KV reuse, result cache",
+                serde_json::json!({"mode": "spec", "kvReuse": false}),
+                false,
+            ),
+            v(
+                "speculative, KV reuse, no result cache",
+                serde_json::json!({"mode": "spec", "resultCache": false}),
+                false,
+            ),
+            v(
+                "speculative, user types the suggestion shown",
+                serde_json::json!({"mode": "spec"}),
+                true,
+            ),
+        ],
+    };
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let server_args = vec![
         "serve".to_string(),
@@ -573,8 +603,11 @@ pub fn bench_lsp(args: BenchLspArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
+        let engine = remote.map_or(String::new(), |url| {
+            format!(" (its tokenizer), engine {url}")
+        });
         println!(
-            "model: {}; {} tasks from {}, up to {} keystrokes each\n",
+            "model: {}{engine}; {} tasks from {}, up to {} keystrokes each\n",
             dir.display(),
             tasks.len(),
             args.tasks.display(),
