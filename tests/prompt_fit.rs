@@ -1,4 +1,4 @@
-//! The one prompt-fitting rule, `Engine::prompt`, which every entry point goes through (`complete`,
+//! The one prompt-fitting rule, `Framer::prompt` (through `Engine::prompt`), which every entry point goes through (`complete`,
 //! `eval`, `serve` and so `bench lsp` all run `CompletionService::suggest`, which calls
 //! `Engine::complete`): a file far longer than the model's 512 positions, with and without a preamble of
 //! neighbour snippets, gives a prompt that fits together with its completion and keeps its whole

@@ -88,7 +88,7 @@ pub fn framing_tokens(special: &SpecialTokens) -> usize {
 
 /// The one prompt-fitting rule: the budget wanted when prefix and suffix fit in `room` tokens of
 /// text; otherwise shrunk to `room`, the suffix keeping its share of the total and the prefix at
-/// least one token. `Engine::prompt` sizes `room` from the model's context, so a prompt is never
+/// least one token. `Framer::prompt` sizes `room` from the model's context, so a prompt is never
 /// cut after it is built (which would drop its FIM framing).
 pub fn fit_budget(want: PromptBudget, room: usize) -> PromptBudget {
     let total = want.prefix_tokens + want.suffix_tokens;
@@ -208,7 +208,7 @@ pub fn choose_prefix_start(
 }
 
 /// Builds the prompt for a completion at byte `cursor` of `text`. `tokenizer` must treat special
-/// token names in user text as plain text (see `Engine`), so a file cannot inject FIM markers.
+/// token names in user text as plain text (see `Framer`), so a file cannot inject FIM markers.
 pub fn build_prompt(
     tokenizer: &Tokenizer,
     special: &SpecialTokens,

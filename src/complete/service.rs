@@ -157,7 +157,7 @@ impl CompletionService {
             },
             preamble,
             block,
-            // The budget is fitted to the model's context by `Engine::prompt`.
+            // The budget is fitted to the model's context by `Framer::prompt`.
             ..CompletionParams::from_settings(settings)
         };
         let completion = self.backend.complete(req.text, cursor, &params)?;
