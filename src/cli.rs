@@ -285,9 +285,12 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
             .iter()
             .map(|r| format!("{r:.2}"))
             .collect();
+        let source = match service.backend().endpoint() {
+            Some(url) => format!("engine={url}"),
+            None => format!("mode={}", settings.mode),
+        };
         eprintln!(
-            "mode={:?} tokens={} forwards={} tokens/forward={:.2} prompt_tokens={} prefill_ms={:.1} decode_ms={:.1} total_ms={:.1} ms/token={:.2} acceptance=[{}] stop={}",
-            settings.mode,
+            "{source} tokens={} forwards={} tokens/forward={:.2} prompt_tokens={} prefill_ms={:.1} decode_ms={:.1} total_ms={:.1} ms/token={:.2} acceptance=[{}] stop={}",
             s.tokens,
             s.forwards,
             s.tokens_per_forward(),

@@ -143,7 +143,7 @@ fn the_prompt_goes_out_as_built_and_the_stream_comes_back() {
     };
     let c = engine.complete(text, cursor, &p).unwrap();
     assert_eq!(c.text, "return a + b");
-    assert_eq!(c.stop, StopReason::StopToken(0));
+    assert_eq!(c.stop, StopReason::EngineEnded);
     let served = served.join().unwrap();
     // The prompt is the framed prompt spelled out, whitespace tail included.
     let unhealed = CompletionParams { heal: false, ..p };

@@ -242,11 +242,42 @@ impl RemoteEngine {
             .spawn(move || stream(request, body, tx))
             .map_err(|e| self.error(format!("cannot start the request thread: {e}")))?;
 
-        let mut raw = String::new();
         let mut stats = GenerationStats {
             prompt_tokens: prompt.ids.len(),
             ..Default::default()
         };
+        let (raw, stop, first_chunk) = self.receive(&rx, &params, &mut stats)?;
+        // Dropping the receiver makes the HTTP thread's next send fail: it then drops the
+        // response, which closes the connection, and the engine stops generating.
+        drop(rx);
+        let done = Instant::now();
+        let first = first_chunk.unwrap_or(done);
+        stats.forwards = stats.tokens;
+        stats.decode_tokens = stats.tokens.saturating_sub(1);
+        stats.decode_forwards = stats.decode_tokens;
+        stats.prefill_ms = (first - started).as_secs_f64() * 1e3;
+        stats.decode_ms = (done - first).as_secs_f64() * 1e3;
+        stats.total_ms = (done - started).as_secs_f64() * 1e3;
+        Ok(Completion {
+            text: postprocess::clean_completion(&raw, &stop),
+            tokens: Vec::new(),
+            stop,
+            stats,
+            prompt_ms,
+            prefix_start: prompt.prefix_start,
+        })
+    }
+
+    /// Reads the chunks of one completion until it ends, is cancelled, reaches the deadline or a
+    /// stop rule; counts them in `stats`. Returns the text, why it ended, and when the first chunk
+    /// came.
+    fn receive(
+        &self,
+        rx: &mpsc::Receiver<Event>,
+        params: &CompletionParams,
+        stats: &mut GenerationStats,
+    ) -> Result<(String, StopReason, Option<Instant>)> {
+        let mut raw = String::new();
         let mut first_chunk: Option<Instant> = None;
         let stop = loop {
             if params
@@ -280,8 +311,7 @@ impl RemoteEngine {
                 Ok(Event::Finished(reason)) => {
                     break match reason.as_deref() {
                         Some("length") => StopReason::MaxTokens,
-                        // The engine saw its end-of-text token (or a stop string of its own).
-                        _ => StopReason::StopToken(0),
+                        _ => StopReason::EngineEnded,
                     };
                 }
                 Ok(Event::Failed(reason)) => return Err(self.error(reason)),
@@ -291,25 +321,7 @@ impl RemoteEngine {
                 }
             }
         };
-        // Dropping the receiver makes the HTTP thread's next send fail: it then drops the
-        // response, which closes the connection, and the engine stops generating.
-        drop(rx);
-        let done = Instant::now();
-        let first = first_chunk.unwrap_or(done);
-        stats.forwards = stats.tokens;
-        stats.decode_tokens = stats.tokens.saturating_sub(1);
-        stats.decode_forwards = stats.decode_tokens;
-        stats.prefill_ms = (first - started).as_secs_f64() * 1e3;
-        stats.decode_ms = (done - first).as_secs_f64() * 1e3;
-        stats.total_ms = (done - started).as_secs_f64() * 1e3;
-        Ok(Completion {
-            text: postprocess::clean_completion(&raw, &stop),
-            tokens: Vec::new(),
-            stop,
-            stats,
-            prompt_ms,
-            prefix_start: prompt.prefix_start,
-        })
+        Ok((raw, stop, first_chunk))
     }
 }
 

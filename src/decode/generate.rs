@@ -43,6 +43,9 @@ pub enum StopReason {
     Deadline,
     /// The KV cache is full.
     ContextFull,
+    /// A remote engine ended the completion itself (its end-of-text token, or a stop rule of its
+    /// own); the token is not reported.
+    EngineEnded,
 }
 
 /// A stop rule over decoded text: `Some(at)` cuts the text at byte `at`.
