@@ -38,6 +38,12 @@ fn target(port: u16) -> EngineTarget {
     }
 }
 
+/// A port nothing listens on (it was free a moment ago).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 fn tiny_engine(port: u16) -> RemoteEngine {
     let spec = TinySpec::default();
     let tokenizer = spec.tokenizer();
@@ -236,10 +242,7 @@ fn a_silent_engine_ends_at_the_time_cap_with_nothing() {
 
 #[test]
 fn an_engine_that_is_down_is_an_error_naming_it() {
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut engine = tiny_engine(port);
     let err = engine
         .complete("x = ", 4, &params())
@@ -259,10 +262,7 @@ struct LlamaServer {
 
 impl LlamaServer {
     fn start(python: &str, gguf: &Path, n_ctx: usize) -> Self {
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = free_port();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llama_server.py");
         let child = Command::new(python)
             .arg(script)
