@@ -13,7 +13,7 @@ use foresight::model::layers::causal_mask;
 use foresight::model::rope::Rope;
 use foresight::model::tiny::TinySpec;
 use foresight::model::train_kernels::{
-    linear_cross_entropy, CausalAttentionOp, RmsNormOp, SwiGluOp,
+    linear_cross_entropy, CausalAttentionOp, LinearOp, RmsNormOp, SwiGluOp,
 };
 use foresight::model::weights::init_weights;
 use foresight::model::Kernels;
@@ -93,6 +93,20 @@ fn rms_norm_matches_plain_ops() {
         |t| candle_nn::ops::rms_norm_slow(&t[0], &t[1], 1e-5).unwrap(),
         1e-5,
     );
+}
+
+#[test]
+fn linear_matches_plain_ops() {
+    // Three leading dimensions collapse into one matmul; the weight is (out, in).
+    let inputs = [randn(&[2, 3, 5, 24], 4), randn(&[40, 24], 5)];
+    check(
+        &inputs,
+        |t| t[0].apply_op2(&t[1], LinearOp).unwrap(),
+        |t| t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap(),
+        1e-5,
+    );
+    let bad = randn(&[7, 23], 6);
+    assert!(inputs[0].apply_op2(bad.as_tensor(), LinearOp).is_err());
 }
 
 #[test]

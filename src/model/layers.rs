@@ -11,7 +11,7 @@ use super::error::Result;
 use super::gpu_ops::{FusedAttention, MAX_HEAD_DIM};
 use super::kv_cache::KvCache;
 use super::rope::Rope;
-use super::train_kernels::{self, CausalAttentionOp, RmsNormOp, SwiGluOp};
+use super::train_kernels::{self, CausalAttentionOp, LinearOp, RmsNormOp, SwiGluOp};
 
 /// Which kernels a forward pass uses. Several fused candle kernels silently drop gradients,
 /// so training must use the plain-op forms.
@@ -150,6 +150,16 @@ impl Proj {
         Ok(self.lin.forward(x)?)
     }
 
+    /// `self(x)` in training on f32 CPU tensors: the training kernel `LinearOp` (one node for
+    /// autograd, no transpose or broadcast), plus the bias when there is one.
+    pub fn forward_training(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.contiguous()?.apply_op2(self.weight(), LinearOp)?;
+        Ok(match self.bias() {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
     /// `self(x)`, through the small-chunk kernel when `small` (reading the bf16 copy when there is one).
     pub fn apply(&self, x: &Tensor, small: bool) -> Result<Tensor> {
         if !small {
@@ -207,13 +217,16 @@ impl Mlp {
     }
 
     /// `fused_training` (f32 CPU tensors, no biases): one matmul for gate and up (their weights
-    /// concatenated), then the training kernel `SwiGluOp` on its output.
+    /// concatenated), then the training kernel `SwiGluOp` on its output; the matmuls are
+    /// `LinearOp`s.
     pub fn forward(&self, x: &Tensor, small: bool, fused_training: bool) -> Result<Tensor> {
         if fused_training && self.gate_proj.bias().is_none() && self.up_proj.bias().is_none() {
             let ff = self.gate_proj.weight().dim(0)?;
             let w = Tensor::cat(&[self.gate_proj.weight(), self.up_proj.weight()], 0)?;
-            let gate_up = x.contiguous()?.broadcast_matmul(&w.t()?)?;
-            return self.down_proj.forward(&gate_up.apply_op1(SwiGluOp { ff })?);
+            let gate_up = x.contiguous()?.apply_op2(&w, LinearOp)?;
+            return self
+                .down_proj
+                .forward_training(&gate_up.apply_op1(SwiGluOp { ff })?);
         }
         let gate = self.gate_proj.apply(x, small)?.silu()?;
         let up = self.up_proj.apply(x, small)?;
@@ -277,7 +290,7 @@ impl Attention {
         Ok((rope.apply(&k, offset, differentiable)?, v))
     }
 
-    /// Training on f32 CPU tensors: one matmul for q, k and v (their weights concatenated), then
+    /// Training on f32 CPU tensors: one matmul (`LinearOp`) for q, k and v (their weights concatenated), then
     /// `CausalAttentionOp` (RoPE inside, no transposes), then the output projection. `None` when
     /// only some of q, k, v have a bias (the plain path handles that).
     fn forward_training(&self, x: &Tensor, rope: &Rope) -> Result<Option<Tensor>> {
@@ -287,7 +300,7 @@ impl Attention {
         let qkv = x
             .contiguous()?
             .reshape((b * t, d))?
-            .matmul(&Tensor::cat(&weights, 0)?.t()?)?;
+            .apply_op2(&Tensor::cat(&weights, 0)?, LinearOp)?;
         let qkv = match projs.map(|p| p.bias()) {
             [Some(bq), Some(bk), Some(bv)] => qkv.broadcast_add(&Tensor::cat(&[bq, bk, bv], 0)?)?,
             [None, None, None] => qkv,
@@ -304,7 +317,7 @@ impl Attention {
         let out = qkv
             .apply_op1(op)?
             .reshape((b, t, self.n_heads * self.head_dim))?;
-        Ok(Some(self.o_proj.forward(&out)?))
+        Ok(Some(self.o_proj.forward_training(&out)?))
     }
 
     /// `x`: `(b, t, hidden)` at positions `offset..offset+t`. With a cache (b must be 1), the new

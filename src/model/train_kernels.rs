@@ -1,4 +1,5 @@
-//! Fused CPU training kernels with their own backward, as candle custom ops: RMSNorm, SwiGLU,
+//! Fused CPU training kernels with their own backward, as candle custom ops: a linear layer
+//! (no bias), RMSNorm, SwiGLU,
 //! causal self-attention (blocked, upper-triangle blocks skipped, probabilities recomputed in the
 //! backward instead of stored) and the unembedding with a chunked cross-entropy whose full logits
 //! never exist. Each replaces a chain of plain ops, so autograd keeps one node (one gradient
@@ -380,6 +381,97 @@ impl CustomOp1 for SwiGluOp {
             })
         })??;
         Ok(Some(cpu_tensor(dgu, gu.dims())?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear (no bias)
+
+/// `y = x wᵀ` for `x` of shape `(.., d)` and `w` of shape `(o, d)`, with backward: one matmul of
+/// all rows at once, and in the backward `dx = dy w` and `dw = dyᵀ x` straight from the saved
+/// operands through strided views, so autograd keeps no transpose or broadcast node (each of which
+/// would cost a weight-sized gradient buffer, and a broadcast a per-batch copy and sum).
+pub struct LinearOp;
+
+impl LinearOp {
+    /// (rows, d, o), checking the shapes.
+    fn dims(x: &[usize], w: &[usize]) -> candle_core::Result<(usize, usize, usize)> {
+        match (x.split_last(), w) {
+            (Some((&d, lead)), &[o, wd]) if d == wd => Ok((lead.iter().product(), d, o)),
+            _ => candle_core::bail!("linear: input {x:?} and weight {w:?} do not match"),
+        }
+    }
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "train-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(xs, xl, "linear input")?;
+        let w = f32_slice(ws, wl, "linear weight")?;
+        let (rows, d, o) = Self::dims(xl.dims(), wl.dims())?;
+        let mut y = vec![0f32; rows * o];
+        matmul(
+            &mut y,
+            o,
+            View::rows(x, rows, d),
+            View::rows(w, o, d).t(),
+            1.0,
+            false,
+            threads(),
+        );
+        let mut dims = xl.dims().to_vec();
+        *dims.last_mut().expect("checked by dims") = o;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (rows, d, o) = Self::dims(x.dims(), w.dims())?;
+        let (dx, dw) = with_f32(x, |x| {
+            with_f32(w, |w| {
+                with_f32(dy, |dy| {
+                    let mut dx = vec![0f32; rows * d];
+                    matmul(
+                        &mut dx,
+                        d,
+                        View::rows(dy, rows, o),
+                        View::rows(w, o, d),
+                        1.0,
+                        false,
+                        threads(),
+                    );
+                    let mut dw = vec![0f32; o * d];
+                    matmul(
+                        &mut dw,
+                        d,
+                        View::rows(dy, rows, o).t(),
+                        View::rows(x, rows, d),
+                        1.0,
+                        false,
+                        threads(),
+                    );
+                    (dx, dw)
+                })
+            })
+        })???;
+        Ok((
+            Some(cpu_tensor(dx, x.dims())?),
+            Some(cpu_tensor(dw, w.dims())?),
+        ))
     }
 }
 
