@@ -178,7 +178,19 @@ macro_rules! wide {
     };
 }
 
-wide!(exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
+/// `row[i] = e^(row[i] - max)`; returns the sum, accumulated in 16 lanes (lane j takes elements
+/// 16k + j in order, then the lanes are added in order, then the remainder). With AVX-512 an
+/// explicit 16-lane `exp_fast`: the same operations in the same order, so the same bits.
+fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, which is all `avx512::exp_shifted_sum` uses.
+        return unsafe { avx512::exp_shifted_sum(row, max) };
+    }
+    exp_shifted_sum_portable(row, max)
+}
+
+wide!(exp_shifted_sum_portable(row: &mut [f32], max: f32) -> f32 {
     // row[i] = e^(row[i] - max); returns the sum, accumulated in 16 lanes.
     let mut lanes = [0f32; 16];
     let mut chunks = row.chunks_exact_mut(16);
@@ -196,13 +208,168 @@ wide!(exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
     lanes.iter().sum::<f32>() + sum
 });
 
-wide!(swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) -> () {
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// `exp_fast` on 16 lanes: the scalar function's operations, one for one (no fused
+    /// multiply-add, the same constants), so each lane has the scalar result's bits.
+    #[target_feature(enable = "avx512f")]
+    fn exp16(x: __m512) -> __m512 {
+        let s = _mm512_set1_ps;
+        let x = _mm512_max_ps(_mm512_min_ps(x, s(88.0)), s(-87.0));
+        let round = s(12_582_912.0);
+        let n = _mm512_sub_ps(
+            _mm512_add_ps(_mm512_mul_ps(x, s(std::f32::consts::LOG2_E)), round),
+            round,
+        );
+        let r = _mm512_sub_ps(
+            _mm512_sub_ps(x, _mm512_mul_ps(n, s(0.693_359_4))),
+            _mm512_mul_ps(n, s(-2.121_944_4e-4)),
+        );
+        let mut p = s(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5e-1,
+        ] {
+            p = _mm512_add_ps(_mm512_mul_ps(p, r), s(c));
+        }
+        let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_cvttps_epi32(n),
+            _mm512_set1_epi32(127),
+        ));
+        let y = _mm512_add_ps(
+            _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r),
+            s(1.0),
+        );
+        _mm512_mul_ps(y, _mm512_castsi512_ps(bits))
+    }
+
+    /// `-x` exactly as the scalar negation (a sign flip: -0.0 for 0.0).
+    #[target_feature(enable = "avx512f")]
+    fn neg(x: __m512) -> __m512 {
+        _mm512_castsi512_ps(_mm512_xor_si512(
+            _mm512_castps_si512(x),
+            _mm512_set1_epi32(i32::MIN),
+        ))
+    }
+
+    /// See [`super::swiglu_forward`]: `g / (1 + e^-g) * u`, the scalar's operations one for one.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
+        let n = out.len().min(gate.len()).min(up.len());
+        let one = _mm512_set1_ps(1.0);
+        let full = n / 16 * 16;
+        for i in (0..full).step_by(16) {
+            // SAFETY: i + 16 <= n, within every slice; unaligned loads and stores.
+            unsafe {
+                let g = _mm512_loadu_ps(gate.as_ptr().add(i));
+                let u = _mm512_loadu_ps(up.as_ptr().add(i));
+                let e = exp16(neg(g));
+                let y = _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), u);
+                _mm512_storeu_ps(out.as_mut_ptr().add(i), y);
+            }
+        }
+        for i in full..n {
+            out[i] = gate[i] / (1.0 + super::exp_fast(-gate[i])) * up[i];
+        }
+    }
+
+    /// See [`super::swiglu_backward`]: the scalar's operations one for one.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn swiglu_backward(
+        dg: &mut [f32],
+        du: &mut [f32],
+        gate: &[f32],
+        up: &[f32],
+        dy: &[f32],
+    ) {
+        let n = gate
+            .len()
+            .min(dg.len())
+            .min(du.len())
+            .min(up.len())
+            .min(dy.len());
+        let one = _mm512_set1_ps(1.0);
+        let full = n / 16 * 16;
+        for i in (0..full).step_by(16) {
+            // SAFETY: i + 16 <= n, within every slice; unaligned loads and stores.
+            unsafe {
+                let g = _mm512_loadu_ps(gate.as_ptr().add(i));
+                let u = _mm512_loadu_ps(up.as_ptr().add(i));
+                let d = _mm512_loadu_ps(dy.as_ptr().add(i));
+                let e = exp16(neg(g));
+                let sig = _mm512_div_ps(one, _mm512_add_ps(one, e));
+                let slope = _mm512_add_ps(one, _mm512_mul_ps(g, _mm512_sub_ps(one, sig)));
+                let vdg = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(d, u), sig), slope);
+                let vdu = _mm512_mul_ps(_mm512_mul_ps(d, g), sig);
+                _mm512_storeu_ps(dg.as_mut_ptr().add(i), vdg);
+                _mm512_storeu_ps(du.as_mut_ptr().add(i), vdu);
+            }
+        }
+        for i in full..n {
+            let s = 1.0 / (1.0 + super::exp_fast(-gate[i]));
+            dg[i] = dy[i] * up[i] * s * (1.0 + gate[i] * (1.0 - s));
+            du[i] = dy[i] * gate[i] * s;
+        }
+    }
+
+    /// See [`super::exp_shifted_sum`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
+        let vmax = _mm512_set1_ps(max);
+        let mut acc = _mm512_setzero_ps();
+        let mut chunks = row.chunks_exact_mut(16);
+        for chunk in &mut chunks {
+            // SAFETY: `chunk` holds exactly 16 f32s; unaligned loads and stores.
+            unsafe {
+                let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(chunk.as_ptr()), vmax));
+                _mm512_storeu_ps(chunk.as_mut_ptr(), e);
+                acc = _mm512_add_ps(acc, e);
+            }
+        }
+        let mut sum = 0f32;
+        for v in chunks.into_remainder() {
+            *v = super::exp_fast(*v - max);
+            sum += *v;
+        }
+        let mut lanes = [0f32; 16];
+        // SAFETY: `lanes` holds 16 f32s.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+        lanes.iter().sum::<f32>() + sum
+    }
+}
+
+/// `out = silu(gate) * up`, elementwise; with AVX-512 in 16 lanes (the same bits).
+fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, which is all the function uses.
+        return unsafe { avx512::swiglu_forward(out, gate, up) };
+    }
+    swiglu_forward_portable(out, gate, up)
+}
+
+/// The gradients of [`swiglu_forward`] for gate and up; with AVX-512 in 16 lanes (the same bits).
+fn swiglu_backward(dg: &mut [f32], du: &mut [f32], gate: &[f32], up: &[f32], dy: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, which is all the function uses.
+        return unsafe { avx512::swiglu_backward(dg, du, gate, up, dy) };
+    }
+    swiglu_backward_portable(dg, du, gate, up, dy)
+}
+
+wide!(swiglu_forward_portable(out: &mut [f32], gate: &[f32], up: &[f32]) -> () {
     for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
         *o = g / (1.0 + exp_fast(-g)) * u;
     }
 });
 
-wide!(swiglu_backward(dg: &mut [f32], du: &mut [f32], gate: &[f32], up: &[f32], dy: &[f32]) -> () {
+wide!(swiglu_backward_portable(dg: &mut [f32], du: &mut [f32], gate: &[f32], up: &[f32], dy: &[f32]) -> () {
     for i in 0..gate.len().min(dg.len()).min(du.len()).min(up.len()).min(dy.len()) {
         let s = 1.0 / (1.0 + exp_fast(-gate[i]));
         dg[i] = dy[i] * up[i] * s * (1.0 + gate[i] * (1.0 - s));
@@ -963,6 +1130,56 @@ mod tests {
             exp_fast(-1000.0) > 0.0 && exp_fast(1000.0).is_finite(),
             "clamped"
         );
+    }
+
+    #[test]
+    fn exp_shifted_sum_is_bit_identical_on_every_path() {
+        // Lengths around the 16-lane chunks, values across exp_fast's range and its clamps.
+        for len in [0, 1, 15, 16, 17, 33, 4096 + 5] {
+            let row: Vec<f32> = (0..len)
+                .map(|i| ((i * 7919) % 2001) as f32 * 0.05 - 60.0)
+                .collect();
+            let (mut a, mut b) = (row.clone(), row.clone());
+            let (sa, sb) = (
+                exp_shifted_sum(&mut a, 30.0),
+                exp_shifted_sum_portable(&mut b, 30.0),
+            );
+            assert_eq!(sa.to_bits(), sb.to_bits(), "sum, length {len}");
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "values, length {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn swiglu_is_bit_identical_on_every_path() {
+        for len in [0, 1, 15, 16, 17, 40, 1409] {
+            let v = |k: usize| -> Vec<f32> {
+                (0..len)
+                    .map(|i| ((i * 7919 + k) % 2003) as f32 * 0.01 - 10.0)
+                    .collect()
+            };
+            let (g, u, dy) = (v(1), v(2), v(3));
+            let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
+            swiglu_forward(&mut a, &g, &u);
+            swiglu_forward_portable(&mut b, &g, &u);
+            let same =
+                |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same(&a, &b), "forward, length {len}");
+            let (mut dga, mut dua, mut dgb, mut dub) = (
+                vec![0f32; len],
+                vec![0f32; len],
+                vec![0f32; len],
+                vec![0f32; len],
+            );
+            swiglu_backward(&mut dga, &mut dua, &g, &u, &dy);
+            swiglu_backward_portable(&mut dgb, &mut dub, &g, &u, &dy);
+            assert!(
+                same(&dga, &dgb) && same(&dua, &dub),
+                "backward, length {len}"
+            );
+        }
     }
 
     #[test]
