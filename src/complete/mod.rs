@@ -206,6 +206,15 @@ impl Backend {
         }
     }
 
+    /// For a remote engine, why it may not serve (it does not answer now); `None` when it answers,
+    /// and for the local model.
+    pub fn engine_warning(&self) -> Option<String> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Remote(r) => r.probe().err(),
+        }
+    }
+
     /// The remote engine's endpoint, if this is one.
     pub fn endpoint(&self) -> Option<String> {
         match self {

@@ -182,6 +182,33 @@ impl RemoteEngine {
         &self.target
     }
 
+    /// Asks the engine for its models (`GET .../v1/models`, within the connect timeout): whether
+    /// it answers at all, for a warning when it is configured. Not a gate: an engine that is down
+    /// now may be up at the next keystroke.
+    pub fn probe(&self) -> std::result::Result<(), String> {
+        let endpoint = self.target.endpoint();
+        let models = format!(
+            "{}/models",
+            endpoint.strip_suffix("/completions").unwrap_or(&endpoint)
+        );
+        let mut request = self.agent.get(&models);
+        if let Some(key) = self.target.api_key()? {
+            request = request.header("Authorization", format!("Bearer {key}"));
+        }
+        let response = request
+            .config()
+            .timeout_global(Some(CONNECT_TIMEOUT))
+            .build()
+            .call()
+            .map_err(|e| format!("{models} does not answer: {e}"))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("{models} answers HTTP {status}"))
+        }
+    }
+
     fn error(&self, reason: impl Into<String>) -> ModelError {
         ModelError::Remote {
             url: self.target.endpoint(),

@@ -201,6 +201,14 @@ impl Backend {
                     p.finish_with_message(msg.clone()).await;
                 }
                 self.client.log_message(MessageType::INFO, msg).await;
+                if let Some(w) = &info.warning {
+                    let w = format!("Foresight: the remote engine may be down: {w}; suggestions resume when it answers");
+                    tracing::warn!("{w}");
+                    self.client
+                        .show_message(MessageType::WARNING, w.clone())
+                        .await;
+                    self.client.log_message(MessageType::WARNING, w).await;
+                }
             }
             Err(e) => {
                 tracing::error!("{e}");

@@ -49,6 +49,9 @@ pub struct ModelInfo {
     pub heads: usize,
     /// The remote engine's endpoint; `None` for the local model.
     pub engine: Option<String>,
+    /// Why the remote engine may not serve (it did not answer when loaded); suggestions are
+    /// still asked of it at every request.
+    pub warning: Option<String>,
     pub load_ms: f64,
 }
 
@@ -189,6 +192,7 @@ fn handle(st: &mut State, job: Job) {
                         dir: dir.clone(),
                         heads: backend.heads(),
                         engine: backend.endpoint(),
+                        warning: backend.engine_warning(),
                         load_ms: t0.elapsed().as_secs_f64() * 1e3,
                     };
                     st.service = Some(CompletionService::new(backend));

@@ -3,12 +3,13 @@ the GGUF that `foresight export` wrote from models/default (engine.py). Neovim s
 text through the engine as through the local model; an engine killed mid-session costs
 suggestions only while it is down, and the server keeps running."""
 import os
+import time
 
 import pytest
 
 from conftest import ROOT, foresight_bin
 from engine import LlamaServer, export_gguf, llama_python
-from rawclient import RawServer
+from rawclient import TIMEOUT, RawServer
 from test_nvim import run_nvim
 
 DEFAULT = ROOT / "models/default"
@@ -70,3 +71,29 @@ def test_an_engine_killed_mid_session_costs_suggestions_only_while_it_is_down(en
         assert s.close() == 0
     finally:
         s.kill()
+
+
+def test_an_engine_down_at_start_is_reported_then_used_once_it_is_up(engine, tmp_path):
+    late = LlamaServer(engine.python, engine.gguf, engine.n_ctx, tmp_path / "late.log")  # not started
+    s = RawServer([foresight_bin(), "serve", "--model", str(DEFAULT)])
+    try:
+        s.initialize(("utf-16",), dict(SETTINGS, engineUrl=late.url))
+        def warned():
+            shown = [n["params"] for n in s.notifications if n["method"] == "window/showMessage"]
+            return any(m["type"] == 2 and "may be down" in m["message"] and late.url in m["message"] for m in shown)
+
+        deadline = time.monotonic() + TIMEOUT
+        while not warned():  # each request reads the notifications that came before its answer
+            assert time.monotonic() < deadline, f"no warning about the engine: {s.notifications}"
+            s.stats()
+        uri = "file:///variance.py"
+        s.open(uri, SAMPLE)
+        line, character = SAMPLE.count("\n") - 1, len(SAMPLE.splitlines()[-1])
+        assert s.inline(uri, line, character)["result"]["items"] == []
+        late.start()
+        items = s.inline(uri, line, character)["result"]["items"]
+        assert len(items) == 1 and items[0]["insertText"].strip(), items
+        assert s.close() == 0
+    finally:
+        s.kill()
+        late.kill()
