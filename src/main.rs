@@ -10,6 +10,12 @@ use tracing_subscriber::EnvFilter;
 fn init_logging(log_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     let filter =
         EnvFilter::try_from_env("FORESIGHT_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    // The HTTP client's wire dumps (debug and trace) hold the remote engine's API key and the
+    // prompts: never in the log, whatever FORESIGHT_LOG asks for.
+    let quiet = |d: &str| d.parse().expect("a valid directive");
+    let filter = filter
+        .add_directive(quiet("ureq=info"))
+        .add_directive(quiet("ureq_proto=info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match log_file {
         Some(path) => {

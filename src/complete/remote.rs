@@ -16,6 +16,42 @@ use crate::model::{ModelError, Result};
 
 use super::{block, postprocess, Completion, CompletionParams, Framer};
 
+/// The names of the tokenizer's special tokens (what an engine would parse in a text prompt).
+fn special_names(tokenizer: &tokenizers::Tokenizer) -> Vec<String> {
+    tokenizer
+        .get_added_tokens_decoder()
+        .into_values()
+        .filter(|t| t.special && t.content.len() > 1)
+        .map(|t| t.content)
+        .collect()
+}
+
+/// `text` with every occurrence of a name in `names` broken by a zero-width space (U+200B) after
+/// its first character, so that an engine reading it does not see a special token.
+pub fn neutralize(text: &str, names: &[String]) -> String {
+    let mut out = text.to_string();
+    for name in names {
+        if out.contains(name.as_str()) {
+            let mut chars = name.chars();
+            let first = chars.next().expect("names are not empty");
+            let broken = format!("{first}\u{200B}{}", chars.as_str());
+            out = out.replace(name.as_str(), &broken);
+        }
+    }
+    out
+}
+
+/// Whether `url`'s host is this machine (localhost, 127.x.y.z, [::1]).
+pub fn is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_port = rest.split('/').next().unwrap_or("");
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.starts_with("127.") || host == "::1"
+}
+
 /// Where a remote engine is and how to call it (from the `engine*` settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineTarget {
@@ -55,8 +91,15 @@ impl EngineTarget {
     }
 }
 
-/// The request body for a prompt: greedy unless the parameters sample, streamed.
-pub fn request_body(prompt: &str, params: &CompletionParams, model: &str) -> Value {
+/// The request body for a prompt: greedy unless the parameters sample, streamed; `stop_ids` are
+/// the tokens that end a local generation (sent as vLLM's `stop_token_ids`; other engines ignore
+/// the field and stop at their own end-of-text tokens).
+pub fn request_body(
+    prompt: &str,
+    params: &CompletionParams,
+    model: &str,
+    stop_ids: &[u32],
+) -> Value {
     let mut body = json!({
         "prompt": prompt,
         "max_tokens": params.max_tokens,
@@ -79,6 +122,9 @@ pub fn request_body(prompt: &str, params: &CompletionParams, model: &str) -> Val
     if !params.stop_strings.is_empty() {
         body["stop"] = json!(params.stop_strings);
     }
+    if !stop_ids.is_empty() {
+        body["stop_token_ids"] = json!(stop_ids);
+    }
     body
 }
 
@@ -100,6 +146,9 @@ pub enum StreamLine {
 /// failures inside the stream) or JSON that is not a completion chunk is an `Err`.
 pub fn parse_stream_line(line: &str) -> std::result::Result<StreamLine, String> {
     let line = line.trim_end_matches(['\r', '\n']);
+    if let Some(err) = line.strip_prefix("error:") {
+        return Err(format!("the engine reported an error: {}", err.trim()));
+    }
     let Some(data) = line.strip_prefix("data:") else {
         return Ok(StreamLine::Skip);
     };
@@ -141,6 +190,9 @@ fn chunk_of(v: &Value) -> std::result::Result<StreamLine, String> {
 /// What the HTTP thread passes to the completion loop.
 enum Event {
     Text(String),
+    /// A line that carried no text (a comment, an empty chunk): lets the thread notice that the
+    /// completion is over while the engine sends keep-alives.
+    Heartbeat,
     /// The engine ended the completion (`length`: it reached max_tokens).
     Finished(Option<String>),
     Failed(String),
@@ -162,11 +214,14 @@ const LINGER: Duration = Duration::from_secs(2);
 
 impl RemoteEngine {
     pub fn new(framer: Framer, target: EngineTarget) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .build()
-            .into();
+            .timeout_connect(Some(CONNECT_TIMEOUT));
+        if is_loopback(&target.url) {
+            // An engine on this machine is reached directly, whatever HTTP(S)_PROXY says.
+            config = config.proxy(None);
+        }
+        let agent: ureq::Agent = config.build().into();
         Self {
             framer,
             target,
@@ -200,12 +255,15 @@ impl RemoteEngine {
             .timeout_global(Some(CONNECT_TIMEOUT))
             .build()
             .call()
-            .map_err(|e| format!("{models} does not answer: {e}"))?;
-        let status = response.status();
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("{models} answers HTTP {status}"))
+            .map_err(|e| format!("{models} does not answer ({e}): the engine may be down"))?;
+        // Any HTTP answer means the engine is up (a gateway may not serve /v1/models); only a
+        // refused key is worth a word.
+        match response.status().as_u16() {
+            401 | 403 => Err(format!(
+                "{models} refuses the request (HTTP {}): check the API key",
+                response.status()
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -216,17 +274,39 @@ impl RemoteEngine {
         }
     }
 
-    /// The prompt's text as the engine reads it: the framed token ids decoded with their special
-    /// tokens spelled out, without a leading BOS (engines add their own).
+    /// The prompt's text as the engine reads it: the framing tokens by name, the text between
+    /// them decoded, without a leading BOS (engines add their own). Engines parse special-token
+    /// names in a text prompt, so a name that occurs in the user's text (a file that mentions
+    /// `<|endoftext|>` or `<fim_middle>`) is broken with a zero-width space after its first
+    /// character: it cannot reframe the prompt (locally such text is never special either).
     fn prompt_text(&self, ids: &[u32]) -> Result<String> {
-        let ids = match (self.framer.special().bos, ids.first()) {
+        let special = self.framer.special();
+        let ids = match (special.bos, ids.first()) {
             (Some(bos), Some(&first)) if first == bos => &ids[1..],
             _ => ids,
         };
-        self.framer
-            .tokenizer()
-            .decode(ids, false)
-            .map_err(|e| self.error(format!("cannot spell the prompt as text: {e}")))
+        let framing: Vec<u32> = special
+            .fim
+            .map(|f| vec![f.prefix, f.suffix, f.middle])
+            .unwrap_or_default();
+        let tokenizer = self.framer.tokenizer();
+        let names = special_names(tokenizer);
+        let decode = |piece: &[u32]| {
+            tokenizer
+                .decode(piece, false)
+                .map_err(|e| self.error(format!("cannot spell the prompt as text: {e}")))
+        };
+        let mut out = String::new();
+        let mut start = 0;
+        for (i, id) in ids.iter().enumerate() {
+            if framing.contains(id) {
+                out.push_str(&neutralize(&decode(&ids[start..i])?, &names));
+                out.push_str(&decode(&ids[i..=i])?);
+                start = i + 1;
+            }
+        }
+        out.push_str(&neutralize(&decode(&ids[start..])?, &names));
+        Ok(out)
     }
 
     /// Completes `text` at byte offset `cursor` on the remote engine. Token healing needs the
@@ -244,7 +324,8 @@ impl RemoteEngine {
         };
         let prompt = self.framer.prompt(text, cursor, &params)?;
         let prompt_text = self.prompt_text(&prompt.ids)?;
-        let body = request_body(&prompt_text, &params, &self.target.model);
+        let stop_ids = self.framer.special().stop_tokens();
+        let body = request_body(&prompt_text, &params, &self.target.model, &stop_ids);
         let key = self.target.api_key().map_err(|e| self.error(e))?;
         let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
 
@@ -261,7 +342,14 @@ impl RemoteEngine {
         let limit = params
             .deadline
             .map(|d| d.saturating_duration_since(started) + LINGER);
-        let request = request.config().timeout_global(limit).build();
+        let connect = params.deadline.map_or(CONNECT_TIMEOUT, |d| {
+            d.saturating_duration_since(started).min(CONNECT_TIMEOUT)
+        });
+        let request = request
+            .config()
+            .timeout_global(limit)
+            .timeout_connect(Some(connect))
+            .build();
         let (tx, rx) = mpsc::channel();
         let body = body.to_string();
         std::thread::Builder::new()
@@ -315,6 +403,11 @@ impl RemoteEngine {
                 break StopReason::Cancelled;
             }
             let wait = match params.deadline {
+                Some(d) if Instant::now() >= d && first_chunk.is_none() => {
+                    return Err(self.error(
+                        "no answer within the time cap (timeCapMs; a remote engine may need more)",
+                    ))
+                }
                 Some(d) if Instant::now() >= d => break StopReason::Deadline,
                 Some(d) => d
                     .saturating_duration_since(Instant::now())
@@ -342,6 +435,7 @@ impl RemoteEngine {
                     };
                 }
                 Ok(Event::Failed(reason)) => return Err(self.error(reason)),
+                Ok(Event::Heartbeat) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(self.error("the connection closed before the completion ended"))
@@ -370,9 +464,12 @@ fn stream(
     let status = response.status();
     let mut reader = BufReader::new(response.into_body().into_reader());
     if !status.is_success() {
-        let mut text = String::new();
-        let _ = reader.take(2048).read_to_string(&mut text);
-        return fail(format!("HTTP {status}: {}", text.trim()));
+        let mut bytes = Vec::new();
+        let _ = reader.take(2048).read_to_end(&mut bytes);
+        return fail(format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&bytes).trim()
+        ));
     }
     let mut line = String::new();
     let mut whole = String::new();
@@ -388,22 +485,28 @@ fn stream(
             whole.push_str(&line);
             continue;
         }
-        match parse_stream_line(&line) {
-            Ok(StreamLine::Skip) => {}
+        let event = match parse_stream_line(&line) {
+            Ok(StreamLine::Skip) => Event::Heartbeat,
             Ok(StreamLine::Done) => {
                 let _ = tx.send(Event::Finished(None));
                 return;
             }
+            Ok(StreamLine::Chunk { text, finish: None }) if text.is_empty() => Event::Heartbeat,
+            Ok(StreamLine::Chunk { text, finish: None }) => Event::Text(text),
             Ok(StreamLine::Chunk { text, finish }) => {
                 if !text.is_empty() && tx.send(Event::Text(text)).is_err() {
-                    return; // the completion is over: drop the connection
-                }
-                if finish.is_some() {
-                    let _ = tx.send(Event::Finished(finish));
                     return;
                 }
+                let _ = tx.send(Event::Finished(finish));
+                // The rest is `[DONE]`: read it (a little at most), so the connection can serve
+                // the next request instead of being closed.
+                let _ = std::io::copy(&mut reader.by_ref().take(64 * 1024), &mut std::io::sink());
+                return;
             }
             Err(e) => return fail(e),
+        };
+        if tx.send(event).is_err() {
+            return; // the completion is over: drop the connection
         }
     }
     if whole.is_empty() {
@@ -474,6 +577,7 @@ mod tests {
                 Err("model not loaded"),
             ),
             ("data: {nope", Err("unreadable")),
+            (r#"error: {"code":500}"#, Err("reported an error")),
             (r#"data: {"choices":[]}"#, Err("no choices")),
         ];
         for (line, want) in cases {
@@ -491,7 +595,7 @@ mod tests {
             max_tokens: 7,
             ..CompletionParams::from_settings(&Settings::default())
         };
-        let body = request_body("<fim_prefix>x", &greedy, "");
+        let body = request_body("<fim_prefix>x", &greedy, "", &[]);
         assert_eq!(
             body,
             json!({"prompt": "<fim_prefix>x", "max_tokens": 7, "stream": true,
@@ -505,12 +609,47 @@ mod tests {
                 ..Settings::default()
             })
         };
-        let body = request_body("p", &hot, "qwen");
+        let body = request_body("p", &hot, "qwen", &[0, 1]);
+        assert_eq!(body["stop_token_ids"], json!([0, 1]));
         assert_eq!(body["model"], "qwen");
         assert_eq!(body["temperature"], 0.5);
         assert_eq!(body["top_p"], json!(0.95f32));
         assert_eq!(body["seed"], 3);
         assert_eq!(body["stop"], json!(["\n"]));
+    }
+
+    #[test]
+    fn neutralize_table() {
+        let names = vec!["<fim_middle>".to_string(), "<|endoftext|>".to_string()];
+        let cases = [
+            ("plain text", "plain text"),
+            ("a <fim_middle> b", "a <\u{200B}fim_middle> b"),
+            (
+                "x<|endoftext|>y<|endoftext|>",
+                "x<\u{200B}|endoftext|>y<\u{200B}|endoftext|>",
+            ),
+            ("<fim_middle", "<fim_middle"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(neutralize(text, &names), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn is_loopback_table() {
+        let cases = [
+            ("http://127.0.0.1:8080", true),
+            ("http://localhost/v1", true),
+            ("https://LOCALHOST", true),
+            ("http://[::1]:8000", true),
+            ("http://127.5.0.1", true),
+            ("http://gpu-box:8000", false),
+            ("https://10.0.0.2", false),
+            ("http://localhost.example.com", false),
+        ];
+        for (url, want) in cases {
+            assert_eq!(is_loopback(url), want, "{url}");
+        }
     }
 
     #[test]

@@ -256,12 +256,12 @@ settings_table! {
     token_healing: bool = true, "tokenHealing", any, "a boolean";
     /// Where the suffix goes in the prompt: spm (suffix first, so the cached prefix survives
     /// typing; Foresight's models and StarCoder) or psm (prefix first; Qwen2.5-Coder,
-    /// DeepSeek-Coder, CodeLlama).
+    /// DeepSeek-Coder).
     fim_order: FimOrder = FimOrder::Spm, "fimOrder", any, "\"spm\" or \"psm\"";
     /// A remote engine's base URL (an OpenAI-compatible `/v1/completions` endpoint: vLLM, TGI,
     /// llama.cpp's server), for example http://127.0.0.1:8080. Empty: the local model. With a
     /// remote engine, the model directory provides only the served model's tokenizer and config.
-    engine_url: String = String::new(), "engineUrl", |u: &String| valid_engine_url(u), "an http:// or https:// URL, or \"\" for the local model";
+    engine_url: String = String::new(), "engineUrl", |u: &String| valid_engine_url(u), "an http:// or https:// URL without credentials, query or fragment, or \"\" for the local model";
     /// The `model` name sent to the remote engine (empty: none sent; llama.cpp's server ignores
     /// it, vLLM wants the served model's name).
     engine_model: String = String::new(), "engineModel", any, "a string";
@@ -270,8 +270,12 @@ settings_table! {
     engine_api_key_env: String = String::new(), "engineApiKeyEnv", |n: &String| valid_env_name(n), "an environment variable name (letters, digits, _), or \"\"";
 }
 
+/// Empty (the local model), or an http(s) URL without credentials, query or fragment (the key
+/// goes in `engineApiKeyEnv`, and the path is extended with `/v1/completions`).
 fn valid_engine_url(url: &str) -> bool {
-    url.is_empty() || url.starts_with("http://") || url.starts_with("https://")
+    url.is_empty()
+        || ((url.starts_with("http://") || url.starts_with("https://"))
+            && !url.contains(['@', '?', '#', ' ']))
 }
 
 fn valid_env_name(name: &str) -> bool {
