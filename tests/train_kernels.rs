@@ -13,7 +13,7 @@ use foresight::model::layers::causal_mask;
 use foresight::model::rope::Rope;
 use foresight::model::tiny::TinySpec;
 use foresight::model::train_kernels::{
-    linear_cross_entropy, CausalAttentionOp, LinearOp, RmsNormOp, SwiGluOp,
+    linear_cross_entropy, CausalAttentionOp, LinearOp, RmsNormOp, SwiGluLinearOp,
 };
 use foresight::model::weights::init_weights;
 use foresight::model::Kernels;
@@ -110,24 +110,23 @@ fn linear_matches_plain_ops() {
 }
 
 #[test]
-fn swiglu_matches_plain_ops() {
-    // Rows of the fused gate-and-up projection: 40 gate values, then 40 up values.
-    let inputs = [randn(&[2, 9, 80], 3)];
+fn swiglu_linear_matches_plain_ops() {
+    // The gate-and-up weight: 40 gate rows, then 40 up rows, of 24 inputs.
+    let inputs = [randn(&[2, 9, 24], 3), randn(&[80, 24], 7)];
     check(
         &inputs,
-        |t| t[0].apply_op1(SwiGluOp { ff: 40 }).unwrap(),
+        |t| t[0].apply_op2(&t[1], SwiGluLinearOp::new(40)).unwrap(),
         |t| {
-            (t[0].narrow(2, 0, 40).unwrap().silu().unwrap() * t[0].narrow(2, 40, 40).unwrap())
-                .unwrap()
+            let gu = t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap();
+            (gu.narrow(2, 0, 40).unwrap().silu().unwrap() * gu.narrow(2, 40, 40).unwrap()).unwrap()
         },
         1e-5,
     );
-    let err = Tensor::zeros((3, 81), DType::F32, &Device::Cpu)
-        .unwrap()
-        .apply_op1(SwiGluOp { ff: 40 })
+    let err = inputs[0]
+        .apply_op2(randn(&[81, 24], 8).as_tensor(), SwiGluLinearOp::new(40))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("is not (.., 2 x 40)"), "{err}");
+    assert!(err.contains("is not (2 x 40, ..)"), "{err}");
 }
 
 /// The plain differentiable path over the fused projection's output `(b * t, (h + 2kv) * hd)`:

@@ -11,7 +11,7 @@ use super::error::Result;
 use super::gpu_ops::{FusedAttention, MAX_HEAD_DIM};
 use super::kv_cache::KvCache;
 use super::rope::Rope;
-use super::train_kernels::{self, CausalAttentionOp, LinearOp, RmsNormOp, SwiGluOp};
+use super::train_kernels::{self, CausalAttentionOp, LinearOp, RmsNormOp, SwiGluLinearOp};
 
 /// Which kernels a forward pass uses. Several fused candle kernels silently drop gradients,
 /// so training must use the plain-op forms.
@@ -216,17 +216,15 @@ impl Mlp {
         })
     }
 
-    /// `fused_training` (f32 CPU tensors, no biases): one matmul for gate and up (their weights
-    /// concatenated), then the training kernel `SwiGluOp` on its output; the matmuls are
-    /// `LinearOp`s.
+    /// `fused_training` (f32 CPU tensors, no biases): the training kernel `SwiGluLinearOp` (one
+    /// matmul for gate and up, their weights concatenated, and SwiGLU in one node), then the down
+    /// projection's `LinearOp`.
     pub fn forward(&self, x: &Tensor, small: bool, fused_training: bool) -> Result<Tensor> {
         if fused_training && self.gate_proj.bias().is_none() && self.up_proj.bias().is_none() {
             let ff = self.gate_proj.weight().dim(0)?;
             let w = Tensor::cat(&[self.gate_proj.weight(), self.up_proj.weight()], 0)?;
-            let gate_up = x.contiguous()?.apply_op2(&w, LinearOp)?;
-            return self
-                .down_proj
-                .forward_training(&gate_up.apply_op1(SwiGluOp { ff })?);
+            let hidden = x.contiguous()?.apply_op2(&w, SwiGluLinearOp::new(ff))?;
+            return self.down_proj.forward_training(&hidden);
         }
         let gate = self.gate_proj.apply(x, small)?.silu()?;
         let up = self.up_proj.apply(x, small)?;

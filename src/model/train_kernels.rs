@@ -1,5 +1,5 @@
 //! Fused CPU training kernels with their own backward, as candle custom ops: a linear layer
-//! (no bias), RMSNorm, SwiGLU,
+//! (no bias), RMSNorm, the gate-and-up projection with SwiGLU,
 //! causal self-attention (blocked, upper-triangle blocks skipped, probabilities recomputed in the
 //! backward instead of stored) and the unembedding with a chunked cross-entropy whose full logits
 //! never exist. Each replaces a chain of plain ops, so autograd keeps one node (one gradient
@@ -479,80 +479,7 @@ impl CustomOp2 for RmsNormOp {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SwiGLU
-
-/// `silu(gate) * up` over the output of the fused gate-and-up projection: each row of the input
-/// `(rows, 2 * ff)` holds the gate's `ff` values, then the up projection's; the output is
-/// `(rows, ff)`. With backward (a gradient for the whole input row).
-pub struct SwiGluOp {
-    pub ff: usize,
-}
-
-impl SwiGluOp {
-    fn rows(&self, dims: &[usize]) -> candle_core::Result<usize> {
-        match dims.split_last() {
-            Some((&last, lead)) if self.ff > 0 && last == 2 * self.ff => Ok(lead.iter().product()),
-            _ => candle_core::bail!("swiglu: input {dims:?} is not (.., 2 x {})", self.ff),
-        }
-    }
-
-    fn out_dims(&self, dims: &[usize]) -> Vec<usize> {
-        let mut out = dims.to_vec();
-        *out.last_mut().expect("checked by rows") = self.ff;
-        out
-    }
-}
-
-impl CustomOp1 for SwiGluOp {
-    fn name(&self) -> &'static str {
-        "train-swiglu"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let gu = f32_slice(s, l, "swiglu input")?;
-        let rows = self.rows(l.dims())?;
-        let ff = self.ff;
-        let mut out = vec![0f32; rows * ff];
-        let rows_per_task = (PAR_CHUNK / ff).max(1);
-        out.par_chunks_mut(rows_per_task * ff)
-            .zip(gu.par_chunks(rows_per_task * 2 * ff))
-            .for_each(|(o, gu)| {
-                for (o, gu) in o.chunks_mut(ff).zip(gu.chunks(2 * ff)) {
-                    swiglu_forward(o, &gu[..ff], &gu[ff..]);
-                }
-            });
-        Ok((CpuStorage::F32(out), Shape::from(self.out_dims(l.dims()))))
-    }
-
-    fn bwd(&self, gu: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let ff = self.ff;
-        self.rows(gu.dims())?;
-        let dgu = with_f32(gu, |gu| {
-            with_f32(dy, |dy| {
-                let mut dgu = vec![0f32; gu.len()];
-                let rows_per_task = (PAR_CHUNK / ff).max(1);
-                dgu.par_chunks_mut(rows_per_task * 2 * ff)
-                    .zip(gu.par_chunks(rows_per_task * 2 * ff))
-                    .zip(dy.par_chunks(rows_per_task * ff))
-                    .for_each(|((dgu, gu), dy)| {
-                        for ((dgu, gu), dy) in dgu
-                            .chunks_mut(2 * ff)
-                            .zip(gu.chunks(2 * ff))
-                            .zip(dy.chunks(ff))
-                        {
-                            let (dg, du) = dgu.split_at_mut(ff);
-                            swiglu_backward(dg, du, &gu[..ff], &gu[ff..], dy);
-                        }
-                    });
-                dgu
-            })
-        })??;
-        Ok(Some(cpu_tensor(dgu, gu.dims())?))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Linear (no bias)
+// Linear (no bias), and the gate-and-up projection with SwiGLU
 
 /// `y = x wᵀ` for `x` of shape `(.., d)` and `w` of shape `(o, d)`, with backward: one matmul of
 /// all rows at once, and in the backward `dx = dy w` and `dw = dyᵀ x` straight from the saved
@@ -570,6 +497,53 @@ impl LinearOp {
     }
 }
 
+/// `x wᵀ` for `rows x d` rows `x` and an `o x d` weight: `rows x o`.
+fn linear_rows(x: &[f32], w: &[f32], rows: usize, d: usize, o: usize) -> Vec<f32> {
+    let mut y = vec![0f32; rows * o];
+    matmul(
+        &mut y,
+        o,
+        View::rows(x, rows, d),
+        View::rows(w, o, d).t(),
+        1.0,
+        false,
+        threads(),
+    );
+    y
+}
+
+/// The gradients of [`linear_rows`] for output gradients `dy`: `(dx, dw) = (dy w, dyᵀ x)`.
+fn linear_rows_backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    rows: usize,
+    d: usize,
+    o: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0f32; rows * d];
+    matmul(
+        &mut dx,
+        d,
+        View::rows(dy, rows, o),
+        View::rows(w, o, d),
+        1.0,
+        false,
+        threads(),
+    );
+    let mut dw = vec![0f32; o * d];
+    matmul(
+        &mut dw,
+        d,
+        View::rows(dy, rows, o).t(),
+        View::rows(x, rows, d),
+        1.0,
+        false,
+        threads(),
+    );
+    (dx, dw)
+}
+
 impl CustomOp2 for LinearOp {
     fn name(&self) -> &'static str {
         "train-linear"
@@ -585,16 +559,7 @@ impl CustomOp2 for LinearOp {
         let x = f32_slice(xs, xl, "linear input")?;
         let w = f32_slice(ws, wl, "linear weight")?;
         let (rows, d, o) = Self::dims(xl.dims(), wl.dims())?;
-        let mut y = vec![0f32; rows * o];
-        matmul(
-            &mut y,
-            o,
-            View::rows(x, rows, d),
-            View::rows(w, o, d).t(),
-            1.0,
-            false,
-            threads(),
-        );
+        let y = linear_rows(x, w, rows, d, o);
         let mut dims = xl.dims().to_vec();
         *dims.last_mut().expect("checked by dims") = o;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
@@ -610,28 +575,121 @@ impl CustomOp2 for LinearOp {
         let (rows, d, o) = Self::dims(x.dims(), w.dims())?;
         let (dx, dw) = with_f32(x, |x| {
             with_f32(w, |w| {
+                with_f32(dy, |dy| linear_rows_backward(x, w, dy, rows, d, o))
+            })
+        })???;
+        Ok((
+            Some(cpu_tensor(dx, x.dims())?),
+            Some(cpu_tensor(dw, w.dims())?),
+        ))
+    }
+}
+
+/// SwiGLU over rows of `[gate | up]` (each `2 ff` wide): rows of `ff` outputs, `silu(gate) * up`,
+/// in parallel.
+fn swiglu_rows(gu: &[f32], rows: usize, ff: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * ff];
+    let rows_per_task = (PAR_CHUNK / ff).max(1);
+    out.par_chunks_mut(rows_per_task * ff)
+        .zip(gu.par_chunks(rows_per_task * 2 * ff))
+        .for_each(|(o, gu)| {
+            for (o, gu) in o.chunks_mut(ff).zip(gu.chunks(2 * ff)) {
+                swiglu_forward(o, &gu[..ff], &gu[ff..]);
+            }
+        });
+    out
+}
+
+/// The gradient of [`swiglu_rows`] at `gu` for output gradients `dy`: rows of `[dgate | dup]`.
+fn swiglu_rows_backward(gu: &[f32], dy: &[f32], ff: usize) -> Vec<f32> {
+    let mut dgu = vec![0f32; gu.len()];
+    let rows_per_task = (PAR_CHUNK / ff).max(1);
+    dgu.par_chunks_mut(rows_per_task * 2 * ff)
+        .zip(gu.par_chunks(rows_per_task * 2 * ff))
+        .zip(dy.par_chunks(rows_per_task * ff))
+        .for_each(|((dgu, gu), dy)| {
+            for ((dgu, gu), dy) in dgu
+                .chunks_mut(2 * ff)
+                .zip(gu.chunks(2 * ff))
+                .zip(dy.chunks(ff))
+            {
+                let (dg, du) = dgu.split_at_mut(ff);
+                swiglu_backward(dg, du, &gu[..ff], &gu[ff..], dy);
+            }
+        });
+    dgu
+}
+
+/// `swiglu(x wᵀ)` for `x` of shape `(.., d)` and the gate-and-up weight `w` of shape `(2 ff, d)`
+/// (gate rows first): the projection and SwiGLU in one node, so autograd never holds a
+/// gradient for the `2 ff`-wide projection (the widest activation of a layer). The projection is
+/// kept from the forward for the backward.
+pub struct SwiGluLinearOp {
+    ff: usize,
+    gate_up: Mutex<Option<Vec<f32>>>,
+}
+
+impl SwiGluLinearOp {
+    pub fn new(ff: usize) -> Self {
+        Self {
+            ff,
+            gate_up: Mutex::new(None),
+        }
+    }
+
+    /// (rows, d), checking that `w` is `(2 ff, d)`.
+    fn dims(&self, x: &[usize], w: &[usize]) -> candle_core::Result<(usize, usize)> {
+        match LinearOp::dims(x, w)? {
+            (rows, d, o) if self.ff > 0 && o == 2 * self.ff => Ok((rows, d)),
+            _ => candle_core::bail!("swiglu-linear: weight {w:?} is not (2 x {}, ..)", self.ff),
+        }
+    }
+}
+
+impl CustomOp2 for SwiGluLinearOp {
+    fn name(&self) -> &'static str {
+        "train-swiglu-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(xs, xl, "swiglu-linear input")?;
+        let w = f32_slice(ws, wl, "swiglu-linear weight")?;
+        let (rows, d) = self.dims(xl.dims(), wl.dims())?;
+        let gu = linear_rows(x, w, rows, d, 2 * self.ff);
+        let out = swiglu_rows(&gu, rows, self.ff);
+        *self.gate_up.lock().unwrap_or_else(|p| p.into_inner()) = Some(gu);
+        let mut dims = xl.dims().to_vec();
+        *dims.last_mut().expect("checked by dims") = self.ff;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (rows, d) = self.dims(x.dims(), w.dims())?;
+        let o = 2 * self.ff;
+        let kept = self
+            .gate_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let (dx, dw) = with_f32(x, |x| {
+            with_f32(w, |w| {
                 with_f32(dy, |dy| {
-                    let mut dx = vec![0f32; rows * d];
-                    matmul(
-                        &mut dx,
-                        d,
-                        View::rows(dy, rows, o),
-                        View::rows(w, o, d),
-                        1.0,
-                        false,
-                        threads(),
-                    );
-                    let mut dw = vec![0f32; o * d];
-                    matmul(
-                        &mut dw,
-                        d,
-                        View::rows(dy, rows, o).t(),
-                        View::rows(x, rows, d),
-                        1.0,
-                        false,
-                        threads(),
-                    );
-                    (dx, dw)
+                    // Kept from the forward; recomputed if this backward runs a second time.
+                    let gu = kept.unwrap_or_else(|| linear_rows(x, w, rows, d, o));
+                    let dgu = swiglu_rows_backward(&gu, dy, self.ff);
+                    linear_rows_backward(x, w, &dgu, rows, d, o)
                 })
             })
         })???;
