@@ -13,7 +13,7 @@ use foresight::model::layers::causal_mask;
 use foresight::model::rope::Rope;
 use foresight::model::tiny::TinySpec;
 use foresight::model::train_kernels::{
-    linear_cross_entropy, CausalAttentionOp, LinearOp, RmsNormOp, SwiGluLinearOp,
+    linear_cross_entropy, AttentionLinearOp, CausalAttentionOp, LinearOp, RmsNormOp, SwiGluLinearOp,
 };
 use foresight::model::weights::init_weights;
 use foresight::model::Kernels;
@@ -169,7 +169,8 @@ fn plain_attention(qkv: &Tensor, b: usize, h: usize, kv: usize, hd: usize, rope:
 }
 
 #[test]
-fn causal_attention_matches_plain_ops_across_blocks_with_grouped_queries_and_rope() {
+fn causal_attention_and_its_projection_match_plain_ops_across_blocks_with_grouped_queries_and_rope()
+{
     // t = 150 spans three 64-row blocks, the last one partial; 4 query heads share 2 kv heads.
     for (h, kv, t, interleaved) in [(4, 2, 150, false), (2, 2, 64, true), (3, 1, 5, false)] {
         let (b, hd) = (2, 8);
@@ -187,6 +188,17 @@ fn causal_attention_matches_plain_ops_across_blocks_with_grouped_queries_and_rop
             &inputs,
             |x| x[0].apply_op1(op()).unwrap(),
             |x| plain_attention(&x[0], b, h, kv, hd, &rope),
+            1e-4,
+        );
+        // The same with the q/k/v projection of 12-wide rows in the node.
+        let inputs = [randn(&[b * t, 12], 6), randn(&[(h + 2 * kv) * hd, 12], 7)];
+        check(
+            &inputs,
+            |x| x[0].apply_op2(&x[1], AttentionLinearOp::new(op())).unwrap(),
+            |x| {
+                let qkv = x[0].matmul(&x[1].t().unwrap()).unwrap();
+                plain_attention(&qkv, b, h, kv, hd, &rope)
+            },
             1e-4,
         );
     }

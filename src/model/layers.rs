@@ -11,7 +11,9 @@ use super::error::Result;
 use super::gpu_ops::{FusedAttention, MAX_HEAD_DIM};
 use super::kv_cache::KvCache;
 use super::rope::Rope;
-use super::train_kernels::{self, CausalAttentionOp, LinearOp, RmsNormOp, SwiGluLinearOp};
+use super::train_kernels::{
+    self, AttentionLinearOp, CausalAttentionOp, LinearOp, RmsNormOp, SwiGluLinearOp,
+};
 
 /// Which kernels a forward pass uses. Several fused candle kernels silently drop gradients,
 /// so training must use the plain-op forms.
@@ -288,22 +290,16 @@ impl Attention {
         Ok((rope.apply(&k, offset, differentiable)?, v))
     }
 
-    /// Training on f32 CPU tensors: one matmul (`LinearOp`) for q, k and v (their weights concatenated), then
-    /// `CausalAttentionOp` (RoPE inside, no transposes), then the output projection. `None` when
+    /// Training on f32 CPU tensors: one matmul for q, k and v (their weights concatenated) and the
+    /// causal attention (RoPE inside, no transposes) in one node, `AttentionLinearOp` (with biases:
+    /// `LinearOp`, the bias, then `CausalAttentionOp`), then the output projection. `None` when
     /// only some of q, k, v have a bias (the plain path handles that).
     fn forward_training(&self, x: &Tensor, rope: &Rope) -> Result<Option<Tensor>> {
         let (b, t, d) = x.dims3()?;
         let projs = [&self.q_proj, &self.k_proj, &self.v_proj];
         let weights: Vec<Tensor> = projs.iter().map(|p| p.weight().clone()).collect();
-        let qkv = x
-            .contiguous()?
-            .reshape((b * t, d))?
-            .apply_op2(&Tensor::cat(&weights, 0)?, LinearOp)?;
-        let qkv = match projs.map(|p| p.bias()) {
-            [Some(bq), Some(bk), Some(bv)] => qkv.broadcast_add(&Tensor::cat(&[bq, bk, bv], 0)?)?,
-            [None, None, None] => qkv,
-            _ => return Ok(None),
-        };
+        let w = Tensor::cat(&weights, 0)?;
+        let x = x.contiguous()?.reshape((b * t, d))?;
         let op = CausalAttentionOp {
             batch: b,
             heads: self.n_heads,
@@ -312,9 +308,16 @@ impl Attention {
             scale: (1.0 / (self.head_dim as f64).sqrt()) as f32,
             rope: rope.tables(t)?,
         };
-        let out = qkv
-            .apply_op1(op)?
-            .reshape((b, t, self.n_heads * self.head_dim))?;
+        let out = match projs.map(|p| p.bias()) {
+            // Without biases, projection and attention are one node.
+            [None, None, None] => x.apply_op2(&w, AttentionLinearOp::new(op))?,
+            [Some(bq), Some(bk), Some(bv)] => x
+                .apply_op2(&w, LinearOp)?
+                .broadcast_add(&Tensor::cat(&[bq, bk, bv], 0)?)?
+                .apply_op1(op)?,
+            _ => return Ok(None),
+        };
+        let out = out.reshape((b, t, self.n_heads * self.head_dim))?;
         Ok(Some(self.o_proj.forward_training(&out)?))
     }
 

@@ -755,6 +755,158 @@ pub struct CausalAttentionOp {
 }
 
 impl CausalAttentionOp {
+    /// The attention output rows `(b t, h hd)` for the projection's rows `qkv` (`(b t, width)`).
+    fn forward_rows(&self, qkv: &[f32], t: usize) -> Vec<f32> {
+        let (b, h, kv, hd, w) = (
+            self.batch,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.width(),
+        );
+        let group = h / kv;
+        // One task per (sequence, query head); each returns its head's output rows (t, hd).
+        let heads: Vec<Vec<f32>> = (0..b * h)
+            .into_par_iter()
+            .map(|bh| {
+                let (bi, hi) = (bh / h, bh % h);
+                let kvi = hi / group;
+                let q = self.rotated(qkv, bi, t, hi * hd);
+                let k = self.rotated(qkv, bi, t, (h + kvi) * hd);
+                let mut o = vec![0f32; t * hd];
+                let mut p = vec![0f32; ATTN_BLOCK * t];
+                for r0 in (0..t).step_by(ATTN_BLOCK) {
+                    let rows = ATTN_BLOCK.min(t - r0);
+                    let keys = r0 + rows;
+                    block_probs(&mut p, &q, &k, r0, rows, hd, self.scale);
+                    let v = Self::head_rows(qkv, w, bi * t, (h + kv + kvi) * hd, keys, hd);
+                    matmul(
+                        &mut o[r0 * hd..],
+                        hd,
+                        View::rows(&p[..rows * keys], rows, keys),
+                        v,
+                        1.0,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                o
+            })
+            .collect();
+        let mut out = vec![0f32; b * t * h * hd];
+        for (bh, o) in heads.iter().enumerate() {
+            let (bi, hi) = (bh / h, bh % h);
+            for (r, row) in o.chunks(hd).enumerate() {
+                let at = (bi * t + r) * h * hd + hi * hd;
+                out[at..at + hd].copy_from_slice(row);
+            }
+        }
+        out
+    }
+
+    /// The gradient at `qkv` for the output gradient `d_o`, given the forward's output `o`.
+    fn backward_rows(&self, qkv: &[f32], o: &[f32], d_o: &[f32], t: usize) -> Vec<f32> {
+        let (b, h, kv, hd, w) = (
+            self.batch,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.width(),
+        );
+        let (group, scale, ow) = (h / kv, self.scale, h * hd);
+        // One task per (sequence, kv head): it owns that kv head's dK, dV and the dQ
+        // of its query group; each returns (dQ of the group, dK, dV), un-rotated.
+        let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..b * kv)
+            .into_par_iter()
+            .map(|bkv| {
+                let (bi, kvi) = (bkv / kv, bkv % kv);
+                let k = self.rotated(qkv, bi, t, (h + kvi) * hd);
+                let vcol = (h + kv + kvi) * hd;
+                let mut dk_rot = vec![0f32; t * hd];
+                let mut dv = vec![0f32; t * hd];
+                let mut dq = vec![0f32; group * t * hd];
+                let mut dq_rot = vec![0f32; t * hd];
+                let mut p = vec![0f32; ATTN_BLOCK * t];
+                let mut ds = vec![0f32; ATTN_BLOCK * t];
+                for g in 0..group {
+                    let hi = kvi * group + g;
+                    let q = self.rotated(qkv, bi, t, hi * hd);
+                    for r0 in (0..t).step_by(ATTN_BLOCK) {
+                        let rows = ATTN_BLOCK.min(t - r0);
+                        let keys = r0 + rows;
+                        block_probs(&mut p, &q, &k, r0, rows, hd, scale);
+                        let dob = Self::head_rows(d_o, ow, bi * t + r0, hi * hd, rows, hd);
+                        let v = Self::head_rows(qkv, w, bi * t, vcol, keys, hd);
+                        // dP = dO V^T
+                        matmul(&mut ds, keys, dob, v.t(), 1.0, false, Parallelism::None);
+                        // dS = P * (dP - rowsum(dO * O))
+                        for i in 0..rows {
+                            let at = (bi * t + r0 + i) * ow + hi * hd;
+                            let di: f32 = d_o[at..at + hd]
+                                .iter()
+                                .zip(&o[at..at + hd])
+                                .map(|(a, b)| a * b)
+                                .sum();
+                            for (d, p) in ds[i * keys..(i + 1) * keys]
+                                .iter_mut()
+                                .zip(&p[i * keys..(i + 1) * keys])
+                            {
+                                *d = p * (*d - di);
+                            }
+                        }
+                        let dsb = View::rows(&ds[..rows * keys], rows, keys);
+                        let pb = View::rows(&p[..rows * keys], rows, keys);
+                        // dQ = scale dS K; dK += scale dS^T Q; dV += P^T dO
+                        matmul(
+                            &mut dq_rot[r0 * hd..],
+                            hd,
+                            dsb,
+                            View::rows(&k[..keys * hd], keys, hd),
+                            scale,
+                            false,
+                            Parallelism::None,
+                        );
+                        matmul(
+                            &mut dk_rot,
+                            hd,
+                            dsb.t(),
+                            View::rows(&q[r0 * hd..keys * hd], rows, hd),
+                            scale,
+                            true,
+                            Parallelism::None,
+                        );
+                        matmul(&mut dv, hd, pb.t(), dob, 1.0, true, Parallelism::None);
+                    }
+                    let dq_g = &mut dq[g * t * hd..(g + 1) * t * hd];
+                    for (r, (src, dst)) in dq_rot.chunks(hd).zip(dq_g.chunks_mut(hd)).enumerate() {
+                        self.rope.rotate(src, dst, r, true);
+                    }
+                }
+                let mut dk = vec![0f32; t * hd];
+                for (r, (src, dst)) in dk_rot.chunks(hd).zip(dk.chunks_mut(hd)).enumerate() {
+                    self.rope.rotate(src, dst, r, true);
+                }
+                (dq, dk, dv)
+            })
+            .collect();
+        let mut dqkv = vec![0f32; b * t * w];
+        for (bkv, (dq, dk, dv)) in parts.iter().enumerate() {
+            let (bi, kvi) = (bkv / kv, bkv % kv);
+            for r in 0..t {
+                let row = &mut dqkv[(bi * t + r) * w..(bi * t + r + 1) * w];
+                for g in 0..group {
+                    let hi = kvi * group + g;
+                    row[hi * hd..(hi + 1) * hd]
+                        .copy_from_slice(&dq[(g * t + r) * hd..(g * t + r + 1) * hd]);
+                }
+                row[(h + kvi) * hd..(h + kvi + 1) * hd].copy_from_slice(&dk[r * hd..(r + 1) * hd]);
+                row[(h + kv + kvi) * hd..(h + kv + kvi + 1) * hd]
+                    .copy_from_slice(&dv[r * hd..(r + 1) * hd]);
+            }
+        }
+        dqkv
+    }
+
     fn width(&self) -> usize {
         (self.heads + 2 * self.kv_heads) * self.head_dim
     }
@@ -849,175 +1001,100 @@ impl CustomOp1 for CausalAttentionOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let qkv = f32_slice(s, l, "attention input")?;
         let t = self.seq_len(l.dims())?;
-        let (b, h, kv, hd, w) = (
-            self.batch,
-            self.heads,
-            self.kv_heads,
-            self.head_dim,
-            self.width(),
-        );
-        let group = h / kv;
-        // One task per (sequence, query head); each returns its head's output rows (t, hd).
-        let heads: Vec<Vec<f32>> = (0..b * h)
-            .into_par_iter()
-            .map(|bh| {
-                let (bi, hi) = (bh / h, bh % h);
-                let kvi = hi / group;
-                let q = self.rotated(qkv, bi, t, hi * hd);
-                let k = self.rotated(qkv, bi, t, (h + kvi) * hd);
-                let mut o = vec![0f32; t * hd];
-                let mut p = vec![0f32; ATTN_BLOCK * t];
-                for r0 in (0..t).step_by(ATTN_BLOCK) {
-                    let rows = ATTN_BLOCK.min(t - r0);
-                    let keys = r0 + rows;
-                    block_probs(&mut p, &q, &k, r0, rows, hd, self.scale);
-                    let v = Self::head_rows(qkv, w, bi * t, (h + kv + kvi) * hd, keys, hd);
-                    matmul(
-                        &mut o[r0 * hd..],
-                        hd,
-                        View::rows(&p[..rows * keys], rows, keys),
-                        v,
-                        1.0,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                o
-            })
-            .collect();
-        let mut out = vec![0f32; b * t * h * hd];
-        for (bh, o) in heads.iter().enumerate() {
-            let (bi, hi) = (bh / h, bh % h);
-            for (r, row) in o.chunks(hd).enumerate() {
-                let at = (bi * t + r) * h * hd + hi * hd;
-                out[at..at + hd].copy_from_slice(row);
-            }
-        }
-        Ok((CpuStorage::F32(out), Shape::from((b * t, h * hd))))
+        let out = self.forward_rows(qkv, t);
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((self.batch * t, self.heads * self.head_dim)),
+        ))
     }
 
     fn bwd(&self, qkv: &Tensor, o: &Tensor, d_o: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let t = self.seq_len(qkv.dims())?;
-        let (b, h, kv, hd, w) = (
-            self.batch,
-            self.heads,
-            self.kv_heads,
-            self.head_dim,
-            self.width(),
-        );
-        let (group, scale, ow) = (h / kv, self.scale, h * hd);
         let dqkv = with_f32(qkv, |qkv| {
             with_f32(o, |o| {
-                with_f32(d_o, |d_o| {
-                    // One task per (sequence, kv head): it owns that kv head's dK, dV and the dQ
-                    // of its query group; each returns (dQ of the group, dK, dV), un-rotated.
-                    let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..b * kv)
-                        .into_par_iter()
-                        .map(|bkv| {
-                            let (bi, kvi) = (bkv / kv, bkv % kv);
-                            let k = self.rotated(qkv, bi, t, (h + kvi) * hd);
-                            let vcol = (h + kv + kvi) * hd;
-                            let mut dk_rot = vec![0f32; t * hd];
-                            let mut dv = vec![0f32; t * hd];
-                            let mut dq = vec![0f32; group * t * hd];
-                            let mut dq_rot = vec![0f32; t * hd];
-                            let mut p = vec![0f32; ATTN_BLOCK * t];
-                            let mut ds = vec![0f32; ATTN_BLOCK * t];
-                            for g in 0..group {
-                                let hi = kvi * group + g;
-                                let q = self.rotated(qkv, bi, t, hi * hd);
-                                for r0 in (0..t).step_by(ATTN_BLOCK) {
-                                    let rows = ATTN_BLOCK.min(t - r0);
-                                    let keys = r0 + rows;
-                                    block_probs(&mut p, &q, &k, r0, rows, hd, scale);
-                                    let dob =
-                                        Self::head_rows(d_o, ow, bi * t + r0, hi * hd, rows, hd);
-                                    let v = Self::head_rows(qkv, w, bi * t, vcol, keys, hd);
-                                    // dP = dO V^T
-                                    matmul(
-                                        &mut ds,
-                                        keys,
-                                        dob,
-                                        v.t(),
-                                        1.0,
-                                        false,
-                                        Parallelism::None,
-                                    );
-                                    // dS = P * (dP - rowsum(dO * O))
-                                    for i in 0..rows {
-                                        let at = (bi * t + r0 + i) * ow + hi * hd;
-                                        let di: f32 = d_o[at..at + hd]
-                                            .iter()
-                                            .zip(&o[at..at + hd])
-                                            .map(|(a, b)| a * b)
-                                            .sum();
-                                        for (d, p) in ds[i * keys..(i + 1) * keys]
-                                            .iter_mut()
-                                            .zip(&p[i * keys..(i + 1) * keys])
-                                        {
-                                            *d = p * (*d - di);
-                                        }
-                                    }
-                                    let dsb = View::rows(&ds[..rows * keys], rows, keys);
-                                    let pb = View::rows(&p[..rows * keys], rows, keys);
-                                    // dQ = scale dS K; dK += scale dS^T Q; dV += P^T dO
-                                    matmul(
-                                        &mut dq_rot[r0 * hd..],
-                                        hd,
-                                        dsb,
-                                        View::rows(&k[..keys * hd], keys, hd),
-                                        scale,
-                                        false,
-                                        Parallelism::None,
-                                    );
-                                    matmul(
-                                        &mut dk_rot,
-                                        hd,
-                                        dsb.t(),
-                                        View::rows(&q[r0 * hd..keys * hd], rows, hd),
-                                        scale,
-                                        true,
-                                        Parallelism::None,
-                                    );
-                                    matmul(&mut dv, hd, pb.t(), dob, 1.0, true, Parallelism::None);
-                                }
-                                let dq_g = &mut dq[g * t * hd..(g + 1) * t * hd];
-                                for (r, (src, dst)) in
-                                    dq_rot.chunks(hd).zip(dq_g.chunks_mut(hd)).enumerate()
-                                {
-                                    self.rope.rotate(src, dst, r, true);
-                                }
-                            }
-                            let mut dk = vec![0f32; t * hd];
-                            for (r, (src, dst)) in
-                                dk_rot.chunks(hd).zip(dk.chunks_mut(hd)).enumerate()
-                            {
-                                self.rope.rotate(src, dst, r, true);
-                            }
-                            (dq, dk, dv)
-                        })
-                        .collect();
-                    let mut dqkv = vec![0f32; b * t * w];
-                    for (bkv, (dq, dk, dv)) in parts.iter().enumerate() {
-                        let (bi, kvi) = (bkv / kv, bkv % kv);
-                        for r in 0..t {
-                            let row = &mut dqkv[(bi * t + r) * w..(bi * t + r + 1) * w];
-                            for g in 0..group {
-                                let hi = kvi * group + g;
-                                row[hi * hd..(hi + 1) * hd]
-                                    .copy_from_slice(&dq[(g * t + r) * hd..(g * t + r + 1) * hd]);
-                            }
-                            row[(h + kvi) * hd..(h + kvi + 1) * hd]
-                                .copy_from_slice(&dk[r * hd..(r + 1) * hd]);
-                            row[(h + kv + kvi) * hd..(h + kv + kvi + 1) * hd]
-                                .copy_from_slice(&dv[r * hd..(r + 1) * hd]);
-                        }
-                    }
-                    dqkv
-                })
+                with_f32(d_o, |d_o| self.backward_rows(qkv, o, d_o, t))
             })
         })???;
         Ok(Some(cpu_tensor(dqkv, qkv.dims())?))
+    }
+}
+
+/// Causal attention over the q/k/v projection of `x` (`(b t, d)`, weights concatenated as
+/// `(width, d)`, no biases): the projection ([`LinearOp`]) and [`CausalAttentionOp`] in one node, so
+/// autograd holds no gradient for the projection's rows (three activations wide). The projection is
+/// kept from the forward for the backward.
+pub struct AttentionLinearOp {
+    attention: CausalAttentionOp,
+    qkv: Mutex<Option<Vec<f32>>>,
+}
+
+impl AttentionLinearOp {
+    pub fn new(attention: CausalAttentionOp) -> Self {
+        Self {
+            attention,
+            qkv: Mutex::new(None),
+        }
+    }
+
+    /// (rows, d, t), checking that `w` is `(width, d)` and the rows make whole sequences.
+    fn dims(&self, x: &[usize], w: &[usize]) -> candle_core::Result<(usize, usize, usize)> {
+        let (rows, d, o) = LinearOp::dims(x, w)?;
+        let t = self.attention.seq_len(&[rows, o])?;
+        Ok((rows, d, t))
+    }
+}
+
+impl CustomOp2 for AttentionLinearOp {
+    fn name(&self) -> &'static str {
+        "train-attention-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(xs, xl, "attention input")?;
+        let w = f32_slice(ws, wl, "q/k/v weight")?;
+        let (rows, d, t) = self.dims(xl.dims(), wl.dims())?;
+        let qkv = linear_rows(x, w, rows, d, self.attention.width());
+        let out = self.attention.forward_rows(&qkv, t);
+        *self.qkv.lock().unwrap_or_else(|p| p.into_inner()) = Some(qkv);
+        let a = &self.attention;
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((rows, a.heads * a.head_dim)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        o: &Tensor,
+        d_o: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (rows, d, t) = self.dims(x.dims(), w.dims())?;
+        let width = self.attention.width();
+        let kept = self.qkv.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (dx, dw) = with_f32(x, |x| {
+            with_f32(w, |w| {
+                with_f32(o, |o| {
+                    with_f32(d_o, |d_o| {
+                        // Kept from the forward; recomputed if this backward runs a second time.
+                        let qkv = kept.unwrap_or_else(|| linear_rows(x, w, rows, d, width));
+                        let dqkv = self.attention.backward_rows(&qkv, o, d_o, t);
+                        linear_rows_backward(x, w, &dqkv, rows, d, width)
+                    })
+                })
+            })
+        })????;
+        Ok((
+            Some(cpu_tensor(dx, x.dims())?),
+            Some(cpu_tensor(dw, w.dims())?),
+        ))
     }
 }
 
