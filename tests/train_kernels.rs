@@ -13,7 +13,7 @@ use foresight::model::layers::causal_mask;
 use foresight::model::rope::Rope;
 use foresight::model::tiny::TinySpec;
 use foresight::model::train_kernels::{
-    linear_cross_entropy, AttentionLinearOp, CausalAttentionOp, LinearOp, RmsNormOp, SwiGluLinearOp,
+    linear_cross_entropy, AttentionLinearOp, CausalAttentionOp, LinearOp, MlpOp, RmsNormOp,
 };
 use foresight::model::weights::init_weights;
 use foresight::model::Kernels;
@@ -110,23 +110,34 @@ fn linear_matches_plain_ops() {
 }
 
 #[test]
-fn swiglu_linear_matches_plain_ops() {
-    // The gate-and-up weight: 40 gate rows, then 40 up rows, of 24 inputs.
-    let inputs = [randn(&[2, 9, 24], 3), randn(&[80, 24], 7)];
+fn mlp_matches_plain_ops() {
+    // The gate-and-up weight: 40 gate rows, then 40 up rows, of 24 inputs; down: 24 x 40.
+    let inputs = [
+        randn(&[2, 9, 24], 3),
+        randn(&[80, 24], 7),
+        randn(&[24, 40], 8),
+    ];
     check(
         &inputs,
-        |t| t[0].apply_op2(&t[1], SwiGluLinearOp::new(40)).unwrap(),
+        |t| t[0].apply_op3(&t[1], &t[2], MlpOp::new(40)).unwrap(),
         |t| {
             let gu = t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap();
-            (gu.narrow(2, 0, 40).unwrap().silu().unwrap() * gu.narrow(2, 40, 40).unwrap()).unwrap()
+            let hidden = (gu.narrow(2, 0, 40).unwrap().silu().unwrap()
+                * gu.narrow(2, 40, 40).unwrap())
+            .unwrap();
+            hidden.broadcast_matmul(&t[2].t().unwrap()).unwrap()
         },
         1e-5,
     );
     let err = inputs[0]
-        .apply_op2(randn(&[81, 24], 8).as_tensor(), SwiGluLinearOp::new(40))
+        .apply_op3(
+            randn(&[80, 24], 9).as_tensor(),
+            randn(&[24, 41], 10).as_tensor(),
+            MlpOp::new(40),
+        )
         .unwrap_err()
         .to_string();
-    assert!(err.contains("is not (2 x 40, ..)"), "{err}");
+    assert!(err.contains("are not (2 x 40, ..) and (.., 40)"), "{err}");
 }
 
 /// The plain differentiable path over the fused projection's output `(b * t, (h + 2kv) * hd)`:

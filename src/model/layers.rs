@@ -12,7 +12,7 @@ use super::gpu_ops::{FusedAttention, MAX_HEAD_DIM};
 use super::kv_cache::KvCache;
 use super::rope::Rope;
 use super::train_kernels::{
-    self, AttentionLinearOp, CausalAttentionOp, LinearOp, RmsNormOp, SwiGluLinearOp,
+    self, AttentionLinearOp, CausalAttentionOp, LinearOp, MlpOp, RmsNormOp,
 };
 
 /// Which kernels a forward pass uses. Several fused candle kernels silently drop gradients,
@@ -218,15 +218,15 @@ impl Mlp {
         })
     }
 
-    /// `fused_training` (f32 CPU tensors, no biases): the training kernel `SwiGluLinearOp` (one
-    /// matmul for gate and up, their weights concatenated, and SwiGLU in one node), then the down
-    /// projection's `LinearOp`.
+    /// `fused_training` (f32 CPU tensors; these MLPs have no biases): the training kernel `MlpOp`,
+    /// both projections and SwiGLU in one node (gate and up weights concatenated).
     pub fn forward(&self, x: &Tensor, small: bool, fused_training: bool) -> Result<Tensor> {
-        if fused_training && self.gate_proj.bias().is_none() && self.up_proj.bias().is_none() {
+        let projs = [&self.gate_proj, &self.up_proj, &self.down_proj];
+        if fused_training && projs.iter().all(|p| p.bias().is_none()) {
             let ff = self.gate_proj.weight().dim(0)?;
             let w = Tensor::cat(&[self.gate_proj.weight(), self.up_proj.weight()], 0)?;
-            let hidden = x.contiguous()?.apply_op2(&w, SwiGluLinearOp::new(ff))?;
-            return self.down_proj.forward_training(&hidden);
+            let down = self.down_proj.weight();
+            return Ok(x.contiguous()?.apply_op3(&w, down, MlpOp::new(ff))?);
         }
         let gate = self.gate_proj.apply(x, small)?.silu()?;
         let up = self.up_proj.apply(x, small)?;

@@ -1,5 +1,5 @@
 //! Fused CPU training kernels with their own backward, as candle custom ops: a linear layer
-//! (no bias), RMSNorm, the gate-and-up projection with SwiGLU,
+//! (no bias), RMSNorm, the SwiGLU MLP (both projections),
 //! causal self-attention (blocked, upper-triangle blocks skipped, probabilities recomputed in the
 //! backward instead of stored) and the unembedding with a chunked cross-entropy whose full logits
 //! never exist. Each replaces a chain of plain ops, so autograd keeps one node (one gradient
@@ -9,7 +9,9 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Shape, Storage, Tensor,
+};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -479,7 +481,7 @@ impl CustomOp2 for RmsNormOp {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Linear (no bias), and the gate-and-up projection with SwiGLU
+// Linear (no bias), and the SwiGLU MLP
 
 /// `y = x wᵀ` for `x` of shape `(.., d)` and `w` of shape `(o, d)`, with backward: one matmul of
 /// all rows at once, and in the backward `dx = dy w` and `dw = dyᵀ x` straight from the saved
@@ -620,82 +622,108 @@ fn swiglu_rows_backward(gu: &[f32], dy: &[f32], ff: usize) -> Vec<f32> {
     dgu
 }
 
-/// `swiglu(x wᵀ)` for `x` of shape `(.., d)` and the gate-and-up weight `w` of shape `(2 ff, d)`
-/// (gate rows first): the projection and SwiGLU in one node, so autograd never holds a
-/// gradient for the `2 ff`-wide projection (the widest activation of a layer). The projection is
-/// kept from the forward for the backward.
-pub struct SwiGluLinearOp {
+/// The SwiGLU MLP `down(silu(x gateᵀ) * (x upᵀ))` for `x` of shape `(.., d)`, the gate-and-up
+/// weight `(2 ff, d)` (gate rows first) and the down weight `(d_out, ff)`: both projections and
+/// SwiGLU in one node, so autograd holds no gradient for the `2 ff`-wide projection nor the
+/// `ff`-wide hidden rows (a layer's widest activations). Both are kept from the forward for the
+/// backward.
+pub struct MlpOp {
     ff: usize,
-    gate_up: Mutex<Option<Vec<f32>>>,
+    /// `(gate_up, hidden)` rows from the forward.
+    kept: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
 }
 
-impl SwiGluLinearOp {
+impl MlpOp {
     pub fn new(ff: usize) -> Self {
         Self {
             ff,
-            gate_up: Mutex::new(None),
+            kept: Mutex::new(None),
         }
     }
 
-    /// (rows, d), checking that `w` is `(2 ff, d)`.
-    fn dims(&self, x: &[usize], w: &[usize]) -> candle_core::Result<(usize, usize)> {
-        match LinearOp::dims(x, w)? {
-            (rows, d, o) if self.ff > 0 && o == 2 * self.ff => Ok((rows, d)),
-            _ => candle_core::bail!("swiglu-linear: weight {w:?} is not (2 x {}, ..)", self.ff),
+    /// (rows, d, d_out), checking the weights' shapes.
+    fn dims(
+        &self,
+        x: &[usize],
+        gu: &[usize],
+        down: &[usize],
+    ) -> candle_core::Result<(usize, usize, usize)> {
+        let (rows, d, o) = LinearOp::dims(x, gu)?;
+        match down {
+            &[d_out, ff] if self.ff > 0 && o == 2 * self.ff && ff == self.ff => {
+                Ok((rows, d, d_out))
+            }
+            _ => candle_core::bail!(
+                "mlp: weights {gu:?} and {down:?} are not (2 x {ff}, ..) and (.., {ff})",
+                ff = self.ff
+            ),
         }
+    }
+
+    /// `(gate_up, hidden)` rows for `x`.
+    fn hidden(&self, x: &[f32], gu_w: &[f32], rows: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
+        let gu = linear_rows(x, gu_w, rows, d, 2 * self.ff);
+        let hidden = swiglu_rows(&gu, rows, self.ff);
+        (gu, hidden)
     }
 }
 
-impl CustomOp2 for SwiGluLinearOp {
+impl CustomOp3 for MlpOp {
     fn name(&self) -> &'static str {
-        "train-swiglu-linear"
+        "train-mlp"
     }
 
     fn cpu_fwd(
         &self,
         xs: &CpuStorage,
         xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(xs, xl, "swiglu-linear input")?;
-        let w = f32_slice(ws, wl, "swiglu-linear weight")?;
-        let (rows, d) = self.dims(xl.dims(), wl.dims())?;
-        let gu = linear_rows(x, w, rows, d, 2 * self.ff);
-        let out = swiglu_rows(&gu, rows, self.ff);
-        *self.gate_up.lock().unwrap_or_else(|p| p.into_inner()) = Some(gu);
+        let x = f32_slice(xs, xl, "mlp input")?;
+        let gu_w = f32_slice(gs, gl, "gate-and-up weight")?;
+        let down_w = f32_slice(ds, dl, "down weight")?;
+        let (rows, d, d_out) = self.dims(xl.dims(), gl.dims(), dl.dims())?;
+        let (gu, hidden) = self.hidden(x, gu_w, rows, d);
+        let y = linear_rows(&hidden, down_w, rows, self.ff, d_out);
+        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = Some((gu, hidden));
         let mut dims = xl.dims().to_vec();
-        *dims.last_mut().expect("checked by dims") = self.ff;
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        *dims.last_mut().expect("checked by dims") = d_out;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
     fn bwd(
         &self,
         x: &Tensor,
-        w: &Tensor,
+        gu_w: &Tensor,
+        down_w: &Tensor,
         _y: &Tensor,
         dy: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (rows, d) = self.dims(x.dims(), w.dims())?;
-        let o = 2 * self.ff;
-        let kept = self
-            .gate_up
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let (dx, dw) = with_f32(x, |x| {
-            with_f32(w, |w| {
-                with_f32(dy, |dy| {
-                    // Kept from the forward; recomputed if this backward runs a second time.
-                    let gu = kept.unwrap_or_else(|| linear_rows(x, w, rows, d, o));
-                    let dgu = swiglu_rows_backward(&gu, dy, self.ff);
-                    linear_rows_backward(x, w, &dgu, rows, d, o)
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, d, d_out) = self.dims(x.dims(), gu_w.dims(), down_w.dims())?;
+        let ff = self.ff;
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (dx, dgu_w, ddown_w) = with_f32(x, |x| {
+            with_f32(gu_w, |gu_w| {
+                with_f32(down_w, |down_w| {
+                    with_f32(dy, |dy| {
+                        // Kept from the forward; recomputed if this backward runs a second time.
+                        let (gu, hidden) = kept.unwrap_or_else(|| self.hidden(x, gu_w, rows, d));
+                        let (dhidden, ddown_w) =
+                            linear_rows_backward(&hidden, down_w, dy, rows, ff, d_out);
+                        let dgu = swiglu_rows_backward(&gu, &dhidden, ff);
+                        let (dx, dgu_w) = linear_rows_backward(x, gu_w, &dgu, rows, d, 2 * ff);
+                        (dx, dgu_w, ddown_w)
+                    })
                 })
             })
-        })???;
+        })????;
         Ok((
             Some(cpu_tensor(dx, x.dims())?),
-            Some(cpu_tensor(dw, w.dims())?),
+            Some(cpu_tensor(dgu_w, gu_w.dims())?),
+            Some(cpu_tensor(ddown_w, down_w.dims())?),
         ))
     }
 }
