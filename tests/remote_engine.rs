@@ -421,5 +421,7 @@ fn sample_text() -> String {
 #[test]
 fn the_default_model_through_llama_cpp_suggests_what_it_suggests_locally() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default");
-    remote_equals_local(&dir, GgufType::F16, &sample_text(), 3);
+    // f32: the test is of the path, not of the f16 rounding (tests/gguf_export.rs measures that),
+    // which can flip a near-tie.
+    remote_equals_local(&dir, GgufType::F32, &sample_text(), 3);
 }

@@ -33,9 +33,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def export_gguf(model_dir, out: pathlib.Path) -> pathlib.Path:
-    subprocess.run([foresight_bin(), "export", str(model_dir), "--to", "gguf", str(out)], check=True,
-                   capture_output=True)
+def export_gguf(model_dir, out: pathlib.Path, dtype: str = "f32") -> pathlib.Path:
+    """f32 by default: these tests are of the path through the engine, not of f16 rounding (which
+    tests/gguf_export.rs measures, and which can flip a near-tie between two tokens)."""
+    subprocess.run([foresight_bin(), "export", str(model_dir), "--to", "gguf", str(out), "--dtype", dtype],
+                   check=True, capture_output=True)
     return out
 
 

@@ -1,5 +1,5 @@
 """The remote backend (`engineUrl`) end to end, against a real engine: llama.cpp's server serving
-the GGUF that `foresight export` wrote from models/default (engine.py). Neovim shows the same ghost
+the f32 GGUF that `foresight export` wrote from models/default (engine.py). Neovim shows the same ghost
 text through the engine as through the local model; an engine killed mid-session costs
 suggestions only while it is down, and the server keeps running."""
 import os
@@ -23,7 +23,7 @@ SETTINGS = {"lines": "single", "maxTokens": 12, "resultCache": False}
 def engine(tmp_path_factory):
     python = llama_python()
     tmp = tmp_path_factory.mktemp("engine")
-    gguf = export_gguf(DEFAULT, tmp / "default-f16.gguf")
+    gguf = export_gguf(DEFAULT, tmp / "default-f32.gguf")
     server = LlamaServer(python, gguf, n_ctx=512, log=tmp / "llama.log").start()
     yield server
     server.kill()
