@@ -203,6 +203,8 @@ pub struct RemoteEngine {
     framer: Framer,
     target: EngineTarget,
     agent: ureq::Agent,
+    /// The tokenizer's special-token names, which user text must not spell (see `prompt_text`).
+    special_names: Vec<String>,
 }
 
 /// Longest wait for a connection: an engine that does not accept within this is taken as down.
@@ -222,10 +224,12 @@ impl RemoteEngine {
             config = config.proxy(None);
         }
         let agent: ureq::Agent = config.build().into();
+        let special_names = special_names(framer.tokenizer());
         Self {
             framer,
             target,
             agent,
+            special_names,
         }
     }
 
@@ -290,7 +294,7 @@ impl RemoteEngine {
             .map(|f| vec![f.prefix, f.suffix, f.middle])
             .unwrap_or_default();
         let tokenizer = self.framer.tokenizer();
-        let names = special_names(tokenizer);
+        let names = &self.special_names;
         let decode = |piece: &[u32]| {
             tokenizer
                 .decode(piece, false)
@@ -300,12 +304,12 @@ impl RemoteEngine {
         let mut start = 0;
         for (i, id) in ids.iter().enumerate() {
             if framing.contains(id) {
-                out.push_str(&neutralize(&decode(&ids[start..i])?, &names));
+                out.push_str(&neutralize(&decode(&ids[start..i])?, names));
                 out.push_str(&decode(&ids[i..=i])?);
                 start = i + 1;
             }
         }
-        out.push_str(&neutralize(&decode(&ids[start..])?, &names));
+        out.push_str(&neutralize(&decode(&ids[start..])?, names));
         Ok(out)
     }
 

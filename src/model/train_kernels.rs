@@ -134,6 +134,15 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R
     Ok(f(f32_slice(cpu, layout, "training kernel input")?))
 }
 
+/// `dims` with its last dimension replaced by `n` (a row-wise op's output shape; `dims` is not empty).
+fn with_last_dim(dims: &[usize], n: usize) -> Shape {
+    let mut dims = dims.to_vec();
+    *dims
+        .last_mut()
+        .expect("a row-wise op's input has a last dimension") = n;
+    Shape::from(dims)
+}
+
 fn cpu_tensor(data: Vec<f32>, shape: &[usize]) -> candle_core::Result<Tensor> {
     Tensor::from_vec(data, shape, &Device::Cpu)
 }
@@ -562,9 +571,7 @@ impl CustomOp2 for LinearOp {
         let w = f32_slice(ws, wl, "linear weight")?;
         let (rows, d, o) = Self::dims(xl.dims(), wl.dims())?;
         let y = linear_rows(x, w, rows, d, o);
-        let mut dims = xl.dims().to_vec();
-        *dims.last_mut().expect("checked by dims") = o;
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
+        Ok((CpuStorage::F32(y), with_last_dim(xl.dims(), o)))
     }
 
     fn bwd(
@@ -689,9 +696,7 @@ impl CustomOp3 for MlpOp {
         let (gu, hidden) = self.hidden(x, gu_w, rows, d);
         let y = linear_rows(&hidden, down_w, rows, self.ff, d_out);
         *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = Some((gu, hidden));
-        let mut dims = xl.dims().to_vec();
-        *dims.last_mut().expect("checked by dims") = d_out;
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
+        Ok((CpuStorage::F32(y), with_last_dim(xl.dims(), d_out)))
     }
 
     fn bwd(
