@@ -69,12 +69,7 @@ fn matmul(
     accumulate: bool,
     par: Parallelism,
 ) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "inner sizes");
-    assert!(
-        a.in_bounds() && b.in_bounds(),
-        "matmul operand out of bounds"
-    );
+    let (m, n) = (a.rows, b.cols);
     if m == 0 || n == 0 {
         return;
     }
@@ -82,39 +77,82 @@ fn matmul(
         n <= ld && (m - 1) * ld + n <= dst.len(),
         "matmul destination out of bounds"
     );
+    // SAFETY: the destination was checked above to hold the `m x n` result at row stride `ld`,
+    // and `dst` is borrowed mutably, so it overlaps neither operand.
+    unsafe { gemm_into(dst.as_mut_ptr(), ld, a, b, scale, accumulate, par) }
+}
+
+/// `scale * a b` as a new row-major `m x n` buffer, written by the matmul into fresh memory (no
+/// zero-fill first: on a training step's projections that fill was a serial pass over every
+/// output and gradient buffer).
+fn product(a: View, b: View, scale: f32, par: Parallelism) -> Vec<f32> {
+    let (m, n) = (a.rows, b.cols);
+    let mut out = Vec::with_capacity(m * n);
+    // SAFETY: `out` has room for `m x n` values at row stride `n`, and it is new, so it overlaps
+    // neither operand. With `accumulate` false, `gemm_into` writes every one of the `m x n`
+    // values and reads none of them (gemm's `read_dst = false`, zeros when `k` is 0), so all
+    // `m * n` are initialized when the length is set.
+    unsafe {
+        gemm_into(out.as_mut_ptr(), n, a, b, scale, false, par);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// The one call into `gemm`: `dst = scale * a b` (or `+=` when `accumulate`). Without
+/// `accumulate` every `m x n` value of `dst` is written and none is read.
+///
+/// # Safety
+/// `dst` must be valid for writes (and, with `accumulate`, reads) of a row-major `m x n` matrix
+/// at row stride `ld >= n`, and must not overlap `a` or `b`.
+unsafe fn gemm_into(
+    dst: *mut f32,
+    ld: usize,
+    a: View,
+    b: View,
+    scale: f32,
+    accumulate: bool,
+    par: Parallelism,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "inner sizes");
+    assert!(
+        a.in_bounds() && b.in_bounds(),
+        "matmul operand out of bounds"
+    );
+    assert!(n <= ld, "matmul destination row stride");
+    if m == 0 || n == 0 {
+        return;
+    }
     if k == 0 {
         if !accumulate {
-            for row in dst.chunks_mut(ld).take(m) {
-                row[..n].fill(0.0);
+            for i in 0..m {
+                std::ptr::write_bytes(dst.add(i * ld), 0, n);
             }
         }
         return;
     }
-    // SAFETY: every index the call touches was checked above to lie inside its slice, and `dst`
-    // is borrowed mutably, so it overlaps neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            ld as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        ld as isize,
+        accumulate,
+        a.data.as_ptr(),
+        a.cs as isize,
+        a.rs as isize,
+        b.data.as_ptr(),
+        b.cs as isize,
+        b.rs as isize,
+        1.0,
+        scale,
+        false,
+        false,
+        false,
+        par,
+    );
 }
 
 fn threads() -> Parallelism {
@@ -510,17 +548,12 @@ impl LinearOp {
 
 /// `x wᵀ` for `rows x d` rows `x` and an `o x d` weight: `rows x o`.
 fn linear_rows(x: &[f32], w: &[f32], rows: usize, d: usize, o: usize) -> Vec<f32> {
-    let mut y = vec![0f32; rows * o];
-    matmul(
-        &mut y,
-        o,
+    product(
         View::rows(x, rows, d),
         View::rows(w, o, d).t(),
         1.0,
-        false,
         threads(),
-    );
-    y
+    )
 }
 
 /// The gradients of [`linear_rows`] for output gradients `dy`: `(dx, dw) = (dy w, dyᵀ x)`.
@@ -532,24 +565,11 @@ fn linear_rows_backward(
     d: usize,
     o: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    let mut dx = vec![0f32; rows * d];
-    matmul(
-        &mut dx,
-        d,
-        View::rows(dy, rows, o),
-        View::rows(w, o, d),
-        1.0,
-        false,
-        threads(),
-    );
-    let mut dw = vec![0f32; o * d];
-    matmul(
-        &mut dw,
-        d,
+    let dx = product(View::rows(dy, rows, o), View::rows(w, o, d), 1.0, threads());
+    let dw = product(
         View::rows(dy, rows, o).t(),
         View::rows(x, rows, d),
         1.0,
-        false,
         threads(),
     );
     (dx, dw)
