@@ -51,6 +51,24 @@ impl<'a> View<'a> {
         }
     }
 
+    /// Rows `lo..hi` of this view.
+    fn row_range(self, lo: usize, hi: usize) -> Self {
+        Self {
+            data: &self.data[(lo * self.rs).min(self.data.len())..],
+            rows: hi - lo,
+            ..self
+        }
+    }
+
+    /// Columns `lo..hi` of this view.
+    fn col_range(self, lo: usize, hi: usize) -> Self {
+        Self {
+            data: &self.data[(lo * self.cs).min(self.data.len())..],
+            cols: hi - lo,
+            ..self
+        }
+    }
+
     fn in_bounds(&self) -> bool {
         self.rows == 0
             || self.cols == 0
@@ -99,8 +117,10 @@ fn product(a: View, b: View, scale: f32, par: Parallelism) -> Vec<f32> {
     out
 }
 
-/// The one call into `gemm`: `dst = scale * a b` (or `+=` when `accumulate`). Without
-/// `accumulate` every `m x n` value of `dst` is written and none is read.
+/// The one way into `gemm`: `dst = scale * a b` (or `+=` when `accumulate`). Without
+/// `accumulate` every `m x n` value of `dst` is written and none is read. With `Parallelism::Rayon(t)`
+/// the output is cut along its longer side into `t` slabs, one single-threaded `gemm` each: on
+/// this step's shapes that beats `gemm`'s own threading by 3-15% (`examples/gemm_probe.rs`).
 ///
 /// # Safety
 /// `dst` must be valid for writes (and, with `accumulate`, reads) of a row-major `m x n` matrix
@@ -132,10 +152,67 @@ unsafe fn gemm_into(
         }
         return;
     }
+    let slabs = match par {
+        Parallelism::Rayon(t) if m.max(n) >= 2 * MIN_SLAB && m * n * k >= PAR_MIN_MACS => {
+            t.min(m.max(n) / MIN_SLAB)
+        }
+        _ => 1,
+    };
+    if slabs <= 1 {
+        gemm_slab(dst, ld, a, b, scale, accumulate);
+        return;
+    }
+    // Slab `s` of the longer side: rows of `a` and `dst`, or columns of `b` and `dst`.
+    let by_rows = m >= n;
+    let long = if by_rows { m } else { n };
+    let dst = SendPtr(dst);
+    (0..slabs).into_par_iter().for_each(|s| {
+        let (lo, hi) = (long * s / slabs, long * (s + 1) / slabs);
+        // SAFETY: the slabs are disjoint parts of the `m x n` destination the caller vouched for.
+        unsafe {
+            if by_rows {
+                gemm_slab(
+                    dst.at(lo * ld),
+                    ld,
+                    a.row_range(lo, hi),
+                    b,
+                    scale,
+                    accumulate,
+                );
+            } else {
+                gemm_slab(dst.at(lo), ld, a, b.col_range(lo, hi), scale, accumulate);
+            }
+        }
+    });
+}
+
+/// The fewest output rows (or columns) a thread's slab of a split matmul gets.
+const MIN_SLAB: usize = 64;
+
+/// Below this many multiply-adds a matmul runs on one thread.
+const PAR_MIN_MACS: usize = 1 << 20;
+
+/// A destination pointer handed to the threads of a split matmul, each writing its own slab.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+// SAFETY: only `gemm_into` makes one, and its threads write disjoint slabs of it.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer `offset` values on (a method, so closures capture the whole `Send` wrapper).
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
+/// One single-threaded `gemm` call; the caller has checked the shapes and bounds.
+unsafe fn gemm_slab(dst: *mut f32, ld: usize, a: View, b: View, scale: f32, accumulate: bool) {
     gemm::gemm(
-        m,
-        n,
-        k,
+        a.rows,
+        b.cols,
+        a.cols,
         dst,
         1,
         ld as isize,
@@ -151,7 +228,7 @@ unsafe fn gemm_into(
         false,
         false,
         false,
-        par,
+        Parallelism::None,
     );
 }
 
@@ -1424,5 +1501,46 @@ mod tests {
             Parallelism::None,
         );
         assert_eq!(c, vec![4.0 + 28.0, 5.0 + 64.0, 10.0 + 64.0, 11.0 + 154.0]);
+    }
+    /// The threaded path (slabs along rows or columns, strided operands, accumulate or not, into
+    /// a wider destination and into fresh memory) equals a plain triple loop.
+    #[test]
+    fn split_matmul_equals_the_naive_product() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        // (m, k, n): taller than wide, wider than tall; each over the threading threshold.
+        for (m, k, n) in [(300usize, 64usize, 70usize), (70, 80, 257)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+            // b stored transposed (n x k), read through a strided view.
+            let bt: Vec<f32> = (0..n * k).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
+            let naive =
+                |i: usize, j: usize| (0..k).map(|p| a[i * k + p] * bt[j * k + p]).sum::<f32>();
+            let (av, bv) = (View::rows(&a, m, k), View::rows(&bt, n, k).t());
+            let ld = n + 3;
+            let mut dst = vec![1f32; m * ld];
+            let fresh = pool.install(|| {
+                matmul(&mut dst, ld, av, bv, 0.5, true, Parallelism::Rayon(3));
+                product(av, bv, 1.0, Parallelism::Rayon(3))
+            });
+            for i in 0..m {
+                for j in 0..ld {
+                    let want = if j < n { 1.0 + 0.5 * naive(i, j) } else { 1.0 };
+                    assert_eq!(
+                        dst[i * ld + j],
+                        want,
+                        "({m}, {k}, {n}) accumulated at ({i}, {j})"
+                    );
+                }
+                for j in 0..n {
+                    assert_eq!(
+                        fresh[i * n + j],
+                        naive(i, j),
+                        "({m}, {k}, {n}) fresh at ({i}, {j})"
+                    );
+                }
+            }
+        }
     }
 }
