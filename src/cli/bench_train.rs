@@ -1,7 +1,9 @@
 //! `foresight bench train`: training tokens/s of `foresight train`'s optimizer step (fused training
 //! kernels, and with `--plain` the plain differentiable ops) beside the PyTorch reference
 //! (`scripts/torch_train_reference.py`) on the same shapes, in one run, and their ratio. The
-//! measuring is in `foresight::train::throughput`; this is the command line and the table.
+//! trainers take turns for `--rounds` rounds and each figure is the median of its rounds, so a
+//! slow minute on a shared machine lands on both sides. The measuring is in
+//! `foresight::train::throughput`; this is the command line and the table.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,9 +24,12 @@ pub struct BenchTrainArgs {
     /// Width multiplier of the default model's shapes (2: d 512, SwiGLU 1408, 8 attention heads).
     #[arg(long, default_value_t = 1)]
     pub scale: usize,
-    /// Timed optimizer steps (after one warm-up step) for each trainer.
+    /// Timed optimizer steps (after one warm-up step) for each trainer in each round.
     #[arg(long, default_value_t = 6)]
     pub steps: usize,
+    /// Rounds: the trainers take turns this many times; each figure is the median of its rounds.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Python with torch for the reference [default: ~/.cache/foresight/venv-hf/bin/python, made
     /// by scripts/install_hf_deps.sh]; "none" skips it.
     #[arg(long)]
@@ -90,9 +95,21 @@ fn run_reference(python: &str, args: &BenchTrainArgs, threads: usize) -> Result<
         .with_context(|| format!("no result line in the PyTorch reference's output: {stdout:?}"))
 }
 
+/// The round with the median tokens/s (the upper median of an even count); `figures` is not empty.
+fn median_round(figures: &[Throughput]) -> Throughput {
+    let mut sorted = figures.to_vec();
+    sorted.sort_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s));
+    sorted[sorted.len() / 2].clone()
+}
+
 pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
-    if args.heads == 0 || args.trunk_layers == 0 || args.scale == 0 || args.steps == 0 {
-        bail!("--heads, --trunk-layers, --scale and --steps must be at least 1");
+    if args.heads == 0
+        || args.trunk_layers == 0
+        || args.scale == 0
+        || args.steps == 0
+        || args.rounds == 0
+    {
+        bail!("--heads, --trunk-layers, --scale, --steps and --rounds must be at least 1");
     }
     // As `foresight train` does: the figures are the trainer's own.
     foresight::train::tune_allocator_for_training();
@@ -110,44 +127,79 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     };
     let shapes = Shapes::default_model(args.trunk_layers, args.heads, args.scale);
     eprintln!(
-        "measuring {} + 1 steps per trainer on {threads} threads: {shapes:?}",
-        args.steps
+        "measuring {} rounds of {} + 1 steps per trainer on {threads} threads: {shapes:?}",
+        args.rounds, args.steps
     );
-    let mut rows: Vec<(&str, Throughput)> = vec![(
+    let mut trainers: Vec<(&str, Option<Kernels>)> = vec![(
         "foresight train (fused training kernels)",
-        measure(&shapes, Kernels::Training, args.steps)?,
+        Some(Kernels::Training),
     )];
     if args.plain {
-        rows.push((
+        trainers.push((
             "foresight train (plain differentiable ops)",
-            measure(&shapes, Kernels::Differentiable, args.steps)?,
+            Some(Kernels::Differentiable),
         ));
     }
-    let reference = python
-        .as_deref()
-        .map(|p| run_reference(p, &args, threads))
-        .transpose()?;
+    if python.is_some() {
+        trainers.push(("PyTorch eager f32 (scripts/torch_train_reference.py)", None));
+    }
+    // rounds[trainer][round]
+    let mut rounds: Vec<Vec<Throughput>> = vec![Vec::new(); trainers.len()];
+    for round in 0..args.rounds {
+        for ((name, kernels), figures) in trainers.iter().zip(&mut rounds) {
+            let t = match (kernels, python.as_deref()) {
+                (Some(k), _) => measure(&shapes, *k, args.steps)?,
+                (None, Some(p)) => run_reference(p, &args, threads)?,
+                (None, None) => unreachable!("the reference is listed only with a python"),
+            };
+            eprintln!(
+                "round {}: {name}: {:.0} tokens/s",
+                round + 1,
+                t.tokens_per_s
+            );
+            figures.push(t);
+        }
+    }
     println!(
-        "n={} trunk={} d={} seq={} batch={} vocab={} threads={threads}",
-        args.heads, args.trunk_layers, shapes.hidden, shapes.seq_len, shapes.batch, shapes.vocab
+        "n={} trunk={} d={} seq={} batch={} vocab={} threads={threads} rounds={} steps={}",
+        args.heads,
+        args.trunk_layers,
+        shapes.hidden,
+        shapes.seq_len,
+        shapes.batch,
+        shapes.vocab,
+        args.rounds,
+        args.steps
     );
-    println!("| trainer | params | ms/step | tokens/s | vs PyTorch |");
-    println!("|---|---|---|---|---|");
-    if let Some(r) = &reference {
-        rows.push((
-            "PyTorch eager f32 (scripts/torch_train_reference.py)",
-            r.clone(),
-        ));
-    }
-    for (name, t) in &rows {
-        let ratio = reference.as_ref().map_or("-".to_string(), |r| {
-            format!("{:.2}x", t.tokens_per_s / r.tokens_per_s)
-        });
+    let reference = python.as_ref().map(|_| rounds.last().expect("listed"));
+    println!("| trainer | params | ms/step | tokens/s | vs PyTorch | per round |");
+    println!("|---|---|---|---|---|---|");
+    for ((name, _), figures) in trainers.iter().zip(&rounds) {
+        let m = median_round(figures);
+        let (ratio, per_round) = match reference {
+            Some(r) => (
+                format!("{:.2}x", m.tokens_per_s / median_round(r).tokens_per_s),
+                figures
+                    .iter()
+                    .zip(r)
+                    .map(|(t, r)| format!("{:.2}x", t.tokens_per_s / r.tokens_per_s))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            None => (
+                "-".to_string(),
+                figures
+                    .iter()
+                    .map(|t| format!("{:.0}", t.tokens_per_s))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+        };
         println!(
-            "| {name} | {:.2}M | {:.0} | {:.0} | {ratio} |",
-            t.params as f64 / 1e6,
-            t.ms_per_step,
-            t.tokens_per_s
+            "| {name} | {:.2}M | {:.0} | {:.0} | {ratio} | {per_round} |",
+            m.params as f64 / 1e6,
+            m.ms_per_step,
+            m.tokens_per_s
         );
     }
     Ok(())
@@ -166,5 +218,23 @@ mod tests {
         );
         assert!(parse_reference("params 12").is_none());
         assert!(parse_reference("tokens_per_s=x ms_per_step=1 params=1").is_none());
+    }
+
+    #[test]
+    fn median_round_table() {
+        let t = |tokens_per_s: f64| Throughput {
+            params: 1,
+            ms_per_step: 2048e3 / tokens_per_s,
+            tokens_per_s,
+        };
+        for (figures, want) in [
+            (vec![2000.0], 2000.0),
+            (vec![2600.0, 2400.0, 2500.0], 2500.0),
+            (vec![1.0, 3.0, 2.0, 4.0], 3.0),
+            (vec![2500.0, 900.0, 2400.0, 2450.0, 2600.0], 2450.0),
+        ] {
+            let rounds: Vec<_> = figures.into_iter().map(t).collect();
+            assert_eq!(median_round(&rounds).tokens_per_s, want);
+        }
     }
 }

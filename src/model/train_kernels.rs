@@ -7,6 +7,7 @@
 //! differentiable ops it replaces (tests/train_kernels.rs). Not here: the inference kernels
 //! (`cpu_kernels.rs`), the GPU ops (`gpu_ops.rs`), and the choice of when to use them (`layers.rs`).
 
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use candle_core::{
@@ -264,6 +265,30 @@ fn cpu_tensor(data: Vec<f32>, shape: &[usize]) -> candle_core::Result<Tensor> {
 
 /// Rows of at most this many elements go to one rayon task in element-wise kernels.
 const PAR_CHUNK: usize = 16 * 1024;
+
+/// Zeroes a chunk of fresh memory and hands it out as values: called inside each parallel task on
+/// its own chunk, so the fill happens in cache and on every core, not as one serial pass over the
+/// whole buffer before the tasks start.
+fn zeroed(chunk: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    for v in chunk.iter_mut() {
+        v.write(0.0);
+    }
+    // SAFETY: every value of `chunk` was just written, and `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &mut *(chunk as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// A new buffer of `len` values whose every chunk of `chunk` values is written in parallel by
+/// `fill(chunk_index, values)` (zeroed first, in its own task).
+fn par_new(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| fill(i, zeroed(c)));
+    // SAFETY: the chunks cover all `len` values and `zeroed` wrote each of them.
+    unsafe { out.set_len(len) };
+    out
+}
 
 /// `e^x` within about 2e-7 relative error for x in [-87, 88] (clamped outside that range),
 /// branch-free so that loops over it vectorize (libm's `expf` is a scalar call): round
@@ -534,18 +559,15 @@ impl CustomOp2 for RmsNormOp {
         if d == 0 || l1.dims().last() != Some(&d) {
             candle_core::bail!("rms-norm: weight of {d} for input {:?}", l1.dims());
         }
-        let mut out = vec![0f32; x.len()];
-        let rows_per_task = (PAR_CHUNK / d).max(1);
-        out.par_chunks_mut(rows_per_task * d)
-            .zip(x.par_chunks(rows_per_task * d))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
-                    let r = inv_rms(x, self.eps);
-                    for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
-                        *o = x * r * w;
-                    }
+        let chunk = (PAR_CHUNK / d).max(1) * d;
+        let out = par_new(x.len(), chunk, |i, o| {
+            for (o, x) in o.chunks_mut(d).zip(x[i * chunk..].chunks(d)) {
+                let r = inv_rms(x, self.eps);
+                for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
+                    *o = x * r * w;
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -561,13 +583,14 @@ impl CustomOp2 for RmsNormOp {
         let (dx, dw) = with_f32(x, |x| {
             with_f32(w, |w| {
                 with_f32(dy, |dy| {
-                    let mut dx = vec![0f32; x.len()];
+                    let mut dx = Vec::with_capacity(x.len());
                     let rows_per_task = (PAR_CHUNK / d).max(1);
-                    let dw = dx
+                    let dw = dx.spare_capacity_mut()[..x.len()]
                         .par_chunks_mut(rows_per_task * d)
                         .zip(x.par_chunks(rows_per_task * d))
                         .zip(dy.par_chunks(rows_per_task * d))
                         .map(|((dx, x), dy)| {
+                            let dx = zeroed(dx);
                             let mut dw = vec![0f32; d];
                             for ((dx, x), dy) in dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d))
                             {
@@ -593,6 +616,8 @@ impl CustomOp2 for RmsNormOp {
                                 a
                             },
                         );
+                    // SAFETY: the chunks above cover all `x.len()` values, each zeroed then written.
+                    unsafe { dx.set_len(x.len()) };
                     (dx, dw)
                 })
             })
@@ -694,36 +719,30 @@ impl CustomOp2 for LinearOp {
 /// SwiGLU over rows of `[gate | up]` (each `2 ff` wide): rows of `ff` outputs, `silu(gate) * up`,
 /// in parallel.
 fn swiglu_rows(gu: &[f32], rows: usize, ff: usize) -> Vec<f32> {
-    let mut out = vec![0f32; rows * ff];
     let rows_per_task = (PAR_CHUNK / ff).max(1);
-    out.par_chunks_mut(rows_per_task * ff)
-        .zip(gu.par_chunks(rows_per_task * 2 * ff))
-        .for_each(|(o, gu)| {
-            for (o, gu) in o.chunks_mut(ff).zip(gu.chunks(2 * ff)) {
-                swiglu_forward(o, &gu[..ff], &gu[ff..]);
-            }
-        });
-    out
+    par_new(rows * ff, rows_per_task * ff, |i, o| {
+        let gu = &gu[i * rows_per_task * 2 * ff..];
+        for (o, gu) in o.chunks_mut(ff).zip(gu.chunks(2 * ff)) {
+            swiglu_forward(o, &gu[..ff], &gu[ff..]);
+        }
+    })
 }
 
 /// The gradient of [`swiglu_rows`] at `gu` for output gradients `dy`: rows of `[dgate | dup]`.
 fn swiglu_rows_backward(gu: &[f32], dy: &[f32], ff: usize) -> Vec<f32> {
-    let mut dgu = vec![0f32; gu.len()];
     let rows_per_task = (PAR_CHUNK / ff).max(1);
-    dgu.par_chunks_mut(rows_per_task * 2 * ff)
-        .zip(gu.par_chunks(rows_per_task * 2 * ff))
-        .zip(dy.par_chunks(rows_per_task * ff))
-        .for_each(|((dgu, gu), dy)| {
-            for ((dgu, gu), dy) in dgu
-                .chunks_mut(2 * ff)
-                .zip(gu.chunks(2 * ff))
-                .zip(dy.chunks(ff))
-            {
-                let (dg, du) = dgu.split_at_mut(ff);
-                swiglu_backward(dg, du, &gu[..ff], &gu[ff..], dy);
-            }
-        });
-    dgu
+    par_new(gu.len(), rows_per_task * 2 * ff, |i, dgu| {
+        let gu = &gu[i * rows_per_task * 2 * ff..];
+        let dy = &dy[i * rows_per_task * ff..];
+        for ((dgu, gu), dy) in dgu
+            .chunks_mut(2 * ff)
+            .zip(gu.chunks(2 * ff))
+            .zip(dy.chunks(ff))
+        {
+            let (dg, du) = dgu.split_at_mut(ff);
+            swiglu_backward(dg, du, &gu[..ff], &gu[ff..], dy);
+        }
+    })
 }
 
 /// The SwiGLU MLP `down(silu(x gateᵀ) * (x upᵀ))` for `x` of shape `(.., d)`, the gate-and-up
@@ -923,15 +942,14 @@ impl CausalAttentionOp {
                 o
             })
             .collect();
-        let mut out = vec![0f32; b * t * h * hd];
-        for (bh, o) in heads.iter().enumerate() {
-            let (bi, hi) = (bh / h, bh % h);
-            for (r, row) in o.chunks(hd).enumerate() {
-                let at = (bi * t + r) * h * hd + hi * hd;
-                out[at..at + hd].copy_from_slice(row);
+        // Sequence `bi`'s rows gather its heads' outputs, one task per sequence.
+        par_new(b * t * h * hd, t * h * hd, |bi, out| {
+            for (r, row) in out.chunks_mut(h * hd).enumerate() {
+                for (hi, dst) in row.chunks_mut(hd).enumerate() {
+                    dst.copy_from_slice(&heads[bi * h + hi][r * hd..(r + 1) * hd]);
+                }
             }
-        }
-        out
+        })
     }
 
     /// The gradient at `qkv` for the output gradient `d_o`, given the forward's output `o`.
@@ -1019,22 +1037,22 @@ impl CausalAttentionOp {
                 (dq, dk, dv)
             })
             .collect();
-        let mut dqkv = vec![0f32; b * t * w];
-        for (bkv, (dq, dk, dv)) in parts.iter().enumerate() {
-            let (bi, kvi) = (bkv / kv, bkv % kv);
-            for r in 0..t {
-                let row = &mut dqkv[(bi * t + r) * w..(bi * t + r + 1) * w];
-                for g in 0..group {
-                    let hi = kvi * group + g;
-                    row[hi * hd..(hi + 1) * hd]
-                        .copy_from_slice(&dq[(g * t + r) * hd..(g * t + r + 1) * hd]);
+        // Sequence `bi`'s rows gather its kv heads' parts, one task per sequence.
+        par_new(b * t * w, t * w, |bi, rows| {
+            for (r, row) in rows.chunks_mut(w).enumerate() {
+                for (kvi, (dq, dk, dv)) in parts[bi * kv..(bi + 1) * kv].iter().enumerate() {
+                    for g in 0..group {
+                        let hi = kvi * group + g;
+                        row[hi * hd..(hi + 1) * hd]
+                            .copy_from_slice(&dq[(g * t + r) * hd..(g * t + r + 1) * hd]);
+                    }
+                    row[(h + kvi) * hd..(h + kvi + 1) * hd]
+                        .copy_from_slice(&dk[r * hd..(r + 1) * hd]);
+                    row[(h + kv + kvi) * hd..(h + kv + kvi + 1) * hd]
+                        .copy_from_slice(&dv[r * hd..(r + 1) * hd]);
                 }
-                row[(h + kvi) * hd..(h + kvi + 1) * hd].copy_from_slice(&dk[r * hd..(r + 1) * hd]);
-                row[(h + kv + kvi) * hd..(h + kv + kvi + 1) * hd]
-                    .copy_from_slice(&dv[r * hd..(r + 1) * hd]);
             }
-        }
-        dqkv
+        })
     }
 
     fn width(&self) -> usize {
