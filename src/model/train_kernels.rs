@@ -875,15 +875,23 @@ impl RopeTables {
             &self.sin[pos * half..(pos + 1) * half],
         );
         let sign = if inverse { -1.0 } else { 1.0 };
-        for i in 0..half {
-            let (c, s) = (cos[i], sign * sin[i]);
-            let (a, b) = if self.interleaved {
-                (2 * i, 2 * i + 1)
-            } else {
-                (i, i + half)
-            };
-            dst[a] = src[a] * c - src[b] * s;
-            dst[b] = src[a] * s + src[b] * c;
+        if self.interleaved {
+            for i in 0..half {
+                let (c, s) = (cos[i], sign * sin[i]);
+                let (a, b) = (src[2 * i], src[2 * i + 1]);
+                dst[2 * i] = a * c - b * s;
+                dst[2 * i + 1] = a * s + b * c;
+            }
+        } else {
+            // Halves: a loop over slices of one length, which the compiler vectorizes.
+            let (src_a, src_b) = src.split_at(half);
+            let (dst_a, dst_b) = dst.split_at_mut(half);
+            for i in 0..half {
+                let (c, s) = (cos[i], sign * sin[i]);
+                let (a, b) = (src_a[i], src_b[i]);
+                dst_a[i] = a * c - b * s;
+                dst_b[i] = a * s + b * c;
+            }
         }
     }
 }
