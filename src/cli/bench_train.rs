@@ -1,8 +1,9 @@
 //! `foresight bench train`: training tokens/s of `foresight train`'s optimizer step (fused training
 //! kernels, and with `--plain` the plain differentiable ops) beside the PyTorch reference
 //! (`scripts/torch_train_reference.py`) on the same shapes, in one run, and their ratio. The
-//! trainers take turns for `--rounds` rounds and each figure is the median of its rounds, so a
-//! slow minute on a shared machine lands on both sides. The measuring is in
+//! trainers take turns for `--rounds` rounds (in reverse order every other round) and each figure
+//! is a median over the rounds, the ratio the median of the rounds' own ratios, so a slow minute
+//! on a shared machine lands on one round, not on one side. The measuring is in
 //! `foresight::train::throughput`; this is the command line and the table.
 
 use std::path::PathBuf;
@@ -27,7 +28,8 @@ pub struct BenchTrainArgs {
     /// Timed optimizer steps (after one warm-up step) for each trainer in each round.
     #[arg(long, default_value_t = 6)]
     pub steps: usize,
-    /// Rounds: the trainers take turns this many times; each figure is the median of its rounds.
+    /// Rounds: the trainers take turns this many times; each figure is the median over the rounds
+    /// and the ratio the median of the rounds' ratios.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Python with torch for the reference [default: ~/.cache/foresight/venv-hf/bin/python, made
@@ -95,11 +97,16 @@ fn run_reference(python: &str, args: &BenchTrainArgs, threads: usize) -> Result<
         .with_context(|| format!("no result line in the PyTorch reference's output: {stdout:?}"))
 }
 
-/// The round with the median tokens/s (the upper median of an even count); `figures` is not empty.
-fn median_round(figures: &[Throughput]) -> Throughput {
-    let mut sorted = figures.to_vec();
-    sorted.sort_by(|a, b| a.tokens_per_s.total_cmp(&b.tokens_per_s));
-    sorted[sorted.len() / 2].clone()
+/// The median of `values` (the mean of the middle two for an even count); `values` is not empty.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
 }
 
 pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
@@ -145,47 +152,74 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     }
     // rounds[trainer][round]
     let mut rounds: Vec<Vec<Throughput>> = vec![Vec::new(); trainers.len()];
-    for round in 0..args.rounds {
-        for ((name, kernels), figures) in trainers.iter().zip(&mut rounds) {
-            let t = match (kernels, python.as_deref()) {
-                (Some(k), _) => measure(&shapes, *k, args.steps)?,
-                (None, Some(p)) => run_reference(p, &args, threads)?,
+    'rounds: for round in 0..args.rounds {
+        let mut order: Vec<usize> = (0..trainers.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut this_round = vec![None; trainers.len()];
+        for i in order {
+            let (name, kernels) = trainers[i];
+            let measured = match (kernels, python.as_deref()) {
+                (Some(k), _) => measure(&shapes, k, args.steps).map_err(anyhow::Error::from),
+                (None, Some(p)) => run_reference(p, &args, threads),
                 (None, None) => unreachable!("the reference is listed only with a python"),
+            };
+            let t = match measured {
+                Ok(t) => t,
+                Err(e) if round > 0 => {
+                    eprintln!(
+                        "round {}: {name} failed ({e:#}); reporting the {round} complete rounds",
+                        round + 1
+                    );
+                    break 'rounds;
+                }
+                Err(e) => return Err(e),
             };
             eprintln!(
                 "round {}: {name}: {:.0} tokens/s",
                 round + 1,
                 t.tokens_per_s
             );
-            figures.push(t);
+            this_round[i] = Some(t);
+        }
+        for (figures, t) in rounds.iter_mut().zip(this_round) {
+            figures.push(t.expect("every trainer ran this round"));
         }
     }
+    let completed = rounds[0].len();
     println!(
-        "n={} trunk={} d={} seq={} batch={} vocab={} threads={threads} rounds={} steps={}",
+        "n={} trunk={} d={} seq={} batch={} vocab={} threads={threads} rounds={completed} steps={}",
         args.heads,
         args.trunk_layers,
         shapes.hidden,
         shapes.seq_len,
         shapes.batch,
         shapes.vocab,
-        args.rounds,
         args.steps
     );
     let reference = python.as_ref().map(|_| rounds.last().expect("listed"));
     println!("| trainer | params | ms/step | tokens/s | vs PyTorch | per round |");
     println!("|---|---|---|---|---|---|");
     for ((name, _), figures) in trainers.iter().zip(&rounds) {
-        let m = median_round(figures);
+        let tokens_per_s = median(&figures.iter().map(|t| t.tokens_per_s).collect::<Vec<_>>());
+        let ms_per_step = median(&figures.iter().map(|t| t.ms_per_step).collect::<Vec<_>>());
         let (ratio, per_round) = match reference {
-            Some(r) => (
-                format!("{:.2}x", m.tokens_per_s / median_round(r).tokens_per_s),
-                figures
+            Some(r) => {
+                let ratios: Vec<f64> = figures
                     .iter()
                     .zip(r)
-                    .map(|(t, r)| format!("{:.2}x", t.tokens_per_s / r.tokens_per_s))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ),
+                    .map(|(t, r)| t.tokens_per_s / r.tokens_per_s)
+                    .collect();
+                (
+                    format!("{:.2}x", median(&ratios)),
+                    ratios
+                        .iter()
+                        .map(|q| format!("{q:.2}x"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+            }
             None => (
                 "-".to_string(),
                 figures
@@ -196,10 +230,8 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
             ),
         };
         println!(
-            "| {name} | {:.2}M | {:.0} | {:.0} | {ratio} | {per_round} |",
-            m.params as f64 / 1e6,
-            m.ms_per_step,
-            m.tokens_per_s
+            "| {name} | {:.2}M | {ms_per_step:.0} | {tokens_per_s:.0} | {ratio} | {per_round} |",
+            figures[0].params as f64 / 1e6,
         );
     }
     Ok(())
@@ -221,20 +253,15 @@ mod tests {
     }
 
     #[test]
-    fn median_round_table() {
-        let t = |tokens_per_s: f64| Throughput {
-            params: 1,
-            ms_per_step: 2048e3 / tokens_per_s,
-            tokens_per_s,
-        };
-        for (figures, want) in [
+    fn median_table() {
+        for (values, want) in [
             (vec![2000.0], 2000.0),
             (vec![2600.0, 2400.0, 2500.0], 2500.0),
-            (vec![1.0, 3.0, 2.0, 4.0], 3.0),
+            (vec![1.0, 3.0, 2.0, 4.0], 2.5),
+            (vec![1.2, 0.9], 1.05),
             (vec![2500.0, 900.0, 2400.0, 2450.0, 2600.0], 2450.0),
         ] {
-            let rounds: Vec<_> = figures.into_iter().map(t).collect();
-            assert_eq!(median_round(&rounds).tokens_per_s, want);
+            assert_eq!(median(&values), want, "{values:?}");
         }
     }
 }

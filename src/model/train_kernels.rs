@@ -106,6 +106,13 @@ fn matmul(
 /// output and gradient buffer).
 fn product(a: View, b: View, scale: f32, par: Parallelism) -> Vec<f32> {
     let (m, n) = (a.rows, b.cols);
+    if m.min(n) <= 1 {
+        // gemm's vector paths take a slice over the destination before writing it: give them
+        // initialized memory (a single row or column costs nothing to zero).
+        let mut out = vec![0f32; m * n];
+        matmul(&mut out, n.max(1), a, b, scale, false, par);
+        return out;
+    }
     let mut out = Vec::with_capacity(m * n);
     // SAFETY: `out` has room for `m x n` values at row stride `n`, and it is new, so it overlaps
     // neither operand. With `accumulate` false, `gemm_into` writes every one of the `m x n`
@@ -580,6 +587,13 @@ impl CustomOp2 for RmsNormOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let d = w.elem_count();
         let eps = self.eps;
+        if d == 0 || x.dims() != dy.dims() || x.dims().last() != Some(&d) {
+            candle_core::bail!(
+                "rms-norm backward: input {:?}, output gradient {:?}, weight of {d}",
+                x.dims(),
+                dy.dims()
+            );
+        }
         let (dx, dw) = with_f32(x, |x| {
             with_f32(w, |w| {
                 with_f32(dy, |dy| {
@@ -886,6 +900,7 @@ impl RopeTables {
             // Halves: a loop over slices of one length, which the compiler vectorizes.
             let (src_a, src_b) = src.split_at(half);
             let (dst_a, dst_b) = dst.split_at_mut(half);
+            let (src_b, dst_b) = (&src_b[..half], &mut dst_b[..half]);
             for i in 0..half {
                 let (c, s) = (cos[i], sign * sin[i]);
                 let (a, b) = (src_a[i], src_b[i]);
@@ -1568,5 +1583,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A single row or column (gemm's vector paths) and an empty inner size, into fresh memory.
+    #[test]
+    fn product_of_vectors_and_empty_inner_size() {
+        let a: Vec<f32> = (0..12).map(|i| i as f32 - 4.0).collect();
+        // (1 x 12) (12 x 1), (12 x 1) (1 x 12) through transposed views, and (3 x 0) (0 x 4).
+        assert_eq!(
+            product(
+                View::rows(&a, 1, 12),
+                View::rows(&a, 12, 1),
+                1.0,
+                Parallelism::None
+            ),
+            vec![a.iter().map(|v| v * v).sum::<f32>()]
+        );
+        let outer = product(
+            View::rows(&a, 1, 12).t(),
+            View::rows(&a, 1, 12),
+            2.0,
+            Parallelism::None,
+        );
+        for i in 0..12 {
+            for j in 0..12 {
+                assert_eq!(outer[i * 12 + j], 2.0 * a[i] * a[j]);
+            }
+        }
+        assert_eq!(
+            product(
+                View::rows(&[], 3, 0),
+                View::rows(&[], 0, 4),
+                1.0,
+                Parallelism::None
+            ),
+            vec![0.0; 12]
+        );
     }
 }
