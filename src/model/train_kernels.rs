@@ -287,14 +287,25 @@ fn zeroed(chunk: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 /// A new buffer of `len` values whose every chunk of `chunk` values is written in parallel by
 /// `fill(chunk_index, values)` (zeroed first, in its own task).
 fn par_new(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    par_new_with(len, chunk, fill).0
+}
+
+/// [`par_new`] whose `fill` also returns a value per chunk: the buffer and those values, in chunk
+/// order (a reduction over the chunks, such as a weight gradient, is the caller's to finish).
+fn par_new_with<R: Send>(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [f32]) -> R + Sync,
+) -> (Vec<f32>, Vec<R>) {
     let mut out = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
+    let per_chunk = out.spare_capacity_mut()[..len]
         .par_chunks_mut(chunk.max(1))
         .enumerate()
-        .for_each(|(i, c)| fill(i, zeroed(c)));
+        .map(|(i, c)| fill(i, zeroed(c)))
+        .collect();
     // SAFETY: the chunks cover all `len` values and `zeroed` wrote each of them.
     unsafe { out.set_len(len) };
-    out
+    (out, per_chunk)
 }
 
 /// `e^x` within about 2e-7 relative error for x in [-87, 88] (clamped outside that range),
@@ -597,41 +608,31 @@ impl CustomOp2 for RmsNormOp {
         let (dx, dw) = with_f32(x, |x| {
             with_f32(w, |w| {
                 with_f32(dy, |dy| {
-                    let mut dx = Vec::with_capacity(x.len());
-                    let rows_per_task = (PAR_CHUNK / d).max(1);
-                    let dw = dx.spare_capacity_mut()[..x.len()]
-                        .par_chunks_mut(rows_per_task * d)
-                        .zip(x.par_chunks(rows_per_task * d))
-                        .zip(dy.par_chunks(rows_per_task * d))
-                        .map(|((dx, x), dy)| {
-                            let dx = zeroed(dx);
-                            let mut dw = vec![0f32; d];
-                            for ((dx, x), dy) in dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d))
-                            {
-                                let r = inv_rms(x, eps);
-                                // g = dy * w; dx = r * (g - xhat * mean(g * xhat)), xhat = x * r.
-                                let mut dot = 0f32;
-                                for i in 0..d {
-                                    let xhat = x[i] * r;
-                                    dot += dy[i] * w[i] * xhat;
-                                    dw[i] += dy[i] * xhat;
-                                }
-                                let mean = dot / d as f32;
-                                for i in 0..d {
-                                    dx[i] = r * (dy[i] * w[i] - x[i] * r * mean);
-                                }
+                    let chunk = (PAR_CHUNK / d).max(1) * d;
+                    let (dx, dws) = par_new_with(x.len(), chunk, |i, dx| {
+                        let rows = i * chunk..i * chunk + dx.len();
+                        let (x, dy) = (&x[rows.clone()], &dy[rows]);
+                        let mut dw = vec![0f32; d];
+                        for ((dx, x), dy) in dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d)) {
+                            let r = inv_rms(x, eps);
+                            // g = dy * w; dx = r * (g - xhat * mean(g * xhat)), xhat = x * r.
+                            let mut dot = 0f32;
+                            for i in 0..d {
+                                let xhat = x[i] * r;
+                                dot += dy[i] * w[i] * xhat;
+                                dw[i] += dy[i] * xhat;
                             }
-                            dw
-                        })
-                        .reduce(
-                            || vec![0f32; d],
-                            |mut a, b| {
-                                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                                a
-                            },
-                        );
-                    // SAFETY: the chunks above cover all `x.len()` values, each zeroed then written.
-                    unsafe { dx.set_len(x.len()) };
+                            let mean = dot / d as f32;
+                            for i in 0..d {
+                                dx[i] = r * (dy[i] * w[i] - x[i] * r * mean);
+                            }
+                        }
+                        dw
+                    });
+                    let mut dw = vec![0f32; d];
+                    for part in &dws {
+                        dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+                    }
                     (dx, dw)
                 })
             })
