@@ -62,7 +62,7 @@ fn cases(plain_output: Vec<u32>, prompt_len: usize) -> Vec<Case> {
             name: "spec-heads",
             n_heads: 4,
             max_draft_len: 3,
-            make: Box::new(|_| Box::new(HeadDrafts)),
+            make: Box::new(|_| Box::new(HeadDrafts::every_head())),
         },
         Case {
             name: "spec-lookup",

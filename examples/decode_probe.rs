@@ -58,7 +58,7 @@ fn body() {
             let mut p = prompt.clone();
             *p.last_mut().unwrap() = (i % 50) as u32 + 100;
             let mut drafter: Box<dyn DraftSource> = if heads > 1 {
-                Box::new(HeadDrafts)
+                Box::new(HeadDrafts::default())
             } else {
                 Box::new(NoDrafts)
             };

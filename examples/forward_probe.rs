@@ -1,5 +1,6 @@
 //! Times forward passes of a random model of a given size: a 1,000-token prefill, then decode chunks
 //! of 1, 4, ... tokens over that cache. Not a test; numbers go to docs/BENCHMARKS.md.
+//! INSTALL=1 runs on the decode thread pool (as decoding does), HEADS=1 or HEADS=4 one cache only.
 //! Run: `ITERS=100 CHUNKS=1,4,8 cargo run --release --example forward_probe -- 256 6 8192 4` (d, layers, vocab, heads),
 //! or `MODEL=models/default PROMPT=200 cargo run --release --example forward_probe` for a model directory.
 use candle_core::{DType, Device};
@@ -8,6 +9,15 @@ use foresight::model::{Logits, ModelConfig};
 use std::time::Instant;
 
 fn main() {
+    // INSTALL=1: run on a rayon pool worker, as decoding does (`run_on_kernel_pool`).
+    if std::env::var_os("INSTALL").is_some() {
+        foresight::model::cpu_kernels::run_on_kernel_pool(body);
+    } else {
+        body();
+    }
+}
+
+fn body() {
     let model = match std::env::var("MODEL") {
         Ok(dir) => {
             foresight::model::weights::load_dir(
@@ -45,7 +55,12 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let prompt: Vec<u32> = (0..prompt_len).map(|i| (i * 7 % vocab) as u32).collect();
-    for n_heads in [1, model.n_heads()] {
+    // HEADS=1 or HEADS=n: only that cache (the trunk and head 1, or every head).
+    let only: Option<usize> = std::env::var("HEADS").ok().and_then(|v| v.parse().ok());
+    for n_heads in [1, model.n_heads()]
+        .into_iter()
+        .filter(|h| only.is_none_or(|o| o == *h))
+    {
         let mut cache = model.new_cache(prompt_len + 64, n_heads).unwrap();
         let t0 = Instant::now();
         model.forward(&mut cache, &prompt, Logits::Last).unwrap();

@@ -363,13 +363,14 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     let row = |name: &str, g: &GroupSummary| {
         println!(
-            "{:<10} {:>5} {:>7.1}% {:>9.3} {:>8} {:>8} {:>10} {:>8.1} {:>8.1}",
+            "{:<10} {:>5} {:>7.1}% {:>9.3} {:>8} {:>8} {:>8} {:>10} {:>8.1} {:>8.1}",
             name,
             g.tasks,
             100.0 * g.exact_match,
             g.edit_similarity,
             opt(g.tokens_per_forward, 2),
             opt(g.speedup, 2),
+            opt(g.decode_speedup, 2),
             opt(g.identical.map(|x| 100.0 * x), 1),
             g.p50_ms,
             g.p95_ms
@@ -384,13 +385,14 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         ),
     }
     println!(
-        "{:<10} {:>5} {:>8} {:>9} {:>8} {:>8} {:>10} {:>8} {:>8}",
+        "{:<10} {:>5} {:>8} {:>9} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
         "group",
         "tasks",
         "exact",
         "edit-sim",
         "tok/fwd",
         "speedup",
+        "decode x",
         "identical%",
         "p50 ms",
         "p95 ms"
@@ -401,6 +403,15 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     }
     for (k, g) in &s.by_kind {
         row(k, g);
+    }
+    if !s.all.acceptance.is_empty() {
+        let rates: Vec<String> = s
+            .all
+            .acceptance
+            .iter()
+            .map(|a| format!("{:.1}%", 100.0 * a))
+            .collect();
+        println!("drafts accepted by position: {}", rates.join(" "));
     }
     Ok(())
 }

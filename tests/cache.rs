@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::{max_abs_diff, tiny};
-use foresight::model::{Kernels, Logits};
+use foresight::model::{HeadLogits, Kernels, Logits};
 
 const TOL: f32 = 1e-4;
 
@@ -155,8 +155,16 @@ fn verify_then_extend_heads_gives_the_full_forward_logits() {
         .unwrap();
     let mut cache = model.new_cache(64, 4).unwrap();
     let mut pos = 0;
-    // (rows fed, rows kept): a prefill longer than the small-chunk limit, then verify rounds.
-    for (fed, kept) in [(30usize, 30usize), (4, 2), (1, 1), (5, 5), (3, 1), (9, 4)] {
+    // (rows fed, rows kept, extra heads whose logits are wanted): a prefill longer than the
+    // small-chunk limit, then verify rounds; heads left out one round must be right the next.
+    for (fed, kept, wanted) in [
+        (30usize, 30usize, 3usize),
+        (4, 2, 1),
+        (1, 1, 0),
+        (5, 5, 3),
+        (3, 1, 2),
+        (9, 4, 3),
+    ] {
         // Rows past `kept` are a rejected draft: fill them with other tokens.
         let mut chunk = seq[pos..pos + kept].to_vec();
         chunk.extend((0..fed - kept).map(|i| (i as u32 * 3 + 200) % 256));
@@ -174,9 +182,23 @@ fn verify_then_extend_heads_gives_the_full_forward_logits() {
             "the extra heads wait for extend_heads"
         );
         cache.truncate(pos + kept);
-        let got = model.extend_heads(&mut cache, &out, kept, true).unwrap();
+        let mut asked = Vec::new();
+        let mut more = |computed: &[Vec<f32>]| {
+            asked.push(computed.len());
+            computed.len() < wanted
+        };
+        let got = if wanted == 3 {
+            model.extend_heads(&mut cache, &out, kept, HeadLogits::All)
+        } else {
+            model.extend_heads(&mut cache, &out, kept, HeadLogits::While(&mut more))
+        }
+        .unwrap();
         let want = model.extra_head_logits(&fresh, pos + kept - 1).unwrap();
-        assert_eq!(got.len(), 3);
+        assert_eq!(got.len(), wanted);
+        if wanted < 3 {
+            // Asked before each head it computes and once more, then never again.
+            assert_eq!(asked, (0..=wanted).collect::<Vec<_>>());
+        }
         for (h, (g, w)) in got.iter().zip(&want).enumerate() {
             let d = g
                 .iter()
@@ -196,7 +218,7 @@ fn verify_then_extend_heads_gives_the_full_forward_logits() {
         .forward_verify(&mut cache, &seq[pos..pos + 3], Logits::All)
         .unwrap();
     assert!(model
-        .extend_heads(&mut cache, &out, 3, false)
+        .extend_heads(&mut cache, &out, 3, HeadLogits::None)
         .unwrap()
         .is_empty());
     assert_eq!(cache.synced_len(), pos + 3);
@@ -204,7 +226,9 @@ fn verify_then_extend_heads_gives_the_full_forward_logits() {
     let out = model
         .forward_verify(&mut cache, &seq[pos + 3..pos + 5], Logits::All)
         .unwrap();
-    assert!(model.extend_heads(&mut cache, &out, 3, true).is_err());
+    assert!(model
+        .extend_heads(&mut cache, &out, 3, HeadLogits::All)
+        .is_err());
 }
 
 #[test]
@@ -277,14 +301,14 @@ fn bf16_copies_decode_the_same_bits_and_only_where_lossless() {
         &mut plain.new_cache(64, 4).unwrap(),
         &prompt,
         &params,
-        &mut HeadDrafts,
+        &mut HeadDrafts::every_head(),
     );
     let gb = common::run(
         &compact,
         &mut compact.new_cache(64, 4).unwrap(),
         &prompt,
         &params,
-        &mut HeadDrafts,
+        &mut HeadDrafts::every_head(),
     );
     assert_eq!(ga.tokens, gb.tokens);
     assert_eq!(ga.stats.forwards, gb.stats.forwards, "the drafts agree too");
@@ -306,7 +330,7 @@ fn a_generation_after_an_interrupted_round_reuses_only_what_every_layer_holds() 
         &mut model.new_cache(64, 4).unwrap(),
         &prompt,
         &params,
-        &mut HeadDrafts,
+        &mut HeadDrafts::every_head(),
     )
     .tokens;
 
@@ -315,14 +339,22 @@ fn a_generation_after_an_interrupted_round_reuses_only_what_every_layer_holds() 
     let first = model
         .forward_verify(&mut cache, &prompt[..12], Logits::Last)
         .unwrap();
-    model.extend_heads(&mut cache, &first, 12, false).unwrap();
+    model
+        .extend_heads(&mut cache, &first, 12, HeadLogits::None)
+        .unwrap();
     model
         .forward_verify(&mut cache, &prompt[12..], Logits::Last)
         .unwrap();
     assert_eq!((cache.len(), cache.synced_len()), (20, 12));
     // Feeding more on top of the lagging heads is refused, not written at the wrong positions.
     assert!(model.forward(&mut cache, &[1], Logits::Last).is_err());
-    let got = common::run(&model, &mut cache, &prompt, &params, &mut HeadDrafts);
+    let got = common::run(
+        &model,
+        &mut cache,
+        &prompt,
+        &params,
+        &mut HeadDrafts::every_head(),
+    );
     assert_eq!(got.stats.reused_tokens, 12);
     assert_eq!(got.tokens, want);
 }

@@ -4,7 +4,9 @@
 mod common;
 
 use common::{random_prompt, rng, run, tiny};
-use foresight::decode::{GenerateParams, HeadDrafts, NoDrafts, OracleDrafts, PromptLookup};
+use foresight::decode::{
+    GenerateParams, HeadDrafts, LookupThenHeads, NoDrafts, OracleDrafts, PromptLookup,
+};
 use foresight::model::tiny::TINY_VOCAB;
 use rand::Rng;
 
@@ -15,7 +17,9 @@ fn speculative_equals_plain_over_200_random_prompts() {
     let mut spec_cache = model.new_cache(256, model.n_heads()).unwrap();
     let mut lookup_cache = model.new_cache(256, 1).unwrap();
     let mut oracle_cache = model.new_cache(256, model.n_heads()).unwrap();
+    let mut both_cache = model.new_cache(256, model.n_heads()).unwrap();
     let mut r = rng(2024);
+    let (mut both_copied_rounds, mut both_head_rounds) = (0, 0);
     let (mut head_accepted, mut head_drafted, mut lookup_accepted, mut total_tokens) = (0, 0, 0, 0);
     for case in 0..200 {
         let prompt = random_prompt(&mut r, TINY_VOCAB as u32);
@@ -26,7 +30,13 @@ fn speculative_equals_plain_over_200_random_prompts() {
             sampling: None,
         };
         let plain = run(&model, &mut plain_cache, &prompt, &params, &mut NoDrafts);
-        let heads = run(&model, &mut spec_cache, &prompt, &params, &mut HeadDrafts);
+        let heads = run(
+            &model,
+            &mut spec_cache,
+            &prompt,
+            &params,
+            &mut HeadDrafts::every_head(),
+        );
         let lookup = run(
             &model,
             &mut lookup_cache,
@@ -37,6 +47,16 @@ fn speculative_equals_plain_over_200_random_prompts() {
                 max_ngram: 4,
             },
         );
+        // Copies where the context has a match, the heads (every one: a random model is never
+        // confident) elsewhere, on a cache with extra heads that skip rounds.
+        let mut both_src = LookupThenHeads::new(
+            PromptLookup {
+                min_ngram: 1,
+                max_ngram: 4,
+            },
+            HeadDrafts::every_head(),
+        );
+        let both = run(&model, &mut both_cache, &prompt, &params, &mut both_src);
         let mut oracle_src = OracleDrafts {
             prompt_len: prompt.len(),
             continuation: plain.tokens.clone(),
@@ -51,6 +71,12 @@ fn speculative_equals_plain_over_200_random_prompts() {
             "case {case}: prompt lookup vs plain"
         );
         assert_eq!(oracle.tokens, plain.tokens, "case {case}: oracle vs plain");
+        assert_eq!(
+            both.tokens, plain.tokens,
+            "case {case}: lookup then heads vs plain"
+        );
+        both_copied_rounds += both_src.copied_rounds;
+        both_head_rounds += both_src.head_rounds;
         assert_eq!(heads.stop, plain.stop, "case {case}");
         assert_eq!(
             plain.stats.tokens_per_forward(),
@@ -71,6 +97,10 @@ fn speculative_equals_plain_over_200_random_prompts() {
     assert!(head_drafted > 500, "{head_drafted}");
     assert!(head_accepted < head_drafted);
     assert!(lookup_accepted > 0);
+    assert!(
+        both_copied_rounds > 50 && both_head_rounds > 50,
+        "{both_copied_rounds} {both_head_rounds}"
+    );
     assert!(total_tokens > 2000, "{total_tokens}");
 }
 
@@ -159,7 +189,13 @@ fn cache_reuse_across_generations_is_exact() {
         if next == 7 {
             typed[5] = 99;
         }
-        let reused = run(&model, &mut warm, &typed, &params, &mut HeadDrafts);
+        let reused = run(
+            &model,
+            &mut warm,
+            &typed,
+            &params,
+            &mut HeadDrafts::every_head(),
+        );
         let fresh = run(
             &model,
             &mut model.new_cache(256, 1).unwrap(),

@@ -119,7 +119,7 @@ fn speculative_sampling_draws_from_the_models_distribution() {
     type Make = Box<dyn Fn() -> Box<dyn DraftSource>>;
     let samplers: Vec<(&str, usize, Make)> = vec![
         ("plain", 1, Box::new(|| Box::new(NoDrafts))),
-        ("heads", 4, Box::new(|| Box::new(HeadDrafts))),
+        ("heads", 4, Box::new(|| Box::new(HeadDrafts::every_head()))),
         // A one-hot draft of the most likely second token, whatever the first was.
         (
             "one-hot",
@@ -167,14 +167,14 @@ fn sampling_is_reproducible_with_a_seed() {
         &mut model.new_cache(64, 4).unwrap(),
         PROMPT,
         &params,
-        &mut HeadDrafts,
+        &mut HeadDrafts::every_head(),
     );
     let b = run(
         &model,
         &mut model.new_cache(64, 4).unwrap(),
         PROMPT,
         &params,
-        &mut HeadDrafts,
+        &mut HeadDrafts::every_head(),
     );
     assert_eq!(a.tokens, b.tokens);
     let other = GenerateParams {
@@ -189,7 +189,7 @@ fn sampling_is_reproducible_with_a_seed() {
         &mut model.new_cache(64, 4).unwrap(),
         PROMPT,
         &other,
-        &mut HeadDrafts,
+        &mut HeadDrafts::every_head(),
     );
     assert_ne!(a.tokens, c.tokens);
 }

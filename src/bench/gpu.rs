@@ -324,7 +324,7 @@ fn run_generate(
         stop_tokens: Vec::new(),
     };
     let mut drafter: Box<dyn DraftSource> = if spec {
-        Box::new(HeadDrafts)
+        Box::new(HeadDrafts::default())
     } else {
         Box::new(NoDrafts)
     };

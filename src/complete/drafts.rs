@@ -1,14 +1,15 @@
-//! Whether speculative requests draft at all: a two-armed choice between the MTP heads' drafts and
-//! no drafts, made from measured decode time per generated token. Speculation costs a wider
-//! verification step; where the heads are rarely right, or multi-row steps are expensive (small
-//! models on a CPU), plain steps are faster, and the output is the same either way (greedy
-//! decoding is exact). Plain data and pure decisions; no model, no clock.
+//! Whether speculative requests draft at all: a two-armed choice between drafting (prompt lookup,
+//! then the MTP heads: `decode::LookupThenHeads`) and no drafts, made from measured decode time
+//! per generated token. Speculation costs a wider verification step and the heads' layers; where
+//! drafts are rarely right, or multi-row steps are expensive (small models on a CPU), plain steps
+//! are faster, and the output is the same either way (greedy decoding is exact). Plain data and
+//! pure decisions; no model, no clock.
 
 /// One way to decode a speculative request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DraftArm {
-    /// Drafts from the MTP heads, up to the configured length.
-    Heads,
+    /// Drafts (copies from the context, else the confident MTP heads), up to the configured length.
+    Drafts,
     /// One token per forward pass (the extra heads only keep their caches in step).
     NoDrafts,
 }
@@ -39,35 +40,36 @@ impl Observed {
 /// The measurements and the request counter behind [`DraftPolicy::choose`].
 #[derive(Debug, Clone, Default)]
 pub struct DraftPolicy {
-    heads: Observed,
+    drafts: Observed,
     no_drafts: Observed,
     requests: u64,
 }
 
 impl DraftPolicy {
-    /// The arm for the next request, and counts it. The heads run until they have a measurement,
+    /// The arm for the next request, and counts it. Drafting runs until it has a measurement,
     /// then no drafts until they have one; from then on the faster arm runs, except that every
     /// [`EXPLORE_EVERY`]-th request tries the other.
     pub fn choose(&mut self) -> DraftArm {
         let n = self.requests;
         self.requests += 1;
-        let (Some(heads), Some(plain)) = (self.heads.ms_per_token(), self.no_drafts.ms_per_token())
+        let (Some(drafts), Some(plain)) =
+            (self.drafts.ms_per_token(), self.no_drafts.ms_per_token())
         else {
-            return if self.heads.tokens == 0.0 {
-                DraftArm::Heads
+            return if self.drafts.tokens == 0.0 {
+                DraftArm::Drafts
             } else {
                 DraftArm::NoDrafts
             };
         };
-        let best = if heads <= plain {
-            DraftArm::Heads
+        let best = if drafts <= plain {
+            DraftArm::Drafts
         } else {
             DraftArm::NoDrafts
         };
         if n % EXPLORE_EVERY == EXPLORE_EVERY - 1 {
             match best {
-                DraftArm::Heads => DraftArm::NoDrafts,
-                DraftArm::NoDrafts => DraftArm::Heads,
+                DraftArm::Drafts => DraftArm::NoDrafts,
+                DraftArm::NoDrafts => DraftArm::Drafts,
             }
         } else {
             best
@@ -81,16 +83,16 @@ impl DraftPolicy {
             return;
         }
         let o = match arm {
-            DraftArm::Heads => &mut self.heads,
+            DraftArm::Drafts => &mut self.drafts,
             DraftArm::NoDrafts => &mut self.no_drafts,
         };
         o.ms = o.ms * DECAY + decode_ms;
         o.tokens = o.tokens * DECAY + decode_tokens as f64;
     }
 
-    /// Measured decode milliseconds per token of each arm, where known: (heads, no drafts).
+    /// Measured decode milliseconds per token of each arm, where known: (drafts, no drafts).
     pub fn ms_per_token(&self) -> (Option<f64>, Option<f64>) {
-        (self.heads.ms_per_token(), self.no_drafts.ms_per_token())
+        (self.drafts.ms_per_token(), self.no_drafts.ms_per_token())
     }
 }
 
@@ -102,9 +104,9 @@ mod tests {
     #[test]
     fn arms_take_turns_until_both_are_measured_then_the_faster_wins() {
         let mut p = DraftPolicy::default();
-        assert_eq!(p.choose(), Heads);
-        assert_eq!(p.choose(), Heads, "nothing recorded yet");
-        p.record(Heads, 30.0, 10); // 3 ms/token
+        assert_eq!(p.choose(), Drafts);
+        assert_eq!(p.choose(), Drafts, "nothing recorded yet");
+        p.record(Drafts, 30.0, 10); // 3 ms/token
         assert_eq!(p.choose(), NoDrafts);
         p.record(NoDrafts, 2.0, 2); // too short to count
         assert_eq!(p.choose(), NoDrafts);
@@ -115,7 +117,7 @@ mod tests {
             EXPLORE_EVERY - 1
         );
         assert_eq!(
-            picks.iter().filter(|&&a| a == Heads).count(),
+            picks.iter().filter(|&&a| a == Drafts).count(),
             1,
             "one exploration of the slower arm"
         );
@@ -125,17 +127,17 @@ mod tests {
     #[test]
     fn new_measurements_outweigh_old_ones() {
         let mut p = DraftPolicy::default();
-        p.record(Heads, 10.0, 10); // 1 ms/token
+        p.record(Drafts, 10.0, 10); // 1 ms/token
         p.record(NoDrafts, 20.0, 10); // 2 ms/token
-        assert_eq!(p.choose(), Heads);
-        // The heads get slow (say, the user switched to a file where they are rarely right).
+        assert_eq!(p.choose(), Drafts);
+        // Drafting gets slow (say, the user switched to a file where drafts are rarely right).
         for _ in 0..20 {
-            p.record(Heads, 40.0, 10);
+            p.record(Drafts, 40.0, 10);
         }
-        let (heads, plain) = p.ms_per_token();
+        let (drafts, plain) = p.ms_per_token();
         assert!(
-            heads.unwrap() > 3.5 && plain == Some(2.0),
-            "{heads:?} {plain:?}"
+            drafts.unwrap() > 3.5 && plain == Some(2.0),
+            "{drafts:?} {plain:?}"
         );
         assert_eq!(p.choose(), NoDrafts);
     }
@@ -143,8 +145,8 @@ mod tests {
     #[test]
     fn bad_measurements_are_ignored() {
         let mut p = DraftPolicy::default();
-        p.record(Heads, f64::NAN, 10);
-        p.record(Heads, -1.0, 10);
+        p.record(Drafts, f64::NAN, 10);
+        p.record(Drafts, -1.0, 10);
         assert_eq!(p.ms_per_token(), (None, None));
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::decode::{
-    self, Control, DraftSource, GenerateParams, GenerationStats, HeadDrafts, NoDrafts,
+    self, Control, DraftSource, GenerateParams, GenerationStats, LookupThenHeads, NoDrafts,
     PromptLookup, StopReason,
 };
 use crate::model::mtp::MAX_ROPE_POSITIONS;
@@ -40,7 +40,8 @@ pub use settings::{Settings, SettingsArgs};
 pub enum Mode {
     /// One token per forward pass.
     Plain,
-    /// Self-speculative: drafts from the MTP heads, verified by head 1.
+    /// Speculative: drafts copied from the context, else from the confident MTP heads, verified
+    /// by head 1 (`decode::LookupThenHeads`).
     #[default]
     Spec,
     /// Speculative with prompt-lookup drafts (works for n=1 models too).
@@ -310,13 +311,17 @@ impl Engine {
         let arm = if adaptive {
             self.drafts.choose()
         } else {
-            DraftArm::Heads
+            DraftArm::Drafts
         };
         let (cache_slot, n_heads, mut drafter): (_, _, Box<dyn DraftSource>) = match params.mode {
             Mode::Plain => (&mut self.plain_cache, 1, Box::new(NoDrafts)),
             // Without drafts the spec cache still works: its extra heads only take keys and values.
             Mode::Spec if model.n_heads() > 1 => match arm {
-                DraftArm::Heads => (&mut self.spec_cache, model.n_heads(), Box::new(HeadDrafts)),
+                DraftArm::Drafts => (
+                    &mut self.spec_cache,
+                    model.n_heads(),
+                    Box::new(LookupThenHeads::default()),
+                ),
                 DraftArm::NoDrafts => (&mut self.spec_cache, model.n_heads(), Box::new(NoDrafts)),
             },
             Mode::Spec | Mode::Lookup => {

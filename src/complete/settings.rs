@@ -214,15 +214,15 @@ settings_table! {
     /// Where the model runs: auto (a GPU when built with cuda and one is present), cpu, cuda or
     /// cuda:N.
     device: DeviceChoice = DeviceChoice::Auto, "device", any, "\"auto\", \"cpu\", \"cuda\" or \"cuda:N\"";
-    /// plain: one token per forward; spec: drafts from the MTP heads; lookup: drafts from n-gram
-    /// matches in the context.
+    /// plain: one token per forward; spec: drafts copied from the context (n-gram matches), else
+    /// from the MTP heads where they are confident; lookup: n-gram copies only (no extra heads
+    /// run; works for n=1 models too).
     mode: Mode = Mode::Spec, "mode", any, "\"plain\", \"spec\" or \"lookup\"";
     /// Most tokens a suggestion may have.
     max_tokens: usize = 64, "maxTokens", |n: &usize| (1..=MAX_TOKENS).contains(n), "an integer in 1..=1048576";
     /// Most draft tokens verified per forward pass (the model's heads cap drafts from heads).
     max_draft_len: usize = 8, "maxDraftLen", |n: &usize| *n <= 64, "an integer in 0..=64";
-    /// Speculative mode: stop drafting while plain steps measure faster (false: the heads
-    /// always draft).
+    /// Speculative mode: stop drafting while plain steps measure faster (false: always draft).
     adaptive_drafts: bool = true, "adaptiveDrafts", any, "a boolean";
     /// Sampling temperature; 0 decodes greedily.
     temperature: f32 = 0.0, "temperature", |t: &f32| *t >= 0.0 && t.is_finite(), "a number >= 0";

@@ -30,6 +30,12 @@ pub trait DraftSource {
     fn uses_heads(&self) -> bool {
         false
     }
+    /// Whether the decoder should compute the next extra head's logits for the next round, given
+    /// the context that round drafts after (the pending token last) and the logits computed so
+    /// far (none before head 2's). Asked only when [`uses_heads`](DraftSource::uses_heads).
+    fn more_heads(&mut self, _context: &[u32], _computed: &[Vec<f32>]) -> bool {
+        true
+    }
     fn propose(&mut self, req: &DraftRequest, rng: &mut dyn rand::RngCore) -> Draft;
 }
 
@@ -43,15 +49,63 @@ impl DraftSource for NoDrafts {
 }
 
 /// Self-speculative drafts from the MTP heads 2..=n: greedy argmax, or sampled from each head's
-/// tempered distribution when sampling (so speculative sampling can correct for them).
-pub struct HeadDrafts;
+/// tempered distribution when sampling (so speculative sampling can correct for them). Heads draft
+/// in order while they are confident ([`confident_heads`]): a draft head 1 rejects costs a
+/// verified row and its head's layer for nothing.
+pub struct HeadDrafts {
+    /// Least chain probability (the product of each head's top probability, head 2 onwards) at
+    /// which a head still drafts; 0 drafts with every head.
+    pub min_prob: f32,
+}
+
+impl HeadDrafts {
+    /// Least chain probability of the default drafter, chosen on the dev set with the default
+    /// model (docs/BENCHMARKS.md, "Confident drafts").
+    pub const MIN_PROB: f32 = 0.5;
+
+    /// Drafts from every head whatever its confidence (tests, and measuring the heads).
+    pub fn every_head() -> Self {
+        Self { min_prob: 0.0 }
+    }
+}
+
+impl Default for HeadDrafts {
+    fn default() -> Self {
+        Self {
+            min_prob: Self::MIN_PROB,
+        }
+    }
+}
+
+/// How many leading heads' drafts are confident: the longest prefix of `head_logits` whose chain
+/// probability (the product of each head's top softmax probability) stays at least `min_prob`.
+pub fn confident_heads(head_logits: &[Vec<f32>], min_prob: f32) -> usize {
+    let mut chain = 1f32;
+    for (i, logits) in head_logits.iter().enumerate() {
+        chain *= top_probability(logits);
+        if chain < min_prob {
+            return i;
+        }
+    }
+    head_logits.len()
+}
+
+/// The largest softmax probability of a row of logits.
+fn top_probability(logits: &[f32]) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    1.0 / logits.iter().map(|l| (l - max).exp()).sum::<f32>()
+}
 
 impl DraftSource for HeadDrafts {
     fn uses_heads(&self) -> bool {
         true
     }
+    fn more_heads(&mut self, _context: &[u32], computed: &[Vec<f32>]) -> bool {
+        confident_heads(computed, self.min_prob) == computed.len()
+    }
     fn propose(&mut self, req: &DraftRequest, mut rng: &mut dyn rand::RngCore) -> Draft {
-        let heads = &req.head_logits[..req.head_logits.len().min(req.max_len)];
+        let n = confident_heads(req.head_logits, self.min_prob).min(req.max_len);
+        let heads = &req.head_logits[..n];
         match req.sampling {
             None => Draft {
                 tokens: heads.iter().map(|l| argmax(l)).collect(),
@@ -89,6 +143,64 @@ impl DraftSource for PromptLookup {
     fn propose(&mut self, req: &DraftRequest, _: &mut dyn rand::RngCore) -> Draft {
         Draft {
             tokens: prompt_lookup(req.context, self.min_ngram, self.max_ngram, req.max_len),
+            dists: Vec::new(),
+        }
+    }
+}
+
+/// Prompt lookup first, the MTP heads where it finds nothing: a copy from the context costs no
+/// head layer, and code repeats itself; the heads (confident ones only) cover new text. The
+/// heads' logits are computed only for rounds where the lookup has no match.
+pub struct LookupThenHeads {
+    pub lookup: PromptLookup,
+    pub heads: HeadDrafts,
+    /// Rounds proposed so far from a copy, and from the heads (at least one head draft).
+    pub copied_rounds: usize,
+    pub head_rounds: usize,
+}
+
+impl Default for LookupThenHeads {
+    fn default() -> Self {
+        Self::new(PromptLookup::default(), HeadDrafts::default())
+    }
+}
+
+impl LookupThenHeads {
+    pub fn new(lookup: PromptLookup, heads: HeadDrafts) -> Self {
+        Self {
+            lookup,
+            heads,
+            copied_rounds: 0,
+            head_rounds: 0,
+        }
+    }
+
+    fn lookup(&self, context: &[u32], max_len: usize) -> Vec<u32> {
+        let PromptLookup {
+            min_ngram,
+            max_ngram,
+        } = self.lookup;
+        prompt_lookup(context, min_ngram, max_ngram, max_len)
+    }
+}
+
+impl DraftSource for LookupThenHeads {
+    fn uses_heads(&self) -> bool {
+        true
+    }
+    fn more_heads(&mut self, context: &[u32], computed: &[Vec<f32>]) -> bool {
+        self.lookup(context, 1).is_empty() && self.heads.more_heads(context, computed)
+    }
+    fn propose(&mut self, req: &DraftRequest, rng: &mut dyn rand::RngCore) -> Draft {
+        let copied = self.lookup(req.context, req.max_len);
+        if copied.is_empty() {
+            let draft = self.heads.propose(req, rng);
+            self.head_rounds += usize::from(!draft.tokens.is_empty());
+            return draft;
+        }
+        self.copied_rounds += 1;
+        Draft {
+            tokens: copied,
             dists: Vec::new(),
         }
     }
@@ -192,6 +304,79 @@ mod tests {
             sampling: None,
         };
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-        assert_eq!(HeadDrafts.propose(&req, &mut rng).tokens, vec![1, 0]);
+        assert_eq!(
+            HeadDrafts::every_head().propose(&req, &mut rng).tokens,
+            vec![1, 0]
+        );
+        // Head 2 is sure of token 0 (e^20 against 1); head 3 splits between two: a chain of 0.5.
+        let logits = vec![vec![20.0, 0.0], vec![1.0, 1.0], vec![0.0, 9.0]];
+        let req = DraftRequest {
+            head_logits: &logits,
+            max_len: 3,
+            ..req
+        };
+        let mut confident = HeadDrafts { min_prob: 0.6 };
+        assert_eq!(confident.propose(&req, &mut rng).tokens, vec![0]);
+        assert!(confident.more_heads(&[0], &[]));
+        assert!(confident.more_heads(&[0], &logits[..1]));
+        assert!(!confident.more_heads(&[0], &logits[..2]));
+    }
+
+    #[test]
+    fn lookup_then_heads_copies_where_the_context_matches_and_asks_for_heads_elsewhere() {
+        let mut both = LookupThenHeads::new(
+            PromptLookup {
+                min_ngram: 2,
+                max_ngram: 4,
+            },
+            HeadDrafts::every_head(),
+        );
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+        let logits = vec![vec![0.0, 5.0, 0.0], vec![0.0, 0.0, 5.0]];
+        // "1 2" occurred before, followed by 3 4: copied, and no head logits wanted.
+        let repeating = [1, 2, 3, 4, 9, 1, 2];
+        assert!(!both.more_heads(&repeating, &[]));
+        let req = DraftRequest {
+            context: &repeating,
+            head_logits: &[],
+            max_len: 2,
+            sampling: None,
+        };
+        assert_eq!(both.propose(&req, &mut rng).tokens, vec![3, 4]);
+        // No earlier match: the heads draft.
+        let fresh = [1, 2, 3, 4, 9, 7];
+        assert!(both.more_heads(&fresh, &[]));
+        assert!(both.more_heads(&fresh, &logits[..1]));
+        let req = DraftRequest {
+            context: &fresh,
+            head_logits: &logits,
+            ..req
+        };
+        assert_eq!(both.propose(&req, &mut rng).tokens, vec![1, 2]);
+        assert_eq!((both.copied_rounds, both.head_rounds), (1, 1));
+    }
+
+    #[test]
+    fn confident_heads_table() {
+        let sure = vec![30.0, 0.0, 0.0, 0.0]; // top probability ~1
+        let half = vec![2.0, 2.0, -30.0, -30.0]; // 0.5
+        let flat = vec![0.0; 4]; // 0.25
+        let cases: [(Vec<Vec<f32>>, f32, usize); 8] = [
+            (vec![], 0.5, 0),
+            (vec![sure.clone(), sure.clone(), sure.clone()], 0.9, 3),
+            (vec![half.clone(), sure.clone()], 0.5, 2),
+            (vec![half.clone(), half.clone()], 0.3, 1), // 0.5, then 0.25
+            (vec![flat.clone(), sure.clone()], 0.3, 0),
+            (vec![flat.clone(), flat.clone(), flat.clone()], 0.0, 3),
+            (vec![sure.clone(), flat.clone(), sure], 0.2, 3), // 1, 0.25, 0.25
+            (vec![flat.clone(), half.clone()], 0.1, 2),       // 0.25, 0.125
+        ];
+        for (logits, min_prob, want) in cases {
+            assert_eq!(
+                confident_heads(&logits, min_prob),
+                want,
+                "{logits:?} at {min_prob}"
+            );
+        }
     }
 }

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::model::cpu_kernels::MAX_ROWS;
-use crate::model::{Logits, ModelCache, MtpModel, Result, VerifyOutput};
+use crate::model::{HeadLogits, Logits, ModelCache, MtpModel, Result, VerifyOutput};
 
 use super::accept::{accept_greedy, acceptance_probability, residual};
 use super::draft::{Draft, DraftRequest, DraftSource};
@@ -168,11 +168,6 @@ pub fn generate(
     let has_extra = cache.n_heads() > 1;
     let uses_heads = drafter.uses_heads() && has_extra;
     let out = model.forward_verify(cache, &prompt[keep..], Logits::Last)?;
-    let mut head_logits = if has_extra {
-        model.extend_heads(cache, &out, prompt.len() - keep, uses_heads)?
-    } else {
-        Vec::new()
-    };
     stats.forwards += 1;
     let mut last_row = out.logits.squeeze(0)?.to_vec1::<f32>()?;
     let pick = |row: &[f32], rng: &mut ChaCha8Rng| match &sampling {
@@ -190,9 +185,18 @@ pub fn generate(
     if let Some(f) = control.forced {
         forced_left = f.after(&forced_left, pending);
     }
+    let mut context: Vec<u32> = prompt.to_vec();
+    let mut head_logits = if has_extra {
+        let upcoming = [&context[..], &[pending]].concat();
+        let keep_rows = prompt.len() - keep;
+        extend_heads(
+            model, cache, &out, keep_rows, drafter, &upcoming, uses_heads,
+        )?
+    } else {
+        Vec::new()
+    };
     stats.prefill_ms = ms_since(start);
 
-    let mut context: Vec<u32> = prompt.to_vec();
     let stop = 'outer: loop {
         // `pending` is chosen but not yet in the cache.
         if params.stop_tokens.contains(&pending) {
@@ -245,7 +249,11 @@ pub fn generate(
         stats.record_round(draft.tokens.len(), n_accepted);
         stats.decode_tokens += n_accepted + 1;
         if has_extra {
-            head_logits = model.extend_heads(cache, &out, n_accepted + 1, uses_heads)?;
+            let upcoming = [&context[..], &draft.tokens[..n_accepted], &[next]].concat();
+            let keep_rows = n_accepted + 1;
+            head_logits = extend_heads(
+                model, cache, &out, keep_rows, drafter, &upcoming, uses_heads,
+            )?;
         }
         for &t in &draft.tokens[..n_accepted] {
             if params.stop_tokens.contains(&t) {
@@ -264,6 +272,25 @@ pub fn generate(
         stop,
         stats,
     })
+}
+
+/// The extra heads' half of a round ([`MtpModel::extend_heads`]): their logits, for as many heads
+/// as `drafter` wants next (`upcoming`: the context its next draft follows, the pending token
+/// last), when it drafts from them; keys and values only otherwise.
+fn extend_heads(
+    model: &MtpModel,
+    cache: &mut ModelCache,
+    out: &VerifyOutput,
+    keep: usize,
+    drafter: &mut dyn DraftSource,
+    upcoming: &[u32],
+    uses_heads: bool,
+) -> Result<Vec<Vec<f32>>> {
+    if !uses_heads {
+        return model.extend_heads(cache, out, keep, HeadLogits::None);
+    }
+    let mut more = |computed: &[Vec<f32>]| drafter.more_heads(upcoming, computed);
+    model.extend_heads(cache, out, keep, HeadLogits::While(&mut more))
 }
 
 /// Why generation stops before the next forward pass, if it does: checked after each token

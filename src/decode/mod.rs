@@ -10,7 +10,8 @@ pub mod stats;
 pub mod stop;
 
 pub use draft::{
-    Draft, DraftRequest, DraftSource, HeadDrafts, NoDrafts, OracleDrafts, PromptLookup,
+    confident_heads, Draft, DraftRequest, DraftSource, HeadDrafts, LookupThenHeads, NoDrafts,
+    OracleDrafts, PromptLookup,
 };
 pub use generate::{generate, Control, Forced, GenerateParams, Generation, StopReason};
 pub use sampling::SamplingParams;

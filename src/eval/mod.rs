@@ -111,7 +111,13 @@ pub struct Run {
     pub forwards: usize,
     pub decode_tokens: usize,
     pub decode_forwards: usize,
+    /// The whole request: prompt building, prefill and decoding.
     pub ms: f64,
+    /// Decoding alone (the forwards after the prefill), where speculation acts.
+    pub decode_ms: f64,
+    /// Rounds with a draft at each position, and how many of those drafts were accepted.
+    pub drafted: Vec<usize>,
+    pub accepted: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -140,12 +146,37 @@ pub struct GroupSummary {
     pub edit_similarity: f64,
     /// Speculative tokens per forward pass after the prefill.
     pub tokens_per_forward: Option<f64>,
-    /// Total plain time / total speculative time.
+    /// Total plain time / total speculative time, whole requests (the prefill, the same work in
+    /// both modes, included).
     pub speedup: Option<f64>,
+    /// The same ratio over decoding alone (after the prefill).
+    pub decode_speedup: Option<f64>,
+    /// Speculative decoding: share of the drafts at each position (first draft, second, ...)
+    /// that head 1 accepted.
+    pub acceptance: Vec<f64>,
     /// Share of tasks where speculative and plain outputs are identical.
     pub identical: Option<f64>,
     pub p50_ms: f64,
     pub p95_ms: f64,
+}
+
+/// Accepted over drafted at each draft position, summed over the runs.
+fn acceptance(runs: &[&Run]) -> Vec<f64> {
+    let positions = runs.iter().map(|r| r.drafted.len()).max().unwrap_or(0);
+    (0..positions)
+        .map(|i| {
+            let at = |v: &Vec<usize>| v.get(i).copied().unwrap_or(0);
+            let drafted: usize = runs.iter().map(|r| at(&r.drafted)).sum();
+            let accepted: usize = runs.iter().map(|r| at(&r.accepted)).sum();
+            accepted as f64 / drafted.max(1) as f64
+        })
+        .collect()
+}
+
+/// Summed plain time over summed speculative time, by the field `ms` reads.
+fn ratio_of_sums(both: &[(&Run, &Run)], ms: impl Fn(&Run) -> f64) -> f64 {
+    both.iter().map(|(p, _)| ms(p)).sum::<f64>()
+        / both.iter().map(|(_, s)| ms(s)).sum::<f64>().max(1e-9)
 }
 
 pub fn summarize(results: &[&TaskResult]) -> GroupSummary {
@@ -169,10 +200,9 @@ pub fn summarize(results: &[&TaskResult]) -> GroupSummary {
             let forwards: usize = spec.iter().map(|s| s.decode_forwards).sum();
             spec.iter().map(|s| s.decode_tokens).sum::<usize>() as f64 / forwards.max(1) as f64
         }),
-        speedup: (!both.is_empty()).then(|| {
-            both.iter().map(|(p, _)| p.ms).sum::<f64>()
-                / both.iter().map(|(_, s)| s.ms).sum::<f64>().max(1e-9)
-        }),
+        speedup: (!both.is_empty()).then(|| ratio_of_sums(&both, |r| r.ms)),
+        decode_speedup: (!both.is_empty()).then(|| ratio_of_sums(&both, |r| r.decode_ms)),
+        acceptance: acceptance(&spec),
         identical: (!both.is_empty()).then(|| {
             both.iter()
                 .filter(|(p, s)| p.completion == s.completion)
@@ -259,6 +289,9 @@ fn run_mode(
         decode_tokens: stats.decode_tokens,
         decode_forwards: stats.decode_forwards,
         ms: stats.total_ms + s.prompt_ms,
+        decode_ms: stats.decode_ms,
+        drafted: stats.drafted,
+        accepted: stats.accepted,
     })
 }
 

@@ -1,6 +1,6 @@
 //! Fused inference ops as candle custom ops: causal attention over a KV cache (`FusedAttention`:
 //! one CUDA launch, kernel in `cuda/attention.cu`, and on the CPU the one CPU attention over a
-//! cache, row by row through `cpu_kernels::attend_row`), and the unembedding with bf16 inputs and
+//! cache, head by head through `cpu_kernels::attend_rows`), and the unembedding with bf16 inputs and
 //! f32 output (`LogitsF32`, one cuBLAS GemmEx, with a CPU implementation of the same contract).
 //! Inference only: no gradients; training attention is in `train_kernels`.
 
@@ -10,7 +10,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_kernels::{attend_row, worth_parallel};
+use super::cpu_kernels::{attend_rows, worth_parallel};
 
 /// Attention of `t` new queries over the first `len` cached positions, causal, grouped-query.
 /// Inputs: q `(1, n_heads, t, head_dim)` with any strides on dims 1 and 2 (last dim contiguous),
@@ -101,8 +101,8 @@ impl CustomOp3 for FusedAttention {
         "foresight-fused-attention"
     }
 
-    /// The CPU attention over a KV cache (decode and verification chunks): each (row, head) by
-    /// `cpu_kernels::attend_row`, softmax in f32, rounded once to the storage dtype; rows are
+    /// The CPU attention over a KV cache (decode and verification chunks): each head's rows by
+    /// `cpu_kernels::attend_rows`, softmax in f32, rounded once to the storage dtype; rows are
     /// bit-identical whatever the chunk length, so verified drafts equal one-token decoding.
     fn cpu_fwd(
         &self,
@@ -119,22 +119,38 @@ impl CustomOp3 for FusedAttention {
         let hd = d.head_dim;
         let group = d.n_heads / d.n_kv_heads;
         let offset = self.len - d.t;
-        let mut out = vec![0f32; d.t * d.n_heads * hd];
-        // Output row `idx` is query row i of head h, in (1, t, n_heads, head_dim) order.
-        let row = |idx: usize, o: &mut [f32]| {
-            let (i, h) = (idx / d.n_heads, idx % d.n_heads);
-            let q_row = &q[d.q_offset + h * d.q_head_stride + i * d.q_row_stride..][..hd];
+        // Head h's t query rows, gathered contiguous, attend together (each key and value is
+        // read once for all of them); its rows are then placed in (1, t, n_heads, head_dim) order.
+        let head = |h: usize| {
+            let mut q_rows = Vec::with_capacity(d.t * hd);
+            for i in 0..d.t {
+                q_rows.extend_from_slice(
+                    &q[d.q_offset + h * d.q_head_stride + i * d.q_row_stride..][..hd],
+                );
+            }
             let base = (h / group) * d.capacity * hd;
-            attend_row(q_row, &k[base..], &v[base..], offset + i + 1, self.scale, o);
+            let mut o = vec![0f32; d.t * hd];
+            attend_rows(
+                &q_rows,
+                hd,
+                &k[base..],
+                &v[base..],
+                offset + 1,
+                self.scale,
+                &mut o,
+            );
+            o
         };
-        if worth_parallel(d.n_heads * d.t * self.len * hd) {
-            out.par_chunks_mut(hd)
-                .enumerate()
-                .for_each(|(idx, o)| row(idx, o));
+        let heads: Vec<Vec<f32>> = if worth_parallel(d.n_heads * d.t * self.len * hd) {
+            (0..d.n_heads).into_par_iter().map(head).collect()
         } else {
-            out.chunks_mut(hd)
-                .enumerate()
-                .for_each(|(idx, o)| row(idx, o));
+            (0..d.n_heads).map(head).collect()
+        };
+        let mut out = vec![0f32; d.t * d.n_heads * hd];
+        for (h, rows) in heads.iter().enumerate() {
+            for (i, row) in rows.chunks_exact(hd).enumerate() {
+                out[(i * d.n_heads + h) * hd..][..hd].copy_from_slice(row);
+            }
         }
         Ok((
             from_f32(out, s1.dtype())?,

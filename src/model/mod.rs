@@ -20,6 +20,6 @@ pub use config::ModelConfig;
 pub use device::{weight_dtype, DeviceChoice};
 pub use error::{ModelError, Result};
 pub use layers::{attention_path, AttentionPath, Kernels, FUSED_MAX_ROWS};
-pub use mtp::{ForwardOutput, Logits, ModelCache, MtpModel, VerifyOutput};
+pub use mtp::{ForwardOutput, HeadLogits, Logits, ModelCache, MtpModel, VerifyOutput};
 pub use tokenizer::{FimTokens, SpecialTokens};
 pub use weights::{load_dir, save_dir, LoadedModel};

@@ -53,6 +53,19 @@ pub struct VerifyOutput {
     trunk: Tensor,
 }
 
+/// Which extra heads' logits [`MtpModel::extend_heads`] computes at the last kept row: a head's
+/// full layer and the unembedding cost about a third of a decoding step each on a small model, so
+/// a drafter that will not use a head's draft spares it.
+pub enum HeadLogits<'a> {
+    /// None: keys and values only.
+    None,
+    /// Every extra head's.
+    All,
+    /// Each head's in order while the callback, given the logits computed so far (none before
+    /// head 2), answers true.
+    While(&'a mut dyn FnMut(&[Vec<f32>]) -> bool),
+}
+
 /// KV caches of one sequence (every trunk layer and every head layer in use) and its tokens.
 #[derive(Debug, Clone)]
 pub struct ModelCache {
@@ -332,16 +345,15 @@ impl MtpModel {
 
     /// Decoding's second half: after the cache was cut back to keep the first `keep` rows of the
     /// chunk `out` came from, appends those rows to every extra head's cache. Only keys and
-    /// values are computed, except for the last kept row when `want_logits`: its full head
-    /// layers give each extra head's logits there (the drafts for the next round), as
-    /// [`Self::extra_head_logits`] would. Empty when the cache runs no extra heads or when
-    /// `want_logits` is false.
+    /// values are computed, except for the last kept row of the heads `logits` asks for: their
+    /// full head layers give each one's logits there (the drafts for the next round), as
+    /// [`Self::extra_head_logits`] would. Returns those logits, head 2's first.
     pub fn extend_heads(
         &self,
         cache: &mut ModelCache,
         out: &VerifyOutput,
         keep: usize,
-        want_logits: bool,
+        mut logits: HeadLogits,
     ) -> Result<Vec<Vec<f32>>> {
         let t = out.trunk.dim(1)?;
         let end = cache.len();
@@ -352,7 +364,7 @@ impl MtpModel {
         }
         let start = end - keep;
         let (_, head_caches) = cache.layers.split_at_mut(cache.n_trunk);
-        let mut rows = Vec::with_capacity(head_caches.len().saturating_sub(1));
+        let mut rows: Vec<Vec<f32>> = Vec::with_capacity(head_caches.len().saturating_sub(1));
         for (layer, kv) in self.heads.iter().zip(head_caches.iter_mut()).skip(1) {
             if kv.len() != start {
                 return Err(ModelError::Misuse {
@@ -362,7 +374,16 @@ impl MtpModel {
                     ),
                 });
             }
-            let kv_rows = if want_logits { keep - 1 } else { keep };
+            let wanted = match &mut logits {
+                HeadLogits::None => false,
+                HeadLogits::All => true,
+                HeadLogits::While(more) => more(&rows),
+            };
+            if !wanted {
+                // Later heads are not wanted either: keys and values only, from here on.
+                logits = HeadLogits::None;
+            }
+            let kv_rows = if wanted { keep - 1 } else { keep };
             if kv_rows > 0 {
                 layer.append_keys_values(
                     &out.trunk.narrow(1, 0, kv_rows)?,
@@ -372,19 +393,17 @@ impl MtpModel {
                     self.kernels,
                 )?;
             }
-            if want_logits {
+            if wanted {
                 let last = out.trunk.narrow(1, keep - 1, 1)?;
+                let hidden = layer.forward(&last, end - 1, &self.rope, Some(kv), self.kernels)?;
                 rows.push(
-                    layer
-                        .forward(&last, end - 1, &self.rope, Some(kv), self.kernels)?
-                        .squeeze(0)?,
+                    self.project(&hidden.squeeze(0)?)?
+                        .squeeze(0)?
+                        .to_vec1::<f32>()?,
                 );
             }
         }
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(self.project(&Tensor::cat(&rows, 0)?)?.to_vec2::<f32>()?)
+        Ok(rows)
     }
 
     /// Final norm and unembedding of hidden states `(..., hidden)`, as f32 logits `(..., vocab)`.
