@@ -1,11 +1,11 @@
 //! Decode-time CPU kernels for short chunks (at most [`MAX_ROWS`] new tokens): a matmul over
 //! blocks of eight weight rows (f32, or bf16 widened as it is read; one AVX-512 or AVX2
 //! accumulator per output, eight reduced at once, up to four rows of the chunk sharing each
-//! weight load), and one query row of causal attention over a KV cache (the CPU
-//! side of `gpu_ops::FusedAttention`). Each output row is
-//! computed by the same code whatever the chunk length, so verifying k drafts reads the weights
-//! once, and verified rows are bit-identical to one-token decoding. Also the thread pool decoding
-//! runs on. Not for prefill, GPUs or training: those use candle's gemm and ops.
+//! weight load), and causal attention of one head's query rows over a KV cache (the CPU side of
+//! `gpu_ops::FusedAttention`). Each output row is computed by the same code whatever the chunk
+//! length, so verifying k drafts reads the weights once, and verified rows are bit-identical to
+//! one-token decoding. Also the thread pool decoding runs on. Not for prefill, GPUs or training:
+//! those use candle's gemm and ops.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape};
 use rayon::prelude::*;
@@ -424,7 +424,6 @@ pub fn small_matmul(x: &[f32], rows: usize, k: usize, w: Weights, n: usize) -> V
             Weights::F32(w) if j1 - j0 == BLOCK => {
                 matmul_block(x, rows, k, &w[j0 * k..j1 * k], out)
             }
-
             Weights::F32(w) => {
                 // The last, partial block: zero rows after the real ones.
                 scratch.clear();
@@ -591,9 +590,9 @@ pub(crate) fn attend_rows(
 }
 
 /// `out[i] += sum over j < first_valid + i of probs[i][j] * values[j]` (`probs` rows of stride
-/// `n`), each output value as one chain of fused multiply-adds over `j` in order: with AVX-512
+/// `n`), each output value summed over `j` in order, whatever the number of rows: with AVX-512
 /// (and `hd` a multiple of 64) held in registers, up to [`AVX512_ROWS`] rows sharing each value
-/// load; elsewhere through [`axpy`], the same chain in memory.
+/// load; elsewhere one [`axpy`] per key, in order.
 fn weighted_values(
     probs: &[f32],
     n: usize,
