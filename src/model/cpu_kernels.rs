@@ -603,7 +603,7 @@ fn weighted_values(
 ) {
     let t = out.len() / hd;
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() && hd % 64 == 0 {
+    if has_avx512() && hd.is_multiple_of(64) {
         let mut r = 0;
         while r < t {
             let group = (t - r).min(AVX512_ROWS);
@@ -644,7 +644,7 @@ unsafe fn values_avx512<const R: usize>(
 ) {
     use std::arch::x86_64::*;
     assert!(
-        hd % 64 == 0
+        hd.is_multiple_of(64)
             && probs.len() >= (R - 1) * n + valid + R - 1
             && values.len() >= (valid + R - 1) * hd
             && out.len() >= R * hd
