@@ -135,6 +135,15 @@ fn oracle_drafts_give_draft_len_plus_one_tokens_per_forward() {
             "draft_len {draft_len}"
         );
         assert_eq!(plain.stats.decode_forwards, rounds * (draft_len + 1));
+        // Every speculative round verified a draft; no plain round did.
+        assert_eq!(spec.stats.rounds_with_draft.tokens, rounds * (draft_len + 1));
+        assert_eq!(spec.stats.rounds_without_draft.tokens, 0);
+        assert_eq!(plain.stats.rounds_with_draft.tokens, 0);
+        assert_eq!(
+            plain.stats.rounds_without_draft.tokens,
+            plain.stats.decode_tokens
+        );
+        assert!(spec.stats.rounds_with_draft.ms > 0.0 && plain.stats.rounds_without_draft.ms > 0.0);
     }
 }
 
@@ -170,6 +179,10 @@ fn wrong_drafts_cost_forwards_but_not_correctness() {
     );
     assert_eq!(spec.tokens, plain.tokens);
     assert_eq!(spec.stats.tokens_per_forward(), 1.0);
+    // Rejected drafts still count as rounds with a draft: they cost a wider verification.
+    let (with, without) = (spec.stats.rounds_with_draft, spec.stats.rounds_without_draft);
+    assert!(with.tokens > 0, "{with:?}");
+    assert_eq!(with.tokens + without.tokens, spec.stats.decode_tokens);
 }
 
 #[test]

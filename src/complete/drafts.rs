@@ -1,9 +1,11 @@
 //! Whether speculative requests draft at all: a two-armed choice between drafting (prompt lookup,
-//! then the MTP heads: `decode::LookupThenHeads`) and no drafts, made from measured decode time
-//! per generated token. Speculation costs a wider verification step and the heads' layers; where
-//! drafts are rarely right, or multi-row steps are expensive (small models on a CPU), plain steps
-//! are faster, and the output is the same either way (greedy decoding is exact). Plain data and
-//! pure decisions; no model, no clock.
+//! then the MTP heads: `decode::LookupThenHeads`) and no drafts, made from the measured cost per
+//! token of decoding rounds that verified a draft against rounds that did not. Speculation costs a
+//! wider verification step and the heads' logits; where drafts are rarely right, or multi-row steps
+//! are expensive (small models on a CPU), plain steps are faster, and the output is the same either
+//! way (greedy decoding is exact). Plain data and pure decisions; no model, no clock.
+
+use crate::decode::{GenerationStats, RoundCost};
 
 /// One way to decode a speculative request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,85 +16,96 @@ pub enum DraftArm {
     NoDrafts,
 }
 
-/// Requests per exploration: every this many requests, the arm that is not winning runs once, so
-/// the comparison follows changes (another model, another document, a busier machine).
+/// Requests per exploration: while not drafting wins, every this many requests drafts once, so the
+/// comparison follows changes (another model, another document, a busier machine). While drafting
+/// wins no exploration is needed: a drafting request also has rounds without a draft (where the
+/// drafter had nothing confident to offer), which measure the other arm.
 pub const EXPLORE_EVERY: u64 = 16;
 
-/// Weight of the past in the running sums: each new observation counts as one of ~1/(1-DECAY).
+/// Weight of the past in the running sums: each new request counts as one of ~1/(1-DECAY).
 const DECAY: f64 = 0.9;
 
-/// Fewest decode tokens a request must generate to count (shorter ones are mostly fixed cost).
-const MIN_TOKENS: usize = 4;
+/// Tokens a kind of round must have produced before its cost counts as measured. The first
+/// rounds of a process are cold (page faults, first use of the multi-row kernels: a first drafted
+/// round measured 3.3 ms per token where later ones take 0.6), and a handful of them would decide
+/// the choice for a long time; 32 tokens dilute them.
+const MIN_TOKENS: usize = 32;
 
-/// Running, decayed sums of decode milliseconds and tokens for one arm.
+/// Running, decayed sums of round milliseconds and tokens for one kind of round.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Observed {
     ms: f64,
     tokens: f64,
+    /// Tokens recorded in all, not decayed.
+    seen: usize,
 }
 
 impl Observed {
     fn ms_per_token(&self) -> Option<f64> {
-        (self.tokens > 0.0).then(|| self.ms / self.tokens)
+        (self.seen >= MIN_TOKENS && self.tokens > 0.0).then(|| self.ms / self.tokens)
+    }
+
+    fn add(&mut self, cost: RoundCost) {
+        if cost.tokens == 0 || !cost.ms.is_finite() || cost.ms < 0.0 {
+            return;
+        }
+        self.ms = self.ms * DECAY + cost.ms;
+        self.tokens = self.tokens * DECAY + cost.tokens as f64;
+        self.seen += cost.tokens;
     }
 }
 
 /// The measurements and the request counter behind [`DraftPolicy::choose`].
+///
+/// Why rounds and not requests: requests differ (how repetitive the text is, how long the prompt,
+/// whether the process is still cold), and an arm measured on other requests than its rival, one
+/// request in sixteen, let a single slow early request decide for hundreds (measured:
+/// docs/BENCHMARKS.md, "Adaptive drafts: matched measurements"). Rounds with and without a draft
+/// of the same requests are measured under the same conditions.
 #[derive(Debug, Clone, Default)]
 pub struct DraftPolicy {
-    drafts: Observed,
-    no_drafts: Observed,
+    with_draft: Observed,
+    without_draft: Observed,
     requests: u64,
 }
 
 impl DraftPolicy {
-    /// The arm for the next request, and counts it. Drafting runs until it has a measurement,
-    /// then no drafts until they have one; from then on the faster arm runs, except that every
-    /// [`EXPLORE_EVERY`]-th request tries the other.
+    /// The arm for the next request, and counts it. Drafting runs until rounds with a draft have
+    /// been measured (over [`MIN_TOKENS`] tokens), then no drafts until rounds without one have; from then on drafting runs
+    /// while its rounds cost no more per token than rounds without a draft, and otherwise once
+    /// every [`EXPLORE_EVERY`] requests.
     pub fn choose(&mut self) -> DraftArm {
         let n = self.requests;
         self.requests += 1;
-        let (Some(drafts), Some(plain)) =
-            (self.drafts.ms_per_token(), self.no_drafts.ms_per_token())
-        else {
-            return if self.drafts.tokens == 0.0 {
-                DraftArm::Drafts
-            } else {
-                DraftArm::NoDrafts
-            };
-        };
-        let best = if drafts <= plain {
-            DraftArm::Drafts
-        } else {
-            DraftArm::NoDrafts
-        };
-        if n % EXPLORE_EVERY == EXPLORE_EVERY - 1 {
-            match best {
-                DraftArm::Drafts => DraftArm::NoDrafts,
-                DraftArm::NoDrafts => DraftArm::Drafts,
+        match (
+            self.with_draft.ms_per_token(),
+            self.without_draft.ms_per_token(),
+        ) {
+            (None, _) => DraftArm::Drafts,
+            (Some(_), None) => DraftArm::NoDrafts,
+            (Some(with), Some(without)) => {
+                if with <= without || n % EXPLORE_EVERY == EXPLORE_EVERY - 1 {
+                    DraftArm::Drafts
+                } else {
+                    DraftArm::NoDrafts
+                }
             }
-        } else {
-            best
         }
     }
 
-    /// Records what a request decoded with `arm` cost: `decode_ms` for `decode_tokens` tokens
-    /// after its first forward pass. Requests with fewer than a handful of tokens are ignored.
-    pub fn record(&mut self, arm: DraftArm, decode_ms: f64, decode_tokens: usize) {
-        if decode_tokens < MIN_TOKENS || !decode_ms.is_finite() || decode_ms < 0.0 {
-            return;
-        }
-        let o = match arm {
-            DraftArm::Drafts => &mut self.drafts,
-            DraftArm::NoDrafts => &mut self.no_drafts,
-        };
-        o.ms = o.ms * DECAY + decode_ms;
-        o.tokens = o.tokens * DECAY + decode_tokens as f64;
+    /// Records a finished request's decoding rounds (whichever arm it ran).
+    pub fn record(&mut self, stats: &GenerationStats) {
+        self.with_draft.add(stats.rounds_with_draft);
+        self.without_draft.add(stats.rounds_without_draft);
     }
 
-    /// Measured decode milliseconds per token of each arm, where known: (drafts, no drafts).
+    /// Measured milliseconds per token of rounds with a draft and of rounds without, where
+    /// measured over at least [`MIN_TOKENS`] tokens.
     pub fn ms_per_token(&self) -> (Option<f64>, Option<f64>) {
-        (self.drafts.ms_per_token(), self.no_drafts.ms_per_token())
+        (
+            self.with_draft.ms_per_token(),
+            self.without_draft.ms_per_token(),
+        )
     }
 }
 
@@ -101,43 +114,80 @@ mod tests {
     use super::*;
     use DraftArm::*;
 
+    fn request(with: (f64, usize), without: (f64, usize)) -> GenerationStats {
+        GenerationStats {
+            rounds_with_draft: RoundCost {
+                ms: with.0,
+                tokens: with.1,
+            },
+            rounds_without_draft: RoundCost {
+                ms: without.0,
+                tokens: without.1,
+            },
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn arms_take_turns_until_both_are_measured_then_the_faster_wins() {
+    fn draft_until_both_kinds_of_round_are_measured_then_the_cheaper_per_token_wins() {
         let mut p = DraftPolicy::default();
         assert_eq!(p.choose(), Drafts);
-        assert_eq!(p.choose(), Drafts, "nothing recorded yet");
-        p.record(Drafts, 30.0, 10); // 3 ms/token
-        assert_eq!(p.choose(), NoDrafts);
-        p.record(NoDrafts, 2.0, 2); // too short to count
-        assert_eq!(p.choose(), NoDrafts);
-        p.record(NoDrafts, 20.0, 10); // 2 ms/token
+        p.record(&request((0.0, 0), (0.0, 0))); // nothing decoded
+        assert_eq!(p.choose(), Drafts, "nothing measured yet");
+        p.record(&request((30.0, 10), (0.0, 0))); // every round drafted: 3 ms/token
+        assert_eq!(p.ms_per_token(), (None, None), "10 tokens are too few to count");
+        assert_eq!(p.choose(), Drafts);
+        p.record(&request((66.0, 22), (0.0, 0)));
+        assert_eq!(p.ms_per_token(), (Some(3.0), None));
+        assert_eq!(p.choose(), NoDrafts, "rounds without a draft are not measured yet");
+        p.record(&request((0.0, 0), (64.0, 32))); // 2 ms/token
+        assert_eq!(p.ms_per_token(), (Some(3.0), Some(2.0)));
         let picks: Vec<DraftArm> = (0..EXPLORE_EVERY).map(|_| p.choose()).collect();
-        assert_eq!(
-            picks.iter().filter(|&&a| a == NoDrafts).count() as u64,
-            EXPLORE_EVERY - 1
-        );
         assert_eq!(
             picks.iter().filter(|&&a| a == Drafts).count(),
             1,
-            "one exploration of the slower arm"
+            "one exploration of drafting while it is slower: {picks:?}"
         );
-        assert_eq!(p.ms_per_token(), (Some(3.0), Some(2.0)));
+        // Drafting requests where drafted rounds were cheap per token turn the choice.
+        for _ in 0..3 {
+            p.record(&request((10.0, 10), (2.0, 1)));
+        }
+        let (with, without) = p.ms_per_token();
+        assert!(with.unwrap() < without.unwrap(), "{with:?} {without:?}");
+        let picks: Vec<DraftArm> = (0..2 * EXPLORE_EVERY).map(|_| p.choose()).collect();
+        assert!(
+            picks.iter().all(|&a| a == Drafts),
+            "no exploration needed while drafting wins: {picks:?}"
+        );
+    }
+
+    #[test]
+    fn a_cold_first_round_does_not_decide() {
+        // As measured in `bench lsp`: the process's first drafted rounds cost 3.3 ms per token,
+        // later ones 0.6, while rounds without a draft cost 0.9-1.0 throughout.
+        let mut p = DraftPolicy::default();
+        p.record(&request((6.5, 2), (2.0, 1)));
+        for _ in 0..8 {
+            p.record(&request((0.6 * 8.0, 8), (1.0 * 4.0, 4)));
+        }
+        let (with, without) = p.ms_per_token();
+        assert!(with.unwrap() < 0.9 && without.unwrap() > 0.95, "{with:?} {without:?}");
+        assert_eq!(p.choose(), Drafts);
     }
 
     #[test]
     fn new_measurements_outweigh_old_ones() {
         let mut p = DraftPolicy::default();
-        p.record(Drafts, 10.0, 10); // 1 ms/token
-        p.record(NoDrafts, 20.0, 10); // 2 ms/token
+        p.record(&request((40.0, 40), (80.0, 40))); // 1 vs 2 ms/token
         assert_eq!(p.choose(), Drafts);
-        // Drafting gets slow (say, the user switched to a file where drafts are rarely right).
+        // Drafts get rarely right (say, the user switched to a file where they miss).
         for _ in 0..20 {
-            p.record(Drafts, 40.0, 10);
+            p.record(&request((40.0, 10), (20.0, 10)));
         }
-        let (drafts, plain) = p.ms_per_token();
+        let (with, without) = p.ms_per_token();
         assert!(
-            drafts.unwrap() > 3.5 && plain == Some(2.0),
-            "{drafts:?} {plain:?}"
+            with.unwrap() > 3.5 && (without.unwrap() - 2.0).abs() < 1e-9,
+            "{with:?} {without:?}"
         );
         assert_eq!(p.choose(), NoDrafts);
     }
@@ -145,8 +195,8 @@ mod tests {
     #[test]
     fn bad_measurements_are_ignored() {
         let mut p = DraftPolicy::default();
-        p.record(Drafts, f64::NAN, 10);
-        p.record(Drafts, -1.0, 10);
+        p.record(&request((f64::NAN, 40), (-1.0, 40)));
+        p.record(&request((f64::INFINITY, 40), (5.0, 0)));
         assert_eq!(p.ms_per_token(), (None, None));
     }
 }

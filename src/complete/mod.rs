@@ -357,10 +357,12 @@ impl Engine {
         let generation =
             decode::generate(model, cache, ids, &gen_params, drafter.as_mut(), &control)?;
         if adaptive {
-            self.drafts.record(
-                arm,
-                generation.stats.decode_ms,
-                generation.stats.decode_tokens,
+            self.drafts.record(&generation.stats);
+            let (with, without) = self.drafts.ms_per_token();
+            tracing::debug!(
+                "adaptive drafts: ran {arm:?}; rounds with a draft {:?}, without {:?}; ms per token now: with {with:?}, without {without:?}",
+                generation.stats.rounds_with_draft,
+                generation.stats.rounds_without_draft
             );
         }
         let raw = decode::Detokenize::detokenize(&self.loaded.tokenizer, &generation.tokens);

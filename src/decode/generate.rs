@@ -215,6 +215,7 @@ pub fn generate(
         } else {
             0 // forced tokens come one per pass
         };
+        let round_start = Instant::now();
         let draft = if max_len > 0 {
             let req = DraftRequest {
                 context: &context,
@@ -255,6 +256,12 @@ pub fn generate(
                 model, cache, &out, keep_rows, drafter, &upcoming, uses_heads,
             )?;
         }
+        let round = if draft.tokens.is_empty() {
+            &mut stats.rounds_without_draft
+        } else {
+            &mut stats.rounds_with_draft
+        };
+        round.add(ms_since(round_start), n_accepted + 1);
         for &t in &draft.tokens[..n_accepted] {
             if params.stop_tokens.contains(&t) {
                 break 'outer StopReason::StopToken(t);

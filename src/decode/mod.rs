@@ -15,5 +15,5 @@ pub use draft::{
 };
 pub use generate::{generate, Control, Forced, GenerateParams, Generation, StopReason};
 pub use sampling::SamplingParams;
-pub use stats::GenerationStats;
+pub use stats::{GenerationStats, RoundCost};
 pub use stop::{find_stop_string, Detokenize};

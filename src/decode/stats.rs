@@ -20,6 +20,25 @@ pub struct GenerationStats {
     pub prefill_ms: f64,
     pub decode_ms: f64,
     pub total_ms: f64,
+    /// Decoding rounds (a forward pass after the prefill, with the drafting and the extra heads'
+    /// work around it) that verified a draft, and those that did not: the same request's places,
+    /// so their costs per token compare drafting with not drafting on like terms.
+    pub rounds_with_draft: RoundCost,
+    pub rounds_without_draft: RoundCost,
+}
+
+/// Time spent in a kind of decoding round and the tokens those rounds produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct RoundCost {
+    pub ms: f64,
+    pub tokens: usize,
+}
+
+impl RoundCost {
+    pub(crate) fn add(&mut self, ms: f64, tokens: usize) {
+        self.ms += ms;
+        self.tokens += tokens;
+    }
 }
 
 impl GenerationStats {
