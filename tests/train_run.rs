@@ -321,3 +321,41 @@ fn validation_windows_do_not_depend_on_the_run_seed() {
         "step-0 validation of the same model under seeds 1 and 2"
     );
 }
+
+#[test]
+fn a_scratch_run_can_take_another_models_tokenizer() {
+    // Twin models for a comparison (n=1 against n=4) must share a vocabulary: the second run takes
+    // the first one's tokenizer.json instead of training its own.
+    let repo = tempfile::tempdir().unwrap();
+    train_common::code_repo(repo.path(), 24);
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("first");
+    let mut o = tiny_options(repo.path(), &first, 2);
+    o.new_tokenizer = Some(384);
+    run(o, &Control::default());
+    let twin = tmp.path().join("twin");
+    let mut o = tiny_options(repo.path(), &twin, 2);
+    o.init = ModelInit::Scratch {
+        config: "tiny".into(),
+        heads: Some(1),
+    };
+    o.tokenizer_file = Some(first.join("tokenizer.json"));
+    run(o, &Control::default());
+    let (a, b) = (
+        load_dir(&first, &Device::Cpu, DType::F32).unwrap(),
+        load_dir(&twin, &Device::Cpu, DType::F32).unwrap(),
+    );
+    assert_eq!((a.model.n_heads(), b.model.n_heads()), (2, 1));
+    assert_eq!(a.model.config().vocab_size, b.model.config().vocab_size);
+    assert_eq!(b.tokenizer.get_vocab(true), a.tokenizer.get_vocab(true));
+    let text = "def add(a, b):\n    return a + b\n";
+    assert_eq!(
+        b.tokenizer.encode(text, false).unwrap().get_ids(),
+        a.tokenizer.encode(text, false).unwrap().get_ids()
+    );
+    // A tokenizer file that is not there is refused by name, before any training.
+    let mut o = tiny_options(repo.path(), &tmp.path().join("bad"), 2);
+    o.tokenizer_file = Some(tmp.path().join("no-such-tokenizer.json"));
+    let err = prepare(o, false).err().expect("a missing tokenizer must fail");
+    assert!(err.to_string().contains("no-such-tokenizer.json"), "{err}");
+}

@@ -38,6 +38,10 @@ pub struct TrainArgs {
     /// [default: the 260-token byte-level vocabulary].
     #[arg(long, value_name = "VOCAB_SIZE")]
     pub new_tokenizer: Option<usize>,
+    /// From scratch: use this tokenizer.json (another model's, e.g. models/default/tokenizer.json),
+    /// so models trained for a comparison share a vocabulary and the token cache.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// Train only the head layers (trunk, embeddings, final norm and unembedding frozen).
     #[arg(long)]
     pub freeze_trunk: bool,
@@ -215,6 +219,7 @@ impl TrainArgs {
         let mut o = TrainOptions::new(self.repos.clone(), self.out.clone(), init);
         let d = AdamWConfig::default();
         o.new_tokenizer = self.new_tokenizer;
+        o.tokenizer_file = self.tokenizer.clone();
         o.freeze_trunk = self.freeze_trunk;
         o.add_heads = self.add_heads.unwrap_or(0);
         o.seq_len = self.seq_len.unwrap_or(o.seq_len);

@@ -43,6 +43,10 @@ pub struct TrainOptions {
     pub init: ModelInit,
     /// Train a byte-level BPE of this size on the training split (scratch only).
     pub new_tokenizer: Option<usize>,
+    /// Use this tokenizer.json (scratch only): another model's vocabulary, so twin models compare
+    /// like for like and share the token cache.
+    #[serde(default)]
+    pub tokenizer_file: Option<PathBuf>,
     pub freeze_trunk: bool,
     pub add_heads: usize,
     pub seq_len: usize,
@@ -97,6 +101,7 @@ impl TrainOptions {
             out,
             init,
             new_tokenizer: None,
+            tokenizer_file: None,
             freeze_trunk: false,
             add_heads: 0,
             seq_len: 512,
@@ -216,6 +221,12 @@ impl TrainOptions {
                         .into(),
                 )
             }
+            (ModelInit::Base { .. }, None) if self.tokenizer_file.is_some() => {
+                return bad("--tokenizer applies to a model trained from scratch; a base model keeps its own tokenizer".into())
+            }
+            (ModelInit::Scratch { .. }, Some(_)) if self.tokenizer_file.is_some() => {
+                return bad("give --new-tokenizer N or --tokenizer FILE, not both".into())
+            }
             (ModelInit::Scratch { .. }, _) if self.freeze_trunk => {
                 return bad("--freeze-trunk needs a trained trunk: give --base".into())
             }
@@ -287,6 +298,21 @@ mod tests {
                 }),
                 Some("--new-tokenizer"),
             ),
+            (
+                Box::new(|o| {
+                    o.init = ModelInit::Base { dir: "m".into() };
+                    o.tokenizer_file = Some("t.json".into());
+                }),
+                Some("--tokenizer applies"),
+            ),
+            (
+                Box::new(|o| {
+                    o.new_tokenizer = Some(1000);
+                    o.tokenizer_file = Some("t.json".into());
+                }),
+                Some("not both"),
+            ),
+            (Box::new(|o| o.tokenizer_file = Some("t.json".into())), None),
         ];
         for (patch, want) in cases {
             let mut o = opts();

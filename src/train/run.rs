@@ -163,15 +163,16 @@ fn start_weights(opts: &TrainOptions, corpus: &Corpus, device: &Device) -> Resul
             })
         }
         ModelInit::Scratch { config, heads } => {
-            let tokenizer = match opts.new_tokenizer {
-                Some(vocab) => {
+            let tokenizer = match (&opts.tokenizer_file, opts.new_tokenizer) {
+                (Some(path), _) => crate::model::tokenizer::load_tokenizer(path)?,
+                (None, Some(vocab)) => {
                     tracing::info!(
                         "training a {vocab}-token BPE on {} files",
                         corpus.train.len()
                     );
                     train_bpe(corpus.train.iter().map(|d| d.text.as_str()), vocab)?
                 }
-                None => byte_level_tokenizer(),
+                (None, None) => byte_level_tokenizer(),
             };
             let vocab = match opts.new_tokenizer {
                 // The trained vocabulary may fall short of the request on small corpora; the config
