@@ -136,7 +136,10 @@ fn oracle_drafts_give_draft_len_plus_one_tokens_per_forward() {
         );
         assert_eq!(plain.stats.decode_forwards, rounds * (draft_len + 1));
         // Every speculative round verified a draft; no plain round did.
-        assert_eq!(spec.stats.rounds_with_draft.tokens, rounds * (draft_len + 1));
+        assert_eq!(
+            spec.stats.rounds_with_draft.tokens,
+            rounds * (draft_len + 1)
+        );
         assert_eq!(spec.stats.rounds_without_draft.tokens, 0);
         assert_eq!(plain.stats.rounds_with_draft.tokens, 0);
         assert_eq!(
@@ -180,7 +183,10 @@ fn wrong_drafts_cost_forwards_but_not_correctness() {
     assert_eq!(spec.tokens, plain.tokens);
     assert_eq!(spec.stats.tokens_per_forward(), 1.0);
     // Rejected drafts still count as rounds with a draft: they cost a wider verification.
-    let (with, without) = (spec.stats.rounds_with_draft, spec.stats.rounds_without_draft);
+    let (with, without) = (
+        spec.stats.rounds_with_draft,
+        spec.stats.rounds_without_draft,
+    );
     assert!(with.tokens > 0, "{with:?}");
     assert_eq!(with.tokens + without.tokens, spec.stats.decode_tokens);
 }

@@ -356,6 +356,8 @@ fn a_scratch_run_can_take_another_models_tokenizer() {
     // A tokenizer file that is not there is refused by name, before any training.
     let mut o = tiny_options(repo.path(), &tmp.path().join("bad"), 2);
     o.tokenizer_file = Some(tmp.path().join("no-such-tokenizer.json"));
-    let err = prepare(o, false).err().expect("a missing tokenizer must fail");
+    let err = prepare(o, false)
+        .err()
+        .expect("a missing tokenizer must fail");
     assert!(err.to_string().contains("no-such-tokenizer.json"), "{err}");
 }

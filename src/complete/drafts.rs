@@ -135,11 +135,19 @@ mod tests {
         p.record(&request((0.0, 0), (0.0, 0))); // nothing decoded
         assert_eq!(p.choose(), Drafts, "nothing measured yet");
         p.record(&request((30.0, 10), (0.0, 0))); // every round drafted: 3 ms/token
-        assert_eq!(p.ms_per_token(), (None, None), "10 tokens are too few to count");
+        assert_eq!(
+            p.ms_per_token(),
+            (None, None),
+            "10 tokens are too few to count"
+        );
         assert_eq!(p.choose(), Drafts);
         p.record(&request((66.0, 22), (0.0, 0)));
         assert_eq!(p.ms_per_token(), (Some(3.0), None));
-        assert_eq!(p.choose(), NoDrafts, "rounds without a draft are not measured yet");
+        assert_eq!(
+            p.choose(),
+            NoDrafts,
+            "rounds without a draft are not measured yet"
+        );
         p.record(&request((0.0, 0), (64.0, 32))); // 2 ms/token
         assert_eq!(p.ms_per_token(), (Some(3.0), Some(2.0)));
         let picks: Vec<DraftArm> = (0..EXPLORE_EVERY).map(|_| p.choose()).collect();
@@ -171,7 +179,10 @@ mod tests {
             p.record(&request((0.6 * 8.0, 8), (1.0 * 4.0, 4)));
         }
         let (with, without) = p.ms_per_token();
-        assert!(with.unwrap() < 0.9 && without.unwrap() > 0.95, "{with:?} {without:?}");
+        assert!(
+            with.unwrap() < 0.9 && without.unwrap() > 0.95,
+            "{with:?} {without:?}"
+        );
         assert_eq!(p.choose(), Drafts);
     }
 
