@@ -39,7 +39,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "VOCAB_SIZE")]
     pub new_tokenizer: Option<usize>,
     /// From scratch: use this tokenizer.json (another model's, e.g. models/default/tokenizer.json),
-    /// so models trained for a comparison share a vocabulary and the token cache.
+    /// so models trained for a comparison share a vocabulary and the token cache. The new model's
+    /// vocabulary is the tokenizer's size (with its added tokens).
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
     /// Train only the head layers (trunk, embeddings, final norm and unembedding frozen).

@@ -222,7 +222,9 @@ impl TrainOptions {
                 )
             }
             (ModelInit::Base { .. }, None) if self.tokenizer_file.is_some() => {
-                return bad("--tokenizer applies to a model trained from scratch; a base model keeps its own tokenizer".into())
+                return bad("--tokenizer applies to a model trained from scratch; \
+                     a base model keeps its own tokenizer"
+                    .into())
             }
             (ModelInit::Scratch { .. }, Some(_)) if self.tokenizer_file.is_some() => {
                 return bad("give --new-tokenizer N or --tokenizer FILE, not both".into())

@@ -352,6 +352,10 @@ pub fn prepare_with(
             source: Box::new(source),
         })?;
     }
+    if let Some(path) = &opts.tokenizer_file {
+        // Likewise a missing or broken tokenizer for a run from scratch.
+        crate::model::tokenizer::load_tokenizer(path)?;
+    }
     let device = parse_device(&opts.device)?;
     let corpus = walk(&opts)?;
     let start = start_weights(&opts, &corpus, &device)?;
