@@ -40,9 +40,9 @@ pub enum Command {
     /// (each a flag below).
     Complete(CompleteArgs),
     /// Score completions on fill-in-the-middle tasks (JSONL: id, language, kind, prefix, suffix,
-    /// middle) through the server's pipeline, without result cache, snippets or time cap unless
-    /// given. By default plain and spec both run, on the same prompts, so speedup and identity are
-    /// measured; --mode runs only that mode.
+    /// middle) through the server's pipeline, without result cache, snippets, time cap or KV reuse
+    /// (every run prefills its whole prompt) unless given. By default plain and spec both run, on
+    /// the same prompts, so speedup and identity are measured; --mode runs only that mode.
     Eval(EvalArgs),
     /// Finetune or train an MTP model on code repositories.
     Train(Box<TrainArgs>),

@@ -115,6 +115,8 @@ pub struct Run {
     pub ms: f64,
     /// Decoding alone (the forwards after the prefill), where speculation acts.
     pub decode_ms: f64,
+    /// Prompt tokens found in the KV cache instead of prefilled (0 unless `--kv-reuse true`).
+    pub reused_tokens: usize,
     /// Rounds with a draft at each position, and how many of those drafts were accepted.
     pub drafted: Vec<usize>,
     pub accepted: Vec<usize>,
@@ -248,11 +250,15 @@ pub enum EvalModes {
 
 /// The server's settings for scoring, before the command line's flags: no result cache, no
 /// snippets (tasks have no neighbours), and no time cap, so that a run's output does not depend
-/// on machine load.
+/// on machine load. No KV reuse either: every run prefills its whole prompt, so plain and
+/// speculative runs do the same prefill work. (With reuse, a mode that shares the plain run's
+/// cache, such as speculation on an n=1 model or `lookup`, would find that run's prompt already
+/// there and skip its prefill.)
 pub fn eval_settings() -> Settings {
     Settings {
         snippet_tokens: 0,
         result_cache: false,
+        kv_reuse: false,
         time_cap_ms: 3_600_000,
         // Measure speculation itself: the heads always draft.
         adaptive_drafts: false,
@@ -290,6 +296,7 @@ fn run_mode(
         decode_forwards: stats.decode_forwards,
         ms: stats.total_ms + s.prompt_ms,
         decode_ms: stats.decode_ms,
+        reused_tokens: stats.reused_tokens,
         drafted: stats.drafted,
         accepted: stats.accepted,
     })
@@ -339,6 +346,57 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::complete::{Backend, Engine};
+    use crate::model::tiny::TinySpec;
+    use crate::model::{LoadedModel, SpecialTokens};
+
+    /// A tiny n=1 model: its speculative mode (prompt lookup) decodes in the plain mode's cache.
+    fn n1_service() -> CompletionService {
+        let spec = TinySpec {
+            n_future_tokens: 1,
+            ..TinySpec::default()
+        };
+        let tokenizer = spec.tokenizer();
+        let special = SpecialTokens::detect(&tokenizer, &spec.config());
+        let loaded = LoadedModel {
+            dir: "tiny".into(),
+            model: spec.model().unwrap(),
+            tokenizer,
+            special,
+        };
+        CompletionService::new(Backend::Local(Box::new(Engine::new(loaded, 1024))))
+    }
+
+    #[test]
+    fn every_run_prefills_its_whole_prompt_unless_kv_reuse_is_asked_for() {
+        let mut svc = n1_service();
+        let task = Task {
+            id: "a.py:4:single".into(),
+            language: "python".into(),
+            kind: "single".into(),
+            prefix: "def add(a, b):\n    return a + b\n\nx = ".into(),
+            suffix: "\nprint(x)\n".into(),
+            middle: "add(1, 2)".into(),
+        };
+        let settings = Settings {
+            max_tokens: 8,
+            ..eval_settings()
+        };
+        // The same task twice: neither the other mode's run nor the last task leaves a warm cache.
+        for _ in 0..2 {
+            let r = evaluate(&mut svc, &task, EvalModes::Both, &settings).unwrap();
+            let (plain, spec) = (r.plain.unwrap(), r.spec.unwrap());
+            assert_eq!((plain.reused_tokens, spec.reused_tokens), (0, 0));
+            assert_eq!(r.identical, Some(true));
+        }
+        // With reuse, the speculative run finds the plain run's prompt in the cache they share.
+        let reuse = Settings {
+            kv_reuse: true,
+            ..settings
+        };
+        let r = evaluate(&mut svc, &task, EvalModes::Both, &reuse).unwrap();
+        assert!(r.spec.unwrap().reused_tokens > 0);
+    }
 
     #[test]
     fn exact_match_table() {
