@@ -182,24 +182,30 @@ impl CompletionService {
     }
 }
 
+/// A service over a tiny random model of `spec`'s shape, with a 1,024-position cache (for tests).
+#[cfg(test)]
+pub(crate) fn tiny_service(spec: &crate::model::tiny::TinySpec) -> CompletionService {
+    use crate::complete::Engine;
+    use crate::model::{LoadedModel, SpecialTokens};
+    let tokenizer = spec.tokenizer();
+    let special = SpecialTokens::detect(&tokenizer, &spec.config());
+    let loaded = LoadedModel {
+        dir: "tiny".into(),
+        model: spec.model().unwrap(),
+        tokenizer,
+        special,
+    };
+    CompletionService::new(Backend::Local(Box::new(Engine::new(loaded, 1024))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::complete::{Engine, LinePolicy};
+    use crate::complete::LinePolicy;
     use crate::model::tiny::TinySpec;
-    use crate::model::{LoadedModel, SpecialTokens};
 
     fn service() -> CompletionService {
-        let spec = TinySpec::default();
-        let tokenizer = spec.tokenizer();
-        let special = SpecialTokens::detect(&tokenizer, &spec.config());
-        let loaded = LoadedModel {
-            dir: "tiny".into(),
-            model: spec.model().unwrap(),
-            tokenizer,
-            special,
-        };
-        CompletionService::new(Backend::Local(Box::new(Engine::new(loaded, 1024))))
+        tiny_service(&TinySpec::default())
     }
 
     fn request<'a>(text: &'a str) -> Request<'a> {

@@ -346,25 +346,15 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::complete::{Backend, Engine};
+    use crate::complete::service::tiny_service;
     use crate::model::tiny::TinySpec;
-    use crate::model::{LoadedModel, SpecialTokens};
 
     /// A tiny n=1 model: its speculative mode (prompt lookup) decodes in the plain mode's cache.
     fn n1_service() -> CompletionService {
-        let spec = TinySpec {
+        tiny_service(&TinySpec {
             n_future_tokens: 1,
             ..TinySpec::default()
-        };
-        let tokenizer = spec.tokenizer();
-        let special = SpecialTokens::detect(&tokenizer, &spec.config());
-        let loaded = LoadedModel {
-            dir: "tiny".into(),
-            model: spec.model().unwrap(),
-            tokenizer,
-            special,
-        };
-        CompletionService::new(Backend::Local(Box::new(Engine::new(loaded, 1024))))
+        })
     }
 
     #[test]
