@@ -15,7 +15,7 @@ pub enum TrainError {
     TooFewFiles { found: usize },
     #[error("the training split has {tokens} tokens, fewer than one sequence of {needed} (--seq-len + 1); lower --seq-len or add files")]
     TooLittleData { tokens: usize, needed: usize },
-    #[error("--seq-len {seq_len} is over the model's context of {context} positions")]
+    #[error("--seq-len {seq_len} is over the model's context of {context} positions; to train a longer context, copy the --base directory and raise max_position_embeddings in its config.json (RoPE positions past {context} start untrained and adapt in a few hundred steps)")]
     SeqLenOverContext { seq_len: usize, context: usize },
     #[error("invalid training options: {0}")]
     InvalidOptions(String),
