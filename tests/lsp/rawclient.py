@@ -68,11 +68,25 @@ class RawServer:
     def response(self, rid):
         """Waits for the response with id `rid` (keeping others), answering server requests; at
         most TIMEOUT seconds in all, however many other messages arrive meanwhile."""
+        self._read_until(lambda: rid in self.pending, f"no response to request {rid}")
+        return self.pending.pop(rid)
+
+    def notification(self, matches):
+        """Waits for a notification for which `matches(msg)` holds, received before or after this
+        call (the server may send a notification after the response it belongs to); at most
+        TIMEOUT seconds."""
+        found = lambda: next((n for n in self.notifications if matches(n)), None)
+        self._read_until(lambda: found() is not None, "no such notification")
+        return found()
+
+    def _read_until(self, done, what):
+        """Reads messages until `done()`, answering server requests, keeping notifications and
+        responses; at most TIMEOUT seconds in all."""
         deadline = time.monotonic() + TIMEOUT
-        while rid not in self.pending:
+        while not done():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"no response to request {rid} in {TIMEOUT} s")
+                raise TimeoutError(f"{what} in {TIMEOUT} s")
             msg = self.next_message(remaining)
             if "method" in msg:
                 if "id" in msg:
@@ -81,7 +95,6 @@ class RawServer:
                     self.notifications.append(msg)
                 continue
             self.pending[msg.get("id")] = msg
-        return self.pending.pop(rid)
 
     def request(self, method, params=None):
         return self.response(self.send_request(method, params))
