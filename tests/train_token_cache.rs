@@ -8,7 +8,7 @@ mod train_common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use foresight::train::fim::{text_tokenizer, FimRates, Framing};
+use foresight::train::fim::{text_tokenizer, FimRates, FimSpans, Framing};
 use foresight::train::packing::{epoch_sequences, validation_sequences, TokenSource};
 use foresight::train::splice::Splicer;
 use foresight::train::token_cache::{content_key, CacheStats, TokenCache};
@@ -346,6 +346,7 @@ fn a_real_corpus_gives_identical_windows_through_the_cache() {
     let rates = FimRates {
         fim_rate: 0.5,
         spm_rate: 0.5,
+        spans: FimSpans::Random,
     };
     let cached = TokenSource::Tokenized {
         splicer: Box::new(splicer.clone()),

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use foresight::train::corpus::{kept_report, skip_report};
-use foresight::train::fim::FimRates;
+use foresight::train::fim::{FimRates, FimSpans};
 use foresight::train::optim::AdamWConfig;
 use foresight::train::{
     self as tr, Control, HeadTargets, LossOrder, ModelInit, Outcome, RunLength, TrainOptions,
@@ -104,6 +104,11 @@ pub struct TrainArgs {
     /// Share of FIM documents in SPM order, the rest PSM [default: 0.5].
     #[arg(long)]
     pub spm_rate: Option<f64>,
+    /// Where FIM middles come from: random (two random points over the whole document) or lines
+    /// (the rest of 1-4 lines after a cursor, with a short prefix and suffix, chunk after chunk
+    /// through the document: what the server asks for) [default: random].
+    #[arg(long)]
+    pub fim_spans: Option<FimSpans>,
     /// Loss weight of each head, comma separated (e.g. 1,0.5,0.5,0.5) [default: 1 each].
     #[arg(long, value_delimiter = ',')]
     pub head_weights: Option<Vec<f32>>,
@@ -253,6 +258,7 @@ impl TrainArgs {
         o.fim = FimRates {
             fim_rate: self.fim_rate.unwrap_or(o.fim.fim_rate),
             spm_rate: self.spm_rate.unwrap_or(o.fim.spm_rate),
+            spans: self.fim_spans.unwrap_or(o.fim.spans),
         };
         o.head_weights = self.head_weights.clone().unwrap_or_default();
         o.loss_order = self.loss_order.unwrap_or_default();

@@ -2,7 +2,10 @@
 //! token ids in exactly the frames `complete/prompt.rs` builds at serving time:
 //! PSM `<fim_prefix>prefix<fim_suffix>suffix<fim_middle>middle<|endoftext|>` and
 //! SPM `<fim_prefix><fim_suffix>suffix<fim_middle>prefix middle<|endoftext|>`.
-//! Split points are character positions. Not here: packing into sequences (`packing.rs`).
+//! Two ways to choose the middle: two random character positions over the whole document, or
+//! serving-shaped spans (the rest of one to four lines after a cursor, with a few lines of prefix
+//! and suffix around it, chunk after chunk through the document). Not here: packing into
+//! sequences (`packing.rs`).
 
 use std::ops::Range;
 
@@ -28,13 +31,61 @@ pub enum FimSample<'a> {
     },
 }
 
+/// Where the middles of FIM samples come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FimSpans {
+    /// Two uniform character positions over the whole document (Bavarian et al. 2022): one
+    /// sample per document, its middle a third of the document on average. On documents longer
+    /// than a training window the middle's end and the suffix rarely share a window, so a model
+    /// trained only on these hardly learns where a middle ends.
+    #[default]
+    Random,
+    /// What the server asks for: the document is cut into consecutive chunks; each has a cursor
+    /// (after a line's indentation, or now and then inside the line), a middle that is the rest of
+    /// one to four lines, up to [`LINES_PREFIX_MAX`] bytes of whole lines before it and up to
+    /// [`LINES_SUFFIX_MAX`] after. A chunk is a FIM sample with probability `fim_rate`, else left
+    /// to right text; every byte of the document is trained on once. Short samples fit in a
+    /// window, so the model learns to end a middle where the suffix takes over.
+    Lines,
+}
+
+impl std::str::FromStr for FimSpans {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "random" => Ok(FimSpans::Random),
+            "lines" => Ok(FimSpans::Lines),
+            other => Err(format!("unknown FIM spans {other:?}: use random or lines")),
+        }
+    }
+}
+
+/// Most bytes of prefix a [`FimSpans::Lines`] chunk has before its cursor (drawn uniformly up to
+/// this, whole lines): the server fits about 1.2 KB of prefix in a 512-token context.
+pub const LINES_PREFIX_MAX: usize = 2048;
+/// Most bytes of suffix after a [`FimSpans::Lines`] middle (whole lines): the server fits about
+/// 300 bytes in a 512-token context.
+pub const LINES_SUFFIX_MAX: usize = 512;
+
 /// How often documents are transformed.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FimRates {
-    /// Probability that a document gets a FIM frame at all.
+    /// Probability that a document (with `Lines` spans: a chunk) gets a FIM frame at all.
     pub fim_rate: f64,
-    /// Of the FIM documents, the share in SPM order (the rest are PSM).
+    /// Of the FIM samples, the share in SPM order (the rest are PSM).
     pub spm_rate: f64,
+    /// How middles are chosen (checkpoints from before this field read as `Random`).
+    #[serde(default)]
+    pub spans: FimSpans,
+}
+
+/// One piece of a document's training text and the byte offset in the document where its text
+/// starts (a FIM sample's prefix, or a plain piece's text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece<'a> {
+    pub sample: FimSample<'a>,
+    pub start: usize,
 }
 
 /// Splits `text` at character positions `a <= b` (counted in chars, clamped to the text).
@@ -45,9 +96,20 @@ pub fn split_at_chars(text: &str, a: usize, b: usize) -> (&str, &str, &str) {
     (&text[..ia], &text[ia..ib], &text[ib..])
 }
 
-/// Draws the FIM decision for one document: with probability `fim_rate`, two uniform character
-/// positions split it into prefix, middle and suffix, in SPM order with probability `spm_rate`.
-pub fn transform<'a>(text: &'a str, rates: FimRates, rng: &mut impl Rng) -> FimSample<'a> {
+/// Draws the FIM decisions for one document: its pieces, in document order (see [`FimSpans`]).
+pub fn transform<'a>(text: &'a str, rates: FimRates, rng: &mut impl Rng) -> Vec<Piece<'a>> {
+    match rates.spans {
+        FimSpans::Random => vec![Piece {
+            sample: random_sample(text, rates, rng),
+            start: 0,
+        }],
+        FimSpans::Lines => line_pieces(text, rates, rng),
+    }
+}
+
+/// The `Random` decision: with probability `fim_rate`, two uniform character positions split the
+/// document into prefix, middle and suffix, in SPM order with probability `spm_rate`.
+pub fn random_sample<'a>(text: &'a str, rates: FimRates, rng: &mut impl Rng) -> FimSample<'a> {
     if rates.fim_rate <= 0.0 || !rng.random_bool(rates.fim_rate.min(1.0)) {
         return FimSample::Plain(text);
     }
@@ -55,6 +117,17 @@ pub fn transform<'a>(text: &'a str, rates: FimRates, rng: &mut impl Rng) -> FimS
     let a = rng.random_range(0..=n_chars);
     let b = rng.random_range(0..=n_chars);
     let (prefix, middle, suffix) = split_at_chars(text, a, b);
+    framed(prefix, middle, suffix, rates, rng)
+}
+
+/// A FIM sample of the three pieces, in SPM order with probability `spm_rate`.
+fn framed<'a>(
+    prefix: &'a str,
+    middle: &'a str,
+    suffix: &'a str,
+    rates: FimRates,
+    rng: &mut impl Rng,
+) -> FimSample<'a> {
     if rng.random_bool(rates.spm_rate.clamp(0.0, 1.0)) {
         FimSample::Spm {
             prefix,
@@ -68,6 +141,106 @@ pub fn transform<'a>(text: &'a str, rates: FimRates, rng: &mut impl Rng) -> FimS
             suffix,
         }
     }
+}
+
+/// Byte offsets where the lines of `text` start (the first is 0; a final newline starts none).
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .filter(|&s| s < text.len())
+        .collect()
+}
+
+/// Where the line starting at `start` ends: its newline, or the end of the text.
+fn line_end(text: &str, start: usize) -> usize {
+    text[start..].find('\n').map_or(text.len(), |i| start + i)
+}
+
+/// The `Lines` decision (see [`FimSpans::Lines`]): consecutive chunks, each a FIM sample with
+/// probability `fim_rate`; the text between samples forms plain pieces.
+fn line_pieces<'a>(text: &'a str, rates: FimRates, rng: &mut impl Rng) -> Vec<Piece<'a>> {
+    let starts = line_starts(text);
+    let mut pieces = Vec::new();
+    let mut plain_from = 0;
+    let is_blank = |l: usize| text[starts[l]..line_end(text, starts[l])].trim().is_empty();
+    let mut line = 0;
+    while line < starts.len() {
+        let chunk = starts[line];
+        // The cursor's line: as many whole lines of prefix as the drawn budget holds, then the
+        // first line with something on it.
+        let budget = rng.random_range(0..=LINES_PREFIX_MAX);
+        let mut cursor_line = line;
+        while cursor_line + 1 < starts.len() && starts[cursor_line + 1] - chunk <= budget {
+            cursor_line += 1;
+        }
+        while cursor_line < starts.len() && is_blank(cursor_line) {
+            cursor_line += 1;
+        }
+        if cursor_line >= starts.len() {
+            break;
+        }
+        let (begin, end) = (starts[cursor_line], line_end(text, starts[cursor_line]));
+        let indent = text[begin..end].len() - text[begin..end].trim_start().len();
+        let content_end = begin + text[begin..end].trim_end().len();
+        let mut cursor = begin + indent;
+        if rng.random_bool(0.25) {
+            // Inside the line: any character boundary before its last non-blank character.
+            let inner: Vec<usize> = text[cursor..content_end]
+                .char_indices()
+                .map(|(i, _)| cursor + i)
+                .collect();
+            cursor = inner[rng.random_range(0..inner.len())];
+        }
+        let n_lines = if rng.random_bool(0.5) {
+            1
+        } else {
+            rng.random_range(2..=4)
+        };
+        let mut last_line = (cursor_line + n_lines - 1).min(starts.len() - 1);
+        while last_line > cursor_line && is_blank(last_line) {
+            last_line -= 1; // a middle ends on a line with code
+        }
+        let middle_end = line_end(text, starts[last_line]);
+        // The suffix: at least the line after the middle's (as the server always sends the text
+        // after the cursor), then whole lines up to the drawn budget.
+        let budget = rng.random_range(0..=LINES_SUFFIX_MAX);
+        let following = &starts[last_line + 1..];
+        let mut suffix_end = following.get(1).copied().unwrap_or(text.len());
+        for &s in following.iter().skip(2) {
+            if s - middle_end > budget {
+                break;
+            }
+            suffix_end = s;
+        }
+        if rates.fim_rate > 0.0 && rng.random_bool(rates.fim_rate.min(1.0)) {
+            if plain_from < chunk {
+                pieces.push(Piece {
+                    sample: FimSample::Plain(&text[plain_from..chunk]),
+                    start: plain_from,
+                });
+            }
+            let sample = framed(
+                &text[chunk..cursor],
+                &text[cursor..middle_end],
+                &text[middle_end..suffix_end],
+                rates,
+                rng,
+            );
+            pieces.push(Piece {
+                sample,
+                start: chunk,
+            });
+            plain_from = suffix_end;
+        }
+        line = starts.partition_point(|&s| s < suffix_end);
+    }
+    if plain_from < text.len() || pieces.is_empty() {
+        pieces.push(Piece {
+            sample: FimSample::Plain(&text[plain_from..]),
+            start: plain_from,
+        });
+    }
+    pieces
 }
 
 /// The token ids that frame documents.
@@ -113,70 +286,96 @@ pub fn text_tokenizer(tokenizer: &Tokenizer) -> Tokenizer {
 /// serving encodes prefix and suffix separately. FIM samples need `framing.fim`; without it they are
 /// encoded as the plain document they came from.
 pub fn encode_sample(tokenizer: &Tokenizer, framing: &Framing, sample: &FimSample) -> Vec<u32> {
-    encode_sample_with(framing, sample, |piece, _| encode(tokenizer, piece))
+    encode_pieces(
+        tokenizer,
+        framing,
+        &[Piece {
+            sample: *sample,
+            start: 0,
+        }],
+    )
 }
 
-/// [`encode_sample`] with the encoding of each piece left to `encode_piece`, which gets the piece's
-/// text and its byte range in the document the sample was cut from (the pieces of a FIM sample
-/// are, in document order, prefix, middle and suffix, so the ranges follow from their lengths).
-/// This lets a caller that already holds the document's tokens splice them (`token_cache`).
-pub fn encode_sample_with(
+/// The ids of one document's pieces (see [`encode_pieces_with`]).
+pub fn encode_pieces(tokenizer: &Tokenizer, framing: &Framing, pieces: &[Piece]) -> Vec<u32> {
+    encode_pieces_with(framing, pieces, |piece, _| encode(tokenizer, piece))
+}
+
+/// The ids of one document's pieces: the model's beginning-of-text, then each piece (a FIM sample
+/// is followed by end-of-text, which ends its middle; plain text runs on into the next piece), and
+/// end-of-text after the last. The encoding of each piece of text is left to `encode_piece`, which
+/// gets the text and its byte range in the document (the pieces of a FIM sample are, in document
+/// order, prefix, middle and suffix from the piece's `start`), so a caller that already holds the
+/// document's tokens can splice them (`token_cache`).
+pub fn encode_pieces_with(
     framing: &Framing,
-    sample: &FimSample,
+    pieces: &[Piece],
     mut encode_piece: impl FnMut(&str, Range<usize>) -> Vec<u32>,
 ) -> Vec<u32> {
     let mut ids: Vec<u32> = framing.bos.into_iter().collect();
-    match (*sample, framing.fim) {
-        (FimSample::Plain(text), _) => ids.extend(encode_piece(text, 0..text.len())),
-        (
-            FimSample::Psm {
-                prefix,
-                middle,
-                suffix,
-            },
-            Some(f),
-        ) => {
-            let (p, m) = (prefix.len(), prefix.len() + middle.len());
-            ids.push(f.prefix);
-            ids.extend(encode_piece(prefix, 0..p));
-            ids.push(f.suffix);
-            ids.extend(encode_piece(suffix, m..m + suffix.len()));
-            ids.push(f.middle);
-            ids.extend(encode_piece(middle, p..m));
-        }
-        (
-            FimSample::Spm {
-                prefix,
-                middle,
-                suffix,
-            },
-            Some(f),
-        ) => {
-            let (p, m) = (prefix.len(), prefix.len() + middle.len());
-            ids.extend([f.prefix, f.suffix]);
-            ids.extend(encode_piece(suffix, m..m + suffix.len()));
-            ids.push(f.middle);
-            ids.extend(encode_piece(prefix, 0..p));
-            ids.extend(encode_piece(middle, p..m));
-        }
-        (
-            FimSample::Psm {
-                prefix,
-                middle,
-                suffix,
+    let mut ended = false;
+    for &Piece { sample, start } in pieces {
+        ended = true;
+        match (sample, framing.fim) {
+            (FimSample::Plain(text), _) => {
+                ids.extend(encode_piece(text, start..start + text.len()));
+                ended = false;
             }
-            | FimSample::Spm {
-                prefix,
-                middle,
-                suffix,
-            },
-            None,
-        ) => {
-            let whole = format!("{prefix}{middle}{suffix}");
-            ids.extend(encode_piece(&whole, 0..whole.len()));
+            (
+                FimSample::Psm {
+                    prefix,
+                    middle,
+                    suffix,
+                },
+                Some(f),
+            ) => {
+                let (p, m) = (start + prefix.len(), start + prefix.len() + middle.len());
+                ids.push(f.prefix);
+                ids.extend(encode_piece(prefix, start..p));
+                ids.push(f.suffix);
+                ids.extend(encode_piece(suffix, m..m + suffix.len()));
+                ids.push(f.middle);
+                ids.extend(encode_piece(middle, p..m));
+                ids.push(framing.end_of_text);
+            }
+            (
+                FimSample::Spm {
+                    prefix,
+                    middle,
+                    suffix,
+                },
+                Some(f),
+            ) => {
+                let (p, m) = (start + prefix.len(), start + prefix.len() + middle.len());
+                ids.extend([f.prefix, f.suffix]);
+                ids.extend(encode_piece(suffix, m..m + suffix.len()));
+                ids.push(f.middle);
+                ids.extend(encode_piece(prefix, start..p));
+                ids.extend(encode_piece(middle, p..m));
+                ids.push(framing.end_of_text);
+            }
+            (
+                FimSample::Psm {
+                    prefix,
+                    middle,
+                    suffix,
+                }
+                | FimSample::Spm {
+                    prefix,
+                    middle,
+                    suffix,
+                },
+                None,
+            ) => {
+                let whole = format!("{prefix}{middle}{suffix}");
+                ids.extend(encode_piece(&whole, start..start + whole.len()));
+                ended = false;
+            }
         }
     }
-    ids.push(framing.end_of_text);
+    if !ended {
+        ids.push(framing.end_of_text);
+    }
     ids
 }
 
@@ -323,11 +522,12 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let (mut plain, mut psm, mut spm) = (0, 0, 0);
         for _ in 0..2000 {
-            match transform(
+            match random_sample(
                 text,
                 FimRates {
                     fim_rate: 0.5,
                     spm_rate: 0.5,
+                    spans: FimSpans::Random,
                 },
                 &mut rng,
             ) {
@@ -360,11 +560,12 @@ mod tests {
         );
         for _ in 0..100 {
             assert_eq!(
-                transform(
+                random_sample(
                     text,
                     FimRates {
                         fim_rate: 0.0,
-                        spm_rate: 0.5
+                        spm_rate: 0.5,
+                        spans: FimSpans::Random,
                     },
                     &mut rng
                 ),
@@ -391,5 +592,147 @@ mod tests {
             },
         );
         assert_eq!(ids, [vec![1], bytes("abc"), vec![256]].concat());
+    }
+
+    /// The text of a piece, as it stands in the document.
+    fn piece_text(sample: &FimSample) -> String {
+        match *sample {
+            FimSample::Plain(t) => t.to_string(),
+            FimSample::Psm {
+                prefix,
+                middle,
+                suffix,
+            }
+            | FimSample::Spm {
+                prefix,
+                middle,
+                suffix,
+            } => format!("{prefix}{middle}{suffix}"),
+        }
+    }
+
+    fn lines_rates(fim_rate: f64) -> FimRates {
+        FimRates {
+            fim_rate,
+            spm_rate: 0.5,
+            spans: FimSpans::Lines,
+        }
+    }
+
+    fn some_code() -> String {
+        let mut text = String::new();
+        for i in 0..2000 {
+            text.push_str(&format!(
+                "fn f{i}(x: u32) -> u32 {{\n    // héllo 🦀 {i}\n    let y = x + {i};\n\n    y * 2\n}}\n\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn line_spans_cover_the_document_once_and_look_like_serving_requests() {
+        let text = some_code();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (mut samples, mut single, mut inside) = (0, 0, 0);
+        for rate in [1.0, 0.5, 0.0] {
+            let pieces = transform(&text, lines_rates(rate), &mut rng);
+            // Every byte once, in order, each piece where its start says.
+            let mut at = 0;
+            for piece in &pieces {
+                assert_eq!(piece.start, at);
+                let t = piece_text(&piece.sample);
+                assert_eq!(&text[at..at + t.len()], t);
+                at += t.len();
+            }
+            assert_eq!(at, text.len(), "rate {rate}");
+            for piece in &pieces {
+                let (FimSample::Spm {
+                    prefix,
+                    middle,
+                    suffix,
+                }
+                | FimSample::Psm {
+                    prefix,
+                    middle,
+                    suffix,
+                }) = piece.sample
+                else {
+                    continue;
+                };
+                samples += 1;
+                assert!(prefix.len() <= LINES_PREFIX_MAX + 40, "{}", prefix.len());
+                assert!(
+                    prefix.is_empty() || text[..piece.start].ends_with('\n') || piece.start == 0
+                );
+                let cursor_line = prefix.rsplit('\n').next().unwrap();
+                assert!(
+                    !middle.trim().is_empty() && !middle.ends_with('\n'),
+                    "{middle:?}"
+                );
+                let n_lines = middle.split('\n').count();
+                assert!((1..=4).contains(&n_lines), "{middle:?}");
+                single += usize::from(n_lines == 1);
+                if !cursor_line.trim().is_empty() {
+                    inside += 1;
+                } else {
+                    assert!(!middle.starts_with(char::is_whitespace), "{middle:?}");
+                }
+                // The suffix starts at the middle's line end and holds whole lines, at least one.
+                assert!(
+                    suffix.starts_with('\n') && suffix.ends_with('\n'),
+                    "{suffix:?}"
+                );
+                assert!(suffix.len() <= LINES_SUFFIX_MAX + 40, "{}", suffix.len());
+            }
+            if rate == 0.0 {
+                assert_eq!(
+                    pieces,
+                    [Piece {
+                        sample: FimSample::Plain(&text),
+                        start: 0
+                    }]
+                );
+            }
+        }
+        assert!(samples > 100, "{samples}");
+        assert!(
+            single * 3 > samples && single * 3 < samples * 2,
+            "{single} of {samples}"
+        );
+        assert!(
+            inside * 8 > samples && inside * 2 < samples,
+            "{inside} of {samples}"
+        );
+    }
+
+    #[test]
+    fn every_line_sample_ends_its_middle_with_end_of_text() {
+        let tok = text_tokenizer(&byte_level_tokenizer());
+        let text = some_code();
+        let pieces = transform(
+            &text,
+            lines_rates(1.0),
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(2),
+        );
+        let samples: Vec<&Piece> = pieces
+            .iter()
+            .filter(|p| !matches!(p.sample, FimSample::Plain(_)))
+            .collect();
+        let ids = encode_pieces(&tok, &framing(), &pieces);
+        let ends = ids.iter().filter(|&&t| t == 256).count();
+        let last_plain = matches!(pieces.last().unwrap().sample, FimSample::Plain(_));
+        assert_eq!(ends, samples.len() + usize::from(last_plain));
+        // Each middle is followed by end-of-text: the ids of one sample alone are a run in the whole.
+        for p in samples.iter().take(20) {
+            let one = encode_pieces(&tok, &framing(), &[**p]);
+            assert_eq!(*one.last().unwrap(), 256);
+            assert!(ids.windows(one.len()).any(|w| w == one.as_slice()));
+        }
+        // The document's own pieces spliced by byte range give the same ids.
+        let spliced = encode_pieces_with(&framing(), &pieces, |piece, range| {
+            assert_eq!(&text[range], piece);
+            piece.bytes().map(u32::from).collect()
+        });
+        assert_eq!(spliced, ids);
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Result, TrainError};
-use super::fim::FimRates;
+use super::fim::{FimRates, FimSpans};
 use super::objective::{HeadTargets, LossOrder};
 use super::optim::AdamWConfig;
 
@@ -117,6 +117,7 @@ impl TrainOptions {
             fim: FimRates {
                 fim_rate: 0.5,
                 spm_rate: 0.5,
+                spans: FimSpans::Random,
             },
             head_weights: Vec::new(),
             loss_order: LossOrder::Sequential,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use super::corpus::Document;
-use super::fim::{encode_sample, encode_sample_with, transform, FimRates, Framing};
+use super::fim::{encode_pieces, encode_pieces_with, transform, FimRates, Framing, Piece};
 use super::splice::{DocTokens, Splicer};
 
 /// Where the ids of documents come from.
@@ -39,19 +39,19 @@ impl From<Tokenizer> for TokenSource {
 }
 
 impl TokenSource {
-    /// The ids of sample `sample`, cut from `doc`, the `index`-th document.
+    /// The ids of `pieces`, cut from `doc`, the `index`-th document.
     fn encode(
         &self,
         index: usize,
         doc: &Document,
         framing: &Framing,
-        sample: &super::fim::FimSample,
+        pieces: &[Piece],
     ) -> Vec<u32> {
         match self {
-            TokenSource::Tokenizer(tokenizer) => encode_sample(tokenizer, framing, sample),
+            TokenSource::Tokenizer(tokenizer) => encode_pieces(tokenizer, framing, pieces),
             TokenSource::Tokenized { splicer, docs } => {
                 let tokens = &docs[index];
-                encode_sample_with(framing, sample, |piece, range| {
+                encode_pieces_with(framing, pieces, |piece, range| {
                     let own_text =
                         std::ptr::eq(piece.as_ptr(), doc.text.as_ptr().wrapping_add(range.start))
                             && piece.len() == range.len();
@@ -103,8 +103,8 @@ pub fn encode_documents(
     };
     let mut stream = Vec::new();
     for doc in docs {
-        let sample = transform(&doc.text, rates, rng);
-        stream.extend(encode_sample(tokenizer, framing, &sample));
+        let pieces = transform(&doc.text, rates, rng);
+        stream.extend(encode_pieces(tokenizer, framing, &pieces));
     }
     stream
 }
@@ -130,8 +130,8 @@ pub fn encode_in_order(
     let mut stream = Vec::new();
     for &i in order {
         let doc = &docs[i];
-        let sample = transform(&doc.text, rates, rng);
-        stream.extend(source.encode(i, doc, framing, &sample));
+        let pieces = transform(&doc.text, rates, rng);
+        stream.extend(source.encode(i, doc, framing, &pieces));
     }
     stream
 }
@@ -304,6 +304,7 @@ mod tests {
     use super::*;
     use crate::model::tokenizer::byte_level_tokenizer;
     use crate::model::FimTokens;
+    use crate::train::fim::FimSpans;
 
     #[test]
     fn pack_overlaps_by_one_and_drops_the_tail() {
@@ -345,6 +346,7 @@ mod tests {
         let rates = FimRates {
             fim_rate: 0.5,
             spm_rate: 0.5,
+            spans: FimSpans::Random,
         };
         let docs = docs();
         let src = TokenSource::from(tok.clone());
@@ -407,22 +409,25 @@ mod tests {
                     0.5,
                 ),
             ] {
-                let rates = FimRates {
-                    fim_rate: rate,
-                    spm_rate: 0.5,
-                };
-                for epoch in 0..8 {
-                    let a = epoch_sequences(&docs, &tokenized, &framing, rates, 16, 3, epoch);
+                for spans in [FimSpans::Random, FimSpans::Lines] {
+                    let rates = FimRates {
+                        fim_rate: rate,
+                        spm_rate: 0.5,
+                        spans,
+                    };
+                    for epoch in 0..8 {
+                        let a = epoch_sequences(&docs, &tokenized, &framing, rates, 16, 3, epoch);
+                        assert_eq!(
+                            a,
+                            epoch_sequences(&docs, &direct, &framing, rates, 16, 3, epoch),
+                            "epoch {epoch}"
+                        );
+                    }
                     assert_eq!(
-                        a,
-                        epoch_sequences(&docs, &direct, &framing, rates, 16, 3, epoch),
-                        "epoch {epoch}"
+                        validation_sequences(&docs, &tokenized, &framing, rates, 16),
+                        validation_sequences(&docs, &direct, &framing, rates, 16)
                     );
                 }
-                assert_eq!(
-                    validation_sequences(&docs, &tokenized, &framing, rates, 16),
-                    validation_sequences(&docs, &direct, &framing, rates, 16)
-                );
             }
         }
     }
@@ -438,6 +443,7 @@ mod tests {
         let rates = FimRates {
             fim_rate: 0.0,
             spm_rate: 0.0,
+            spans: FimSpans::Random,
         };
         let docs = docs();
         let mut whole = BatchStream::new(
