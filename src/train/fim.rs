@@ -31,6 +31,34 @@ pub enum FimSample<'a> {
     },
 }
 
+impl<'a> FimSample<'a> {
+    /// Prefix, middle and suffix of a FIM sample; `None` for plain text.
+    pub fn parts(&self) -> Option<(&'a str, &'a str, &'a str)> {
+        match *self {
+            FimSample::Plain(_) => None,
+            FimSample::Psm {
+                prefix,
+                middle,
+                suffix,
+            }
+            | FimSample::Spm {
+                prefix,
+                middle,
+                suffix,
+            } => Some((prefix, middle, suffix)),
+        }
+    }
+
+    /// The document text the sample covers, in document order.
+    pub fn text(&self) -> String {
+        if let FimSample::Plain(text) = self {
+            return text.to_string();
+        }
+        let (prefix, middle, suffix) = self.parts().unwrap_or_default();
+        format!("{prefix}{middle}{suffix}")
+    }
+}
+
 /// Where the middles of FIM samples come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -321,55 +349,31 @@ pub fn encode_pieces_with(
                 ids.extend(encode_piece(text, start..start + text.len()));
                 ended = false;
             }
-            (
-                FimSample::Psm {
-                    prefix,
-                    middle,
-                    suffix,
-                },
-                Some(f),
-            ) => {
-                let (p, m) = (start + prefix.len(), start + prefix.len() + middle.len());
-                ids.push(f.prefix);
-                ids.extend(encode_piece(prefix, start..p));
-                ids.push(f.suffix);
-                ids.extend(encode_piece(suffix, m..m + suffix.len()));
-                ids.push(f.middle);
-                ids.extend(encode_piece(middle, p..m));
-                ids.push(framing.end_of_text);
-            }
-            (
-                FimSample::Spm {
-                    prefix,
-                    middle,
-                    suffix,
-                },
-                Some(f),
-            ) => {
-                let (p, m) = (start + prefix.len(), start + prefix.len() + middle.len());
-                ids.extend([f.prefix, f.suffix]);
-                ids.extend(encode_piece(suffix, m..m + suffix.len()));
-                ids.push(f.middle);
-                ids.extend(encode_piece(prefix, start..p));
-                ids.extend(encode_piece(middle, p..m));
-                ids.push(framing.end_of_text);
-            }
-            (
-                FimSample::Psm {
-                    prefix,
-                    middle,
-                    suffix,
-                }
-                | FimSample::Spm {
-                    prefix,
-                    middle,
-                    suffix,
-                },
-                None,
-            ) => {
-                let whole = format!("{prefix}{middle}{suffix}");
-                ids.extend(encode_piece(&whole, start..start + whole.len()));
+            // Without FIM tokens a sample is the plain text it came from.
+            (_, None) => {
+                let text = sample.text();
+                ids.extend(encode_piece(&text, start..start + text.len()));
                 ended = false;
+            }
+            (_, Some(f)) => {
+                let (prefix, middle, suffix) = sample.parts().unwrap_or_default();
+                let (p, m) = (start + prefix.len(), start + prefix.len() + middle.len());
+                let prefix = encode_piece(prefix, start..p);
+                let suffix = encode_piece(suffix, m..m + suffix.len());
+                if matches!(sample, FimSample::Spm { .. }) {
+                    ids.extend([f.prefix, f.suffix]);
+                    ids.extend(suffix);
+                    ids.push(f.middle);
+                    ids.extend(prefix);
+                } else {
+                    ids.push(f.prefix);
+                    ids.extend(prefix);
+                    ids.push(f.suffix);
+                    ids.extend(suffix);
+                    ids.push(f.middle);
+                }
+                ids.extend(encode_piece(middle, p..m));
+                ids.push(framing.end_of_text);
             }
         }
     }
@@ -594,23 +598,6 @@ mod tests {
         assert_eq!(ids, [vec![1], bytes("abc"), vec![256]].concat());
     }
 
-    /// The text of a piece, as it stands in the document.
-    fn piece_text(sample: &FimSample) -> String {
-        match *sample {
-            FimSample::Plain(t) => t.to_string(),
-            FimSample::Psm {
-                prefix,
-                middle,
-                suffix,
-            }
-            | FimSample::Spm {
-                prefix,
-                middle,
-                suffix,
-            } => format!("{prefix}{middle}{suffix}"),
-        }
-    }
-
     fn lines_rates(fim_rate: f64) -> FimRates {
         FimRates {
             fim_rate,
@@ -640,23 +627,13 @@ mod tests {
             let mut at = 0;
             for piece in &pieces {
                 assert_eq!(piece.start, at);
-                let t = piece_text(&piece.sample);
+                let t = piece.sample.text();
                 assert_eq!(&text[at..at + t.len()], t);
                 at += t.len();
             }
             assert_eq!(at, text.len(), "rate {rate}");
             for piece in &pieces {
-                let (FimSample::Spm {
-                    prefix,
-                    middle,
-                    suffix,
-                }
-                | FimSample::Psm {
-                    prefix,
-                    middle,
-                    suffix,
-                }) = piece.sample
-                else {
+                let Some((prefix, middle, suffix)) = piece.sample.parts() else {
                     continue;
                 };
                 samples += 1;
@@ -730,6 +707,8 @@ mod tests {
         }
         // The document's own pieces spliced by byte range give the same ids.
         let spliced = encode_pieces_with(&framing(), &pieces, |piece, range| {
+            // The document's own bytes, not a copy: what lets `packing` splice cached ids.
+            assert!(std::ptr::eq(piece.as_ptr(), text[range.clone()].as_ptr()));
             assert_eq!(&text[range], piece);
             piece.bytes().map(u32::from).collect()
         });
