@@ -98,10 +98,11 @@ pub struct TrainArgs {
     /// Seed of initialization and data order [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Share of documents in a fill-in-the-middle frame [default: 0.5].
+    /// Share of documents (with --fim-spans lines: of chunks) in a fill-in-the-middle frame
+    /// [default: 0.5].
     #[arg(long)]
     pub fim_rate: Option<f64>,
-    /// Share of FIM documents in SPM order, the rest PSM [default: 0.5].
+    /// Share of FIM samples in SPM order, the rest PSM [default: 0.5].
     #[arg(long)]
     pub spm_rate: Option<f64>,
     /// Where FIM middles come from: random (two random points over the whole document) or lines

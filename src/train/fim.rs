@@ -71,10 +71,13 @@ pub enum FimSpans {
     Random,
     /// What the server asks for: the document is cut into consecutive chunks; each has a cursor
     /// (after a line's indentation, or now and then inside the line), a middle that is the rest of
-    /// one to four lines, up to [`LINES_PREFIX_MAX`] bytes of whole lines before it and up to
-    /// [`LINES_SUFFIX_MAX`] after. A chunk is a FIM sample with probability `fim_rate`, else left
+    /// one to four lines, about [`LINES_PREFIX_MAX`] bytes of whole lines before it at most and
+    /// about [`LINES_SUFFIX_MAX`] after (blank lines before the cursor and the one line a suffix
+    /// always has can exceed them). A chunk is a FIM sample with probability `fim_rate`, else left
     /// to right text; every byte of the document is trained on once. Short samples fit in a
-    /// window, so the model learns to end a middle where the suffix takes over.
+    /// window, so the model learns to end a middle where the suffix takes over. Known cost: where
+    /// plain text runs into a sample, the model is trained to predict `<fim_prefix>` at a line
+    /// boundary (a beginning-of-text token, where the model has one, starts only the document).
     Lines,
 }
 
@@ -228,7 +231,13 @@ fn line_pieces<'a>(text: &'a str, rates: FimRates, rng: &mut impl Rng) -> Vec<Pi
         while last_line > cursor_line && is_blank(last_line) {
             last_line -= 1; // a middle ends on a line with code
         }
-        let middle_end = line_end(text, starts[last_line]);
+        let line_break = line_end(text, starts[last_line]);
+        // A CRLF line's `\r` belongs to the suffix, as it does after a cursor at serving time.
+        let middle_end = if text[..line_break].ends_with('\r') && line_break - 1 > cursor {
+            line_break - 1
+        } else {
+            line_break
+        };
         // The suffix: at least the line after the middle's (as the server always sends the text
         // after the cursor), then whole lines up to the drawn budget.
         let budget = rng.random_range(0..=LINES_SUFFIX_MAX);
@@ -713,5 +722,51 @@ mod tests {
             piece.bytes().map(u32::from).collect()
         });
         assert_eq!(spliced, ids);
+    }
+
+    #[test]
+    fn rates_from_before_spans_read_as_random() {
+        let old: FimRates = serde_json::from_str(r#"{"fim_rate":0.5,"spm_rate":0.5}"#).unwrap();
+        assert_eq!(old.spans, FimSpans::Random);
+        assert_eq!("lines".parse::<FimSpans>(), Ok(FimSpans::Lines));
+        assert!("line".parse::<FimSpans>().is_err());
+    }
+
+    #[test]
+    fn line_spans_tile_any_text() {
+        let long_line = "x".repeat(100_000);
+        let cases = [
+            "",
+            "abc",
+            "abc\n",
+            "\n\n\n",
+            "  \n\t\n",
+            "   ",
+            "int a;\r\nint b;\r\n\r\nint c;\r\n",
+            "x\n\n\n\ny",
+            "héllo 🦀\n\u{3000}wörld\n  ünïcode",
+            long_line.as_str(),
+        ];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for text in cases {
+            for _ in 0..50 {
+                for rate in [1.0, 0.5, 0.0] {
+                    let pieces = transform(text, lines_rates(rate), &mut rng);
+                    let mut at = 0;
+                    for piece in &pieces {
+                        assert_eq!(piece.start, at, "{text:?}");
+                        let t = piece.sample.text();
+                        assert_eq!(&text[at..at + t.len()], t, "{text:?}");
+                        at += t.len();
+                        if let Some((_, middle, suffix)) = piece.sample.parts() {
+                            assert!(!middle.trim().is_empty(), "{text:?}");
+                            assert!(!middle.ends_with('\r'), "{text:?}: {middle:?}");
+                            assert!(suffix.is_empty() || suffix.starts_with(['\r', '\n']));
+                        }
+                    }
+                    assert_eq!(at, text.len(), "{text:?}");
+                }
+            }
+        }
     }
 }
