@@ -216,11 +216,9 @@ fn line_pieces<'a>(text: &'a str, rates: FimRates, rng: &mut impl Rng) -> Vec<Pi
         let mut cursor = begin + indent;
         if rng.random_bool(0.25) {
             // Inside the line: any character boundary before its last non-blank character.
-            let inner: Vec<usize> = text[cursor..content_end]
-                .char_indices()
-                .map(|(i, _)| cursor + i)
-                .collect();
-            cursor = inner[rng.random_range(0..inner.len())];
+            let content = &text[cursor..content_end];
+            let k = rng.random_range(0..content.chars().count());
+            cursor += content.char_indices().nth(k).map_or(0, |(i, _)| i);
         }
         let n_lines = if rng.random_bool(0.5) {
             1

@@ -331,10 +331,9 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn epochs_are_reproducible_and_differ_from_each_other() {
-        let tok = byte_level_tokenizer();
-        let framing = Framing {
+    /// Byte-level ids with end-of-text 256 and the FIM tokens 257-259.
+    fn fim_framing() -> Framing {
+        Framing {
             bos: None,
             end_of_text: 256,
             fim: Some(FimTokens {
@@ -342,12 +341,22 @@ mod tests {
                 suffix: 258,
                 middle: 259,
             }),
-        };
-        let rates = FimRates {
+        }
+    }
+
+    /// Half the documents in a FIM frame, half of those SPM, random spans.
+    fn half_random() -> FimRates {
+        FimRates {
             fim_rate: 0.5,
             spm_rate: 0.5,
             spans: FimSpans::Random,
-        };
+        }
+    }
+
+    #[test]
+    fn epochs_are_reproducible_and_differ_from_each_other() {
+        let tok = byte_level_tokenizer();
+        let (framing, rates) = (fim_framing(), half_random());
         let docs = docs();
         let src = TokenSource::from(tok.clone());
         let a = epoch_sequences(&docs, &src, &framing, rates, 16, 3, 0);
@@ -373,20 +382,7 @@ mod tests {
     /// campaign's corpus were checked to give identical losses.
     #[test]
     fn random_spans_give_the_stream_they_always_gave() {
-        let framing = Framing {
-            bos: None,
-            end_of_text: 256,
-            fim: Some(FimTokens {
-                prefix: 257,
-                suffix: 258,
-                middle: 259,
-            }),
-        };
-        let rates = FimRates {
-            fim_rate: 0.5,
-            spm_rate: 0.5,
-            spans: FimSpans::Random,
-        };
+        let (framing, rates) = (fim_framing(), half_random());
         let docs = docs();
         let stream = encode_documents(
             &docs.iter().collect::<Vec<_>>(),
@@ -420,11 +416,7 @@ mod tests {
                 docs: docs.iter().map(|d| splicer.tokenize(&d.text)).collect(),
             };
             let direct = TokenSource::from(tok.clone());
-            let fim = Some(FimTokens {
-                prefix: 257,
-                suffix: 258,
-                middle: 259,
-            });
+            let fim = fim_framing().fim;
             for (framing, rate) in [
                 (
                     Framing {
